@@ -1,0 +1,129 @@
+"""Session-scoped real engines for the whole suite (DESIGN.md §9).
+
+- `ray_cluster`: a private local Ray cluster with 2 fake GPUs, every listener on 127.0.0.1.
+- `prefect_api`: a Prefect test server (subprocess, temp SQLite) with its own PREFECT_HOME.
+- `s3_server`: moto's threaded S3 server on 127.0.0.1 with one bucket.
+- `tmp_store`: a fresh file:// store root per test.
+
+Environment hygiene is applied at import time, before any test imports ray or prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="horse-tests-"))
+
+os.environ.update(
+    {
+        "RAY_AUTH_MODE": "disabled",
+        # Ray 2.60: makes every Ray listener bind 127.0.0.1 instead of the machine's address.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(_SESSION_TMP / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Fake credentials: nothing may ever reach a real cloud from the tests.
+        "AWS_ACCESS_KEY_ID": "horse-test-key",
+        "AWS_SECRET_ACCESS_KEY": "horse-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for _var in ("CUDA_VISIBLE_DEVICES", "PREFECT_API_URL", "RAY_ADDRESS", "HORSE_CONFIG"):
+    os.environ.pop(_var, None)
+for _var in [k for k in os.environ if k.startswith("HORSE_")]:
+    os.environ.pop(_var)
+
+import pytest  # noqa: E402
+
+GOLDEN_DIR = Path(os.environ.get("HORSE_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "golden"))
+ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private Ray cluster: 4 logical CPUs (the machine has 2 cores), 2 fake GPUs, loopback only."""
+    import ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="hr-", dir="/tmp"))  # short: Ray's AF_UNIX paths max ~107 bytes
+    context = ray.init(
+        num_cpus=4,
+        num_gpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 1024**2,
+        _temp_dir=str(temp_dir),
+        log_to_driver=False,
+        configure_logging=False,
+        namespace="horse-tests",
+    )
+    yield context
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A Prefect test server; PREFECT_API_URL is exported so child processes find it too."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 API on 127.0.0.1 with the bucket `horse-test`."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = "horse-test"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    yield {
+        "endpoint_url": endpoint,
+        "bucket": bucket,
+        "storage_options": {
+            "key": os.environ["AWS_ACCESS_KEY_ID"],
+            "secret": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        },
+    }
+    server.stop()
+
+
+@pytest.fixture
+def tmp_store(tmp_path) -> str:
+    """A fresh, empty store root as a file:// URL."""
+    root = tmp_path / "store"
+    root.mkdir()
+    return root.as_uri()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep files a person may want to look at (screenshots, contact sheets)."""
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    return ARTIFACTS_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
