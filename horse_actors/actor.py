@@ -1,0 +1,249 @@
+"""RenderActor: the model stays resident; each call renders, encodes and stores one job.
+
+A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (the "where").
+It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
+Frames never leave the process: they are encoded to a local temp file, checked, hashed and put
+into the catalog, and only a small `RenderOutcome` is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable
+
+from .encode import encode_mp4, poster_jpeg
+from .jobs import (CANCELLED, CANCELLED_CLASS, FAILED, GPU_OOM, OK, RenderJob, RenderOutcome,
+                   classify, is_oom, is_sticky_cuda)
+
+log = logging.getLogger(__name__)
+
+# Pipelines built by this process. A Ray actor owns its worker process for life, so this is the
+# number of model loads the actor has done; tests assert it stays 1.
+_LOADS_IN_PROCESS = 0
+
+# Lower SR steps for the "lower_sr" rung of the OOM ladder.
+_LOWER_SR = {"1080p": "540p"}
+
+
+def _ray_context() -> dict[str, Any]:
+    """Actor, node and GPU ids when running inside Ray; empty values in a plain process."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return {"actor_id": None, "node_id": None, "gpu_ids": []}
+        ctx = ray.get_runtime_context()
+        return {
+            "actor_id": ctx.get_actor_id(),
+            "node_id": ctx.get_node_id(),
+            "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
+        }
+    except Exception:  # pragma: no cover - outside a worker
+        return {"actor_id": None, "node_id": None, "gpu_ids": []}
+
+
+def _ray_cancel_requested() -> bool:
+    """`ray.cancel(ref)` on a running sync actor call only sets this flag (research A4)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().is_canceled()
+    except Exception:
+        return False
+
+
+def _rss_bytes() -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except Exception:  # pragma: no cover
+        return None
+
+
+class RenderActor:
+    """Builds the pipeline once from `config` (a PoolConfig), warms it up, then renders jobs."""
+
+    def __init__(self, config: Any):
+        global _LOADS_IN_PROCESS
+        self.config = config
+        self.faults = dict(config.fault_injection or {})
+        self.renders = 0
+        t0 = time.perf_counter()
+        self.pipe, self.device = self._build_pipeline()
+        _LOADS_IN_PROCESS += 1
+        self.load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if config.warmup:
+            self._warm_up()
+        self.warmup_s = time.perf_counter() - t0
+
+        from catalog import Store
+
+        self.store = Store(config.store_url, storage_options=config.storage_options)
+        self.scratch = config.scratch_dir or tempfile.gettempdir()
+        self.ids = _ray_context()
+        log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", config.model, self.load_s,
+                 self.warmup_s, self.device)
+
+    # -- model -----------------------------------------------------------------------------
+    def _build_pipeline(self):
+        import torch
+        from model import HappyHorsePipeline
+
+        cfg = self.config
+        device = cfg.device or ("cuda" if torch.cuda.is_available() and not cfg.cpu_mode else "cpu")
+        if cfg.model == "tiny":
+            return HappyHorsePipeline.tiny(seed=cfg.tiny_seed), "cpu"
+        dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+        pipe = HappyHorsePipeline.from_pretrained(cfg.model, device=device, dtype=dtype, offload=cfg.offload)
+        return pipe, device
+
+    def _warm_up(self) -> None:
+        from model import RenderRequest
+
+        request = RenderRequest(prompt="warm-up", seconds=self.config.warmup_seconds, seed=0)
+        self.pipe(request)
+
+    def stats(self) -> dict[str, Any]:
+        """Load time, memory and identity: the pool collects this when the actor is ready."""
+        gpu_mem = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            gpu_mem = torch.cuda.max_memory_allocated()
+        return {
+            **self.ids,
+            "pid": os.getpid(),
+            "model": self.config.model,
+            "model_fingerprint": self.pipe.fingerprint,
+            "device": self.device,
+            "load_count": _LOADS_IN_PROCESS,
+            "load_s": round(self.load_s, 3),
+            "warmup_s": round(self.warmup_s, 3),
+            "rss_bytes": _rss_bytes(),
+            "gpu_max_allocated_bytes": gpu_mem,
+            "renders": self.renders,
+        }
+
+    # -- one job ---------------------------------------------------------------------------
+    def render(self, job: RenderJob, attempt: int = 1, submitted_at: float | None = None) -> RenderOutcome:
+        """Render, encode, check and store one job; every error comes back as an outcome.
+
+        Only sticky CUDA errors escape: the process exits so the pool replaces the actor.
+        """
+        started = time.time()
+        timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
+        base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
+        scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
+        try:
+            self._inject_faults(job, attempt)
+            clip, fallback = self._render_with_ladder(job)
+            timings.update({k: round(float(v), 4) for k, v in (clip.timings or {}).items()})
+
+            t0 = time.perf_counter()
+            path = os.path.join(scratch, "clip.mp4")
+            info = encode_mp4(clip, path, self._tags(job), crf=self.config.crf, preset=self.config.preset)
+            poster = poster_jpeg(clip.frames)
+            del clip
+            timings["encode"] = round(time.perf_counter() - t0, 4)
+
+            t0 = time.perf_counter()
+            blob = self.store.put_blob(path, ext="mp4")
+            poster_ref = self.store.put_blob(poster, ext="jpg")
+            timings["upload"] = round(time.perf_counter() - t0, 4)
+            self.renders += 1
+            return RenderOutcome(
+                render_key=job.render_key, status=OK, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
+                poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
+                width=info.width, height=info.height, frames=info.frames,
+                audio_seconds=info.audio_seconds, fallback=fallback, **base,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
+            if is_sticky_cuda(exc):
+                log.error("sticky CUDA error, exiting so the pool restarts this actor: %s", exc)
+                os._exit(1)
+            if type(exc).__name__ == "RenderCancelled":
+                status, error_class, retryable = CANCELLED, CANCELLED_CLASS, False
+            else:
+                status = FAILED
+                error_class, retryable = classify(exc)
+            return RenderOutcome(
+                render_key=job.render_key, status=status, error_class=error_class,
+                error_message=f"{type(exc).__name__}: {exc}"[:2000], retryable=retryable,
+                timings=timings, duration_s=round(time.time() - started, 3), **base,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _render_with_ladder(self, job: RenderJob):
+        """Render as requested; on GPU OOM, retry here with each rung of `config.oom_ladder`."""
+        request, fallback = job.request, None
+        should_stop: Callable[[], bool] = _ray_cancel_requested
+        rungs = [None, *self.config.oom_ladder]
+        for i, rung in enumerate(rungs):
+            if rung is not None:
+                request = self._apply_rung(rung, request)
+                if request is None:
+                    continue  # the rung does not apply to this request
+                fallback = rung
+            try:
+                self._inject_oom(job, i)
+                return self.pipe(request, should_stop=should_stop), fallback
+            except Exception as exc:
+                if not is_oom(exc) or i == len(rungs) - 1:
+                    raise
+                log.warning("%s: GPU OOM at rung %s, trying the next one", job.render_key, rung)
+                self._free_gpu_memory()
+        raise AssertionError("unreachable")
+
+    def _apply_rung(self, rung: str, request):
+        if rung == "tiled_decode":
+            enable = getattr(self.pipe, "enable_tiled_decode", None)
+            if enable is None:
+                return None
+            enable()
+            return request
+        if rung == "lower_sr":
+            lower = _LOWER_SR.get(request.resolution)
+            return dataclasses.replace(request, resolution=lower) if lower else None
+        raise ValueError(f"unknown OOM ladder rung {rung!r}")
+
+    def _free_gpu_memory(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _tags(self, job: RenderJob) -> dict[str, str]:
+        """mp4 tags: the job's own, then provenance (which the job cannot override)."""
+        return {
+            **{str(k): str(v) for k, v in job.metadata.items()},
+            "render_key": job.render_key,
+            "campaign_id": job.campaign_id,
+            "shot_id": job.shot_id,
+            "variant": job.variant,
+            "seed": str(job.request.seed),
+            "model_fingerprint": self.pipe.fingerprint,
+        }
+
+    # -- fault injection (tests and drills only; off unless PoolConfig.fault_injection is set) --
+    def _inject_faults(self, job: RenderJob, attempt: int) -> None:
+        """`hang_keys`: these jobs sleep far past any deadline on their first attempt, like a
+        stuck kernel or a deadlocked collective; the pool must kill and replace this actor."""
+        if attempt == 1 and job.render_key in self.faults.get("hang_keys", ()):
+            time.sleep(float(self.faults.get("hang_s", 3600)))
+
+    def _inject_oom(self, job: RenderJob, rung_index: int) -> None:
+        """`oom_keys`: {render_key: n} raises torch's OOM error on the first n ladder rungs."""
+        if rung_index < int(self.faults.get("oom_keys", {}).get(job.render_key, 0)):
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by fault_injection)")

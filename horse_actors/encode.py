@@ -1,0 +1,233 @@
+"""Encode a rendered clip to a delivery mp4 with PyAV, and check what was written.
+
+Parameters follow shared/research/storage-lineage-media.md §3: libx264 yuv420p converted with
+BT.709 (the automatic rgb24->yuv420p conversion uses BT.601 and leaves the stream untagged),
+AAC 48 kHz stereo with explicit pts (without them the audio track ends one AAC frame late),
+`movflags=faststart` (moov before mdat; needs a real file, not BytesIO). Arbitrary provenance
+tags need `use_metadata_tags`, otherwise the mp4 muxer keeps only its fixed iTunes-style keys.
+
+This module needs only numpy, PyAV and Pillow, so it runs (and is tested) without Ray or torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Mapping
+
+import av
+import numpy as np
+
+AUDIO_RATE = 48_000
+AUDIO_BIT_RATE = 192_000
+# |video end - audio end| allowed on read-back; AAC frames are ~21 ms at 48 kHz.
+MAX_AV_DRIFT_S = 0.05
+BT709 = 1  # AVCOL_PRI_BT709 == AVCOL_TRC_BT709 == AVCOL_SPC_BT709 == 1
+LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
+
+
+class EncodeCheckError(RuntimeError):
+    """The mp4 read back does not match what was encoded."""
+
+
+@dataclass(frozen=True)
+class EncodeInfo:
+    """What `probe_mp4` found in a written file."""
+
+    path: str
+    bytes: int
+    width: int
+    height: int
+    frames: int
+    fps: float
+    video_seconds: float
+    audio_seconds: float | None
+    audio_rate: int | None
+    audio_channels: int | None
+    faststart: bool
+    colorspace: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def even_frames(frames: np.ndarray) -> np.ndarray:
+    """Crop one row/column when height/width is odd: libx264 with yuv420p refuses odd sizes.
+
+    Cropping keeps only rendered pixels (padding would invent some) and moves the size by <= 1 px.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T,H,W,3), got {frames.dtype} {frames.shape}")
+    _, h, w, _ = frames.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"frames too small to encode: {w}x{h}")
+    return frames[:, : h - h % 2, : w - w % 2]
+
+
+def encode_mp4(
+    clip: Any,
+    path: str | os.PathLike,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    crf: int = 18,
+    preset: str = "veryfast",
+) -> EncodeInfo:
+    """Write `clip` (frames uint8 (T,H,W,3), audio float32 (C,S) or None, fps, sample_rate) to `path`.
+
+    `metadata` becomes mp4 tags, readable back through `av.open(path).metadata`. The file is read
+    back and checked (`check_mp4`); the returned EncodeInfo describes the file as read back.
+    """
+    frames = even_frames(np.asarray(clip.frames))
+    fps = int(clip.fps)
+    audio = None if clip.audio is None else _stereo_float(np.asarray(clip.audio))
+    tags = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None}
+    t, h, w, _ = frames.shape
+
+    with av.open(
+        os.fspath(path), "w", format="mp4",
+        options={"movflags": "faststart+use_metadata_tags"},
+    ) as out:
+        out.metadata.update(tags)
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        video.options = {"crf": str(crf), "preset": preset}
+        cc = video.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = BT709
+        cc.color_range = LIMITED_RANGE
+        if audio is not None:
+            sound = out.add_stream("aac", rate=AUDIO_RATE)
+            sound.layout = "stereo"
+            sound.bit_rate = AUDIO_BIT_RATE
+
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame = frame.reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG",
+                dst_color_trc=BT709, dst_color_primaries=BT709,
+            )
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+
+        if audio is not None:
+            rate = int(clip.sample_rate)
+            chunk = rate // 10  # any size works: the encoder re-chunks to 1024-sample frames
+            for start in range(0, audio.shape[1], chunk):
+                piece = np.ascontiguousarray(audio[:, start : start + chunk])
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
+                frame.sample_rate = rate
+                frame.pts, frame.time_base = start, Fraction(1, rate)
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+
+    expected_audio = None if audio is None else audio.shape[1] / float(clip.sample_rate)
+    return check_mp4(path, frames=t, width=w, height=h, fps=fps,
+                     audio_seconds=expected_audio, metadata=tags)
+
+
+def _stereo_float(audio: np.ndarray) -> np.ndarray:
+    if audio.ndim == 1:
+        audio = audio[None, :]
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise ValueError(f"audio must be (channels<=2, samples), got {audio.shape}")
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    return np.clip(audio.astype(np.float32, copy=False), -1.0, 1.0)
+
+
+def probe_mp4(path: str | os.PathLike) -> EncodeInfo:
+    """Read a file's streams, durations, colour tags and metadata (no frame decode)."""
+    path = os.fspath(path)
+    with av.open(path) as box:
+        video = box.streams.video[0]
+        vdur = float(video.duration * video.time_base) if video.duration else 0.0
+        audio = box.streams.audio[0] if box.streams.audio else None
+        adur = float(audio.duration * audio.time_base) if audio and audio.duration else None
+        cc = video.codec_context
+        return EncodeInfo(
+            path=path,
+            bytes=os.path.getsize(path),
+            width=cc.width,
+            height=cc.height,
+            frames=video.frames,
+            fps=float(video.average_rate or 0),
+            video_seconds=vdur,
+            audio_seconds=adur,
+            audio_rate=audio.codec_context.sample_rate if audio else None,
+            audio_channels=audio.codec_context.channels if audio else None,
+            faststart=_moov_first(path),
+            colorspace=int(cc.colorspace),
+            metadata=dict(box.metadata),
+        )
+
+
+def check_mp4(
+    path: str | os.PathLike,
+    *,
+    frames: int,
+    width: int,
+    height: int,
+    fps: int,
+    audio_seconds: float | None,
+    metadata: Mapping[str, str] | None = None,
+) -> EncodeInfo:
+    """Probe `path` and raise EncodeCheckError unless it holds what was meant to be written."""
+    info = probe_mp4(path)
+    problems = []
+    if (info.width, info.height) != (width, height):
+        problems.append(f"size {info.width}x{info.height} != {width}x{height}")
+    if info.frames != frames:
+        problems.append(f"{info.frames} video frames != {frames}")
+    if abs(info.video_seconds - frames / fps) > 1.0 / fps:
+        problems.append(f"video lasts {info.video_seconds:.3f}s, expected {frames / fps:.3f}s")
+    if not info.faststart:
+        problems.append("moov box is not before mdat (faststart missing)")
+    if info.colorspace != BT709:
+        problems.append(f"colorspace tag {info.colorspace} is not BT.709")
+    if audio_seconds is not None:
+        if info.audio_seconds is None:
+            problems.append("audio stream missing")
+        else:
+            if (info.audio_rate, info.audio_channels) != (AUDIO_RATE, 2):
+                problems.append(f"audio {info.audio_rate} Hz x{info.audio_channels}, expected 48 kHz stereo")
+            if abs(info.audio_seconds - audio_seconds) > MAX_AV_DRIFT_S:
+                problems.append(f"audio lasts {info.audio_seconds:.3f}s, expected {audio_seconds:.3f}s")
+            if abs(info.audio_seconds - info.video_seconds) > MAX_AV_DRIFT_S:
+                problems.append(f"A/V ends differ: video {info.video_seconds:.3f}s, audio {info.audio_seconds:.3f}s")
+    for key, value in (metadata or {}).items():
+        if info.metadata.get(key) != value:
+            problems.append(f"tag {key!r} reads back as {info.metadata.get(key)!r}, wrote {value!r}")
+    if problems:
+        raise EncodeCheckError(f"{os.fspath(path)}: " + "; ".join(problems))
+    return info
+
+
+def _moov_first(path: str) -> bool:
+    """True when the first top-level box after `ftyp` (skipping `free`) is `moov`."""
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if kind == b"moov":
+                return True
+            if kind == b"mdat":
+                return False
+            if size == 1:  # 64-bit size follows
+                size = int.from_bytes(f.read(8), "big") - 8
+            if size < 8:
+                return False
+            f.seek(size - 8, io.SEEK_CUR)
+
+
+def poster_jpeg(frames: np.ndarray, *, max_side: int = 512, quality: int = 85) -> bytes:
+    """JPEG of the middle frame, scaled down so its longer side is at most `max_side`."""
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(frames[len(frames) // 2]), mode="RGB")
+    image.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+

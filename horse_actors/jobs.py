@@ -1,0 +1,118 @@
+"""What goes into the pool (RenderJob), what comes out (RenderOutcome), and how failures are classed.
+
+An outcome is a small record: frames and audio stay on the actor's node; only the blob's URI,
+checksum and a few numbers travel back through Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OK, FAILED, CANCELLED = "ok", "failed", "cancelled"
+
+# Error classes the pool acts on; anything else keeps the exception's own class name.
+INVALID_REQUEST = "InvalidRequest"      # never retried: rendering it again cannot help
+GPU_OOM = "GpuOutOfMemory"              # the actor already walked the fallback ladder
+ACTOR_DIED = "ActorDied"                # process crashed or was killed: restart the actor, retry
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # hung past its deadline: kill the actor, retry
+CANCELLED_CLASS = "Cancelled"
+NO_ACTORS = "NoActors"                  # every actor slot used up its restarts
+
+# Text of CUDA errors that leave the context unusable; the actor must exit (DESIGN §4).
+_STICKY_CUDA = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "uncorrectable ECC error",
+)
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One variant of one shot. `metadata` become mp4 tags (provenance tags are added by the actor)."""
+
+    render_key: str
+    request: Any  # model.RenderRequest
+    campaign_id: str
+    shot_id: str
+    variant: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
+
+
+@dataclass
+class RenderOutcome:
+    render_key: str
+    status: str  # "ok" | "failed" | "cancelled"
+    error_class: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+    blob_uri: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    poster_uri: str | None = None
+    # seconds per stage: queue, text_encode, denoise, sr, decode, encode, upload
+    timings: dict[str, float] = field(default_factory=dict)
+    actor_id: str | None = None
+    node_id: str | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    attempt: int = 1
+    duration_s: float | None = None  # wall time inside the actor for this attempt
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    audio_seconds: float | None = None
+    pid: int | None = None
+    model_fingerprint: str | None = None
+    fallback: str | None = None  # OOM ladder step the clip was finally rendered with, if any
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def is_oom(exc: BaseException) -> bool:
+    """GPU out-of-memory raised by torch (the typed error, or the older RuntimeError text)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def is_sticky_cuda(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in _STICKY_CUDA)
+
+
+def is_invalid_request(exc: BaseException) -> bool:
+    """Errors in the request itself: the model's InvalidRequest and the catalog's InvalidId."""
+    for module, name in (("model", "InvalidRequest"), ("catalog", "InvalidId")):
+        try:
+            kind = getattr(__import__(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(exc, kind):
+            return True
+    return False
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(error_class, retryable) for an exception raised while rendering one job on a healthy actor."""
+    if is_invalid_request(exc):
+        return INVALID_REQUEST, False
+    if is_oom(exc):
+        return GPU_OOM, False
+    return type(exc).__name__, True
+
+
+def failed(job: RenderJob, error_class: str, message: str, *, retryable: bool,
+           attempt: int, status: str = FAILED, **extra: Any) -> RenderOutcome:
+    return RenderOutcome(render_key=job.render_key, status=status, error_class=error_class,
+                         error_message=message, retryable=retryable, attempt=attempt, **extra)
