@@ -47,13 +47,10 @@ def check_gpus() -> Check:
 def check_ray(settings: HorseSettings) -> Check:
     import ray
 
+    from horse_actors.cluster import connect
+
     already = ray.is_initialized()
-    if not already:
-        if settings.ray.address is None:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback-only listeners
-            ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=settings.ray.address, log_to_driver=False, configure_logging=False)
+    connect(settings.ray.address, num_cpus=1)
     try:
 
         @ray.remote(num_cpus=0)

@@ -1,0 +1,339 @@
+"""Campaign manifests: the Parquet schema of DESIGN.md §6, validated row by row.
+
+A manifest is one row per shot. Bad rows never stop good ones: each problem becomes a
+`RowError` (row number, column, reason) and the row is skipped. Only a file that cannot be read
+at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
+CSV and YAML briefs convert to the same Parquet schema (`build_manifest`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from catalog.ids import InvalidId, validate_id
+from model.prompt import normalize_language
+
+ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:5")
+RESOLUTIONS = ("256p", "540p", "1080p")
+# The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
+MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
+MAX_TAKES = 16
+
+DIALOGUE_TYPE = pa.list_(pa.struct([("speaker", pa.string()), ("language", pa.string()), ("line", pa.string())]))
+SCHEMA = pa.schema(
+    [
+        ("campaign_id", pa.string()),
+        ("shot_id", pa.string()),
+        ("scene", pa.string()),
+        ("dialogue", DIALOGUE_TYPE),
+        ("languages", pa.list_(pa.string())),
+        ("aspect_ratios", pa.list_(pa.string())),
+        ("resolution", pa.string()),
+        ("duration_s", pa.float64()),
+        ("takes", pa.int64()),
+        ("seed", pa.int64()),
+        ("background_sound", pa.string()),
+        ("reference_image_uri", pa.string()),
+        ("reference_audio_uri", pa.string()),
+        ("priority", pa.int64()),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
+REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
+KNOWN_COLUMNS = set(SCHEMA.names)
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (unreadable, not Parquet, a required column missing)."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int  # 1-based data row number, as a person counts rows in a spreadsheet
+    column: str
+    reason: str
+    shot_id: str | None = None
+
+    def __str__(self) -> str:
+        shot = f" (shot {self.shot_id})" if self.shot_id else ""
+        return f"row {self.row}{shot}, column {self.column}: {self.reason}"
+
+
+class DialogueLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speaker: str = Field(min_length=1, max_length=200)
+    language: str
+    line: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        return normalize_language(value)
+
+
+class Shot(BaseModel):
+    """One validated manifest row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    row: int
+    campaign_id: str
+    shot_id: str
+    scene: str = Field(min_length=1, max_length=4000)
+    dialogue: tuple[DialogueLine, ...] = ()
+    languages: tuple[str, ...]
+    aspect_ratios: tuple[str, ...]
+    resolution: str
+    duration_s: float = Field(ge=MIN_DURATION_S, le=MAX_DURATION_S)
+    takes: int = Field(ge=1, le=MAX_TAKES)
+    seed: int = Field(ge=0, lt=2**31)
+    background_sound: str | None = Field(None, max_length=1000)
+    reference_image_uri: str | None = None
+    reference_audio_uri: str | None = None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
+
+    @field_validator("campaign_id", "shot_id")
+    @classmethod
+    def _id(cls, value: str, info) -> str:
+        return validate_id(value, info.field_name)
+
+    @field_validator("scene")
+    @classmethod
+    def _scene(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one language")
+        return _unique(normalize_language(code) for code in value)
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _aspects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one aspect ratio")
+        for ratio in value:
+            if ratio not in ASPECT_RATIOS:
+                raise ValueError(f"unknown aspect ratio {ratio!r}: expected one of {', '.join(ASPECT_RATIOS)}")
+        return _unique(value)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, value: str) -> str:
+        if value not in RESOLUTIONS:
+            raise ValueError(f"unknown resolution {value!r}: expected one of {', '.join(RESOLUTIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _dialogue_covers_languages(self) -> "Shot":
+        if self.dialogue:
+            spoken = {line.language for line in self.dialogue}
+            missing = [code for code in self.languages if code not in spoken]
+            if missing:
+                raise ValueError(
+                    f"languages: no dialogue lines for {', '.join(missing)} (every language variant needs its own lines)"
+                )
+        return self
+
+    def lines_for(self, language: str) -> list[DialogueLine]:
+        return [line for line in self.dialogue if line.language == language]
+
+
+def _unique(values) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass
+class Manifest:
+    uri: str
+    sha256: str
+    shots: list[Shot]
+    errors: list[RowError] = field(default_factory=list)
+    rows: int = 0
+    data: bytes = field(default=b"", repr=False)  # the exact bytes, kept with the campaign version
+
+    @property
+    def campaign_ids(self) -> list[str]:
+        return sorted({shot.campaign_id for shot in self.shots})
+
+
+def _field_of(error: dict) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    return loc[0] if loc else "(row)"
+
+
+def _reason(error: dict) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def validate_rows(records: list[dict[str, Any]]) -> tuple[list[Shot], list[RowError]]:
+    """Validate manifest rows (dicts keyed by column) into Shots and per-row errors."""
+    shots: list[Shot] = []
+    errors: list[RowError] = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, record in enumerate(records, start=1):
+        known = {k: v for k, v in record.items() if k in KNOWN_COLUMNS and v is not None}
+        extra = {k: v for k, v in record.items() if k not in KNOWN_COLUMNS}
+        shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
+        try:
+            shot = Shot(row=number, extra=extra, **known)
+        except ValidationError as exc:
+            for err in exc.errors():
+                column = _field_of(err)
+                reason = _reason(err)
+                if err["type"] == "missing":
+                    reason = "is required"
+                if column == "(row)" and reason.startswith("languages:"):
+                    column, reason = "languages", reason.removeprefix("languages: ")
+                errors.append(RowError(number, column, reason, shot_id))
+            continue
+        except (InvalidId, ValueError) as exc:  # raised outside pydantic's wrapping
+            errors.append(RowError(number, "(row)", str(exc), shot_id))
+            continue
+        key = (shot.campaign_id, shot.shot_id)
+        if key in seen:
+            errors.append(RowError(number, "shot_id", f"duplicate of row {seen[key]} ({shot.campaign_id}/{shot.shot_id})", shot.shot_id))
+            continue
+        seen[key] = number
+        shots.append(shot)
+    return shots, errors
+
+
+def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri}: no such file") from None
+    except OSError as exc:
+        raise ManifestError(f"manifest {uri}: cannot be read ({type(exc).__name__})") from None
+
+
+def read_manifest(uri: str, storage_options: dict | None = None) -> Manifest:
+    """Read and validate a Parquet manifest from any fsspec URL or path."""
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri)
+
+
+def parse_manifest(data: bytes, uri: str) -> Manifest:
+    """Validate manifest bytes; `uri` only names the file in messages."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"manifest {uri}: not a Parquet file ({exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
+    records = table.to_pylist()
+    shots, errors = validate_rows(records)
+    return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
+
+
+# ---- briefs (CSV / YAML) -> Parquet ---------------------------------------------------------
+
+_LIST_COLUMNS = ("languages", "aspect_ratios", "tags")
+_INT_COLUMNS = ("takes", "seed", "priority")
+
+
+def _brief_records(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = yaml.safe_load(path.read_text())
+        shots = data.get("shots") if isinstance(data, dict) else data
+        if not isinstance(shots, list):
+            raise ManifestError(f"brief {path}: expected a list of shots (or a mapping with 'shots:')")
+        defaults = {k: v for k, v in data.items() if k != "shots"} if isinstance(data, dict) else {}
+        return [{**defaults, **shot} if isinstance(shot, dict) else {"_invalid": shot} for shot in shots]
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [_csv_record(row) for row in csv.DictReader(f)]
+    raise ManifestError(f"brief {path}: expected a .csv, .yaml or .yml file")
+
+
+def _csv_record(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells are text: lists are ';'- or ','-separated, dialogue is JSON, numbers are parsed."""
+    record: dict[str, Any] = {}
+    for key, value in row.items():
+        value = (value or "").strip()
+        if value == "":
+            continue
+        if key in _LIST_COLUMNS:
+            record[key] = [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+        elif key == "dialogue":
+            try:
+                record[key] = json.loads(value)
+            except json.JSONDecodeError:
+                record[key] = value  # left for validation to report
+        else:
+            record[key] = value
+    return record
+
+
+def _coerce(record: dict[str, Any]) -> dict[str, Any]:
+    """Best-effort typing so that the Parquet columns have the schema's types; anything that
+    does not convert is kept as-is and reported by validation."""
+    out = dict(record)
+    for key in _INT_COLUMNS:
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = int(out[key])
+            except ValueError:
+                pass
+    if isinstance(out.get("duration_s"), (str, int)):
+        try:
+            out["duration_s"] = float(out["duration_s"])
+        except ValueError:
+            pass
+    for key in _LIST_COLUMNS:
+        if isinstance(out.get(key), str):
+            out[key] = [out[key]]
+    return out
+
+
+def build_manifest(brief: Path, output: Path) -> tuple[Manifest, Path]:
+    """Convert a CSV/YAML brief to a Parquet manifest; only valid rows are written."""
+    records = [_coerce(r) for r in _brief_records(brief)]
+    shots, errors = validate_rows(records)
+    rows = [shot_to_record(shot) for shot in shots]
+    table = pa.Table.from_pylist(rows, schema=SCHEMA) if rows else SCHEMA.empty_table()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, output)
+    manifest = Manifest(uri=str(output), sha256=hashlib.sha256(output.read_bytes()).hexdigest(), shots=shots, errors=errors, rows=len(records))
+    return manifest, output
+
+
+def shot_to_record(shot: Shot) -> dict[str, Any]:
+    record = shot.model_dump(exclude={"row", "extra"})
+    record["dialogue"] = [line.model_dump() for line in shot.dialogue]
+    for key in ("languages", "aspect_ratios", "tags"):
+        record[key] = list(record[key])
+    return record
+
+
+def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as a Parquet manifest with the standard schema (plus any extra columns)."""
+    extra_fields = [pa.field(k, pa.string()) for k in sorted({k for r in records for k in r} - KNOWN_COLUMNS)]
+    schema = pa.schema(list(SCHEMA) + extra_fields)
+    table = pa.Table.from_pylist(records, schema=schema)
+    path = Path(path)
+    pq.write_table(table, path)
+    return path

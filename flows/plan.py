@@ -1,0 +1,222 @@
+"""Planning: shots → variants → render jobs with render keys, and what is already in the catalog.
+
+A variant is one (language, aspect ratio, take) of a shot. Its `render_key` hashes every input
+that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from catalog import Store, render_key
+from catalog.ids import validate_id
+from flows.manifest import Shot
+from model.prompt import compose_prompt
+
+# Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
+# settings, mp4 tags): every render key changes, so the next run re-renders everything.
+PIPELINE_CACHE_VERSION = 1
+FPS = 25
+
+
+class PlanError(ValueError):
+    """A shot that cannot be planned (e.g. a reference file outside the allowed roots)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Variant axes a backfill narrows or extends; None keeps the manifest's own values."""
+
+    languages: tuple[str, ...] | None = None
+    aspect_ratios: tuple[str, ...] | None = None
+    takes: int | None = None
+    shot_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    campaign_id: str
+    shot_id: str
+    variant: str
+    language: str
+    aspect_ratio: str
+    take: int
+    seed: int
+    resolution: str
+    seconds: float
+    width: int
+    height: int
+    prompt: str
+    render_key: str
+    priority: int = 0
+    image_path: str | None = None
+    audio_path: str | None = None
+    key_inputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def entry(self) -> dict[str, Any]:
+        """The identifying fields shared by receipts, index rows and version entries."""
+        return {
+            "campaign_id": self.campaign_id,
+            "shot_id": self.shot_id,
+            "variant": self.variant,
+            "language": self.language,
+            "aspect_ratio": self.aspect_ratio,
+            "take": self.take,
+            "seed": self.seed,
+            "render_key": self.render_key,
+        }
+
+
+@dataclass
+class Plan:
+    jobs: list[PlannedJob]
+    cached: dict[str, dict]  # render_key -> index row of a finished render
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def todo(self) -> list[PlannedJob]:
+        return [job for job in self.jobs if job.render_key not in self.cached]
+
+    @property
+    def clip_seconds_todo(self) -> float:
+        return sum(job.seconds for job in self.todo)
+
+
+def variant_id(language: str, aspect_ratio: str, take: int) -> str:
+    return validate_id(f"{language}-{aspect_ratio.replace(':', 'x')}-t{take}", "variant")
+
+
+def take_seed(seed: int, take: int) -> int:
+    """Take 1 renders with the manifest's seed; later takes get seeds derived from it, so adding
+    takes never changes earlier ones and every language/aspect of one take shares its seed."""
+    if take == 1:
+        return seed
+    digest = hashlib.sha256(f"horse-take:{seed}:{take}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _reference_path(uri: str | None, roots: list[str], column: str) -> str | None:
+    """A reference file is only read from under a configured input root (never ../ out of it)."""
+    if uri is None:
+        return None
+    path = Path(uri.removeprefix("file://")).resolve()
+    allowed = [Path(root).resolve() for root in roots]
+    if not any(path.is_relative_to(root) for root in allowed):
+        where = ", ".join(map(str, allowed)) or "none configured (render.input_roots)"
+        raise PlanError(f"{column}: {uri} is outside the allowed input roots ({where})")
+    if not path.is_file():
+        raise PlanError(f"{column}: {uri} does not exist")
+    return str(path)
+
+
+def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(), input_roots: list[str] | None = None) -> list[PlannedJob]:
+    languages = filters.languages or shot.languages
+    aspects = filters.aspect_ratios or shot.aspect_ratios
+    takes = filters.takes or shot.takes
+    if shot.dialogue:
+        missing = [code for code in languages if not shot.lines_for(code)]
+        if missing:
+            raise PlanError(f"languages: no dialogue lines for {', '.join(missing)}")
+    image = _reference_path(shot.reference_image_uri, input_roots or [], "reference_image_uri")
+    audio = _reference_path(shot.reference_audio_uri, input_roots or [], "reference_audio_uri")
+    refs = {"image_sha256": file_sha256(image) if image else None, "audio_sha256": file_sha256(audio) if audio else None}
+    jobs = []
+    for language in languages:
+        lines = [line.model_dump() for line in shot.lines_for(language)]
+        prompt = compose_prompt(shot.scene, lines, shot.background_sound)
+        for aspect in aspects:
+            width, height = model.size_for(shot.resolution, aspect)
+            for take in range(1, takes + 1):
+                seed = take_seed(shot.seed, take)
+                inputs = {
+                    "prompt": prompt,
+                    "language": language,
+                    "resolution": shot.resolution,
+                    "aspect_ratio": aspect,
+                    "width": width,
+                    "height": height,
+                    "fps": FPS,
+                    "seconds": shot.duration_s,
+                    "seed": seed,
+                    "profile": model.profile,
+                    **refs,
+                    "model_fingerprint": model.fingerprint,
+                    "pipeline_cache_version": PIPELINE_CACHE_VERSION,
+                }
+                jobs.append(
+                    PlannedJob(
+                        campaign_id=shot.campaign_id,
+                        shot_id=shot.shot_id,
+                        variant=variant_id(language, aspect, take),
+                        language=language,
+                        aspect_ratio=aspect,
+                        take=take,
+                        seed=seed,
+                        resolution=shot.resolution,
+                        seconds=shot.duration_s,
+                        width=width,
+                        height=height,
+                        prompt=prompt,
+                        render_key=render_key(inputs),
+                        priority=shot.priority,
+                        image_path=image,
+                        audio_path=audio,
+                        key_inputs=inputs,
+                    )
+                )
+    return jobs
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What planning needs to know about the model without holding its weights."""
+
+    fingerprint: str
+    profile: str
+    sizes: Any  # callable (resolution, aspect_ratio) -> (width, height)
+
+    def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
+        return self.sizes(resolution, aspect_ratio)
+
+
+def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(), input_roots: list[str] | None = None) -> Plan:
+    """Expand every shot, then ask the catalog once which render keys already exist."""
+    jobs: list[PlannedJob] = []
+    errors: list[str] = []
+    for shot in shots:
+        if filters.shot_ids and shot.shot_id not in filters.shot_ids:
+            continue
+        try:
+            jobs.extend(expand_shot(shot, model, filters, input_roots))
+        except (PlanError, ValueError) as exc:
+            errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
+    # Highest priority first, then manifest order: the nightly run renders what matters most first.
+    jobs.sort(key=lambda job: -job.priority)
+    cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
+    return Plan(jobs=jobs, cached=cached, errors=errors)
+
+
+def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:
+    """GPU-seconds to render the plan's to-do list: from past renders in the index when there are
+    any (their GPU-seconds per clip-second), else the configured rate."""
+    seconds = plan.clip_seconds_todo
+    try:
+        history = store.index.to_arrow(status="ok").select(["gpu_seconds", "duration_s"]).to_pylist()
+    except Exception:  # no index yet
+        history = []
+    pairs = [(r["gpu_seconds"], r["duration_s"]) for r in history if r["gpu_seconds"] and r["duration_s"]]
+    if pairs:
+        rate = sum(g for g, _ in pairs) / sum(d for _, d in pairs)
+        return seconds * rate, f"{rate:.2f} GPU-s per clip-s from {len(pairs)} past renders"
+    return seconds * default_per_clip_second, f"{default_per_clip_second:g} GPU-s per clip-s from configuration"
