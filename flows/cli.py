@@ -419,6 +419,59 @@ def show(campaign: Annotated[str, typer.Argument(help="campaign id")],
     guarded(as_json, body)
 
 
+# ---- deployments and the UI -----------------------------------------------------------------
+
+
+@app.command()
+def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None,
+           ray_address: RayOpt = None) -> None:
+    """Register the nightly and backfill deployments with the Prefect server's work pool."""
+    from flows.deploy import build_deployments
+
+    settings = settings_from(config, store, model, ray_address, as_json)
+
+    def body() -> int:
+        ids = {}
+        for deployment in build_deployments(settings, str(config) if config else None):
+            ids[deployment.name] = str(deployment.apply(work_pool_name=settings.prefect.work_pool))
+        if as_json:
+            emit_json({"ok": True, "work_pool": settings.prefect.work_pool, "deployments": ids})
+        else:
+            for name, deployment_id in ids.items():
+                console.print(f"registered [bold]{name}[/bold] ({deployment_id}) on work pool {settings.prefect.work_pool}")
+            console.print(f"start a worker: prefect worker start --pool {settings.prefect.work_pool}")
+        return EXIT_OK
+
+    guarded(as_json, body)
+
+
+@app.command()
+def serve(config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+    """Serve the nightly (cron) and backfill deployments from this process until Ctrl-C."""
+    from flows.deploy import serve_deployments
+
+    settings = settings_from(config, store, model, ray_address, False)
+    if not settings.schedule.manifest_uri:
+        err_console.print("[yellow]schedule.manifest_uri is not set: the nightly deployment has no schedule[/yellow]")
+    serve_deployments(settings, str(config) if config else None)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1")] = 4200) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 (the demo's runs show up there)."""
+    from flows.ui import run_ui
+
+    raise typer.Exit(run_ui(port, console))
+
+
+@app.command()
+def demo(as_json: JsonOpt = False, store: StoreOpt = None) -> None:
+    """Render the bundled example campaign end to end (tiny model, local Ray, embedded Prefect)."""
+    from flows.demo import run_demo
+
+    guarded(as_json, lambda: run_demo(store or "./horse-store", as_json, console, _run_flow))
+
+
 def main() -> None:  # `python -m flows.cli`
     app()
 

@@ -55,6 +55,9 @@ class PrefectSettings(_Section):
 class ScheduleSettings(_Section):
     cron: str = "30 1 * * *"
     timezone: str = "Europe/Berlin"
+    manifest_uri: str | None = Field(
+        None, description="the manifest the nightly deployment renders (e.g. s3://briefs/nightly.parquet)"
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -1,0 +1,82 @@
+"""`horse ui`: the Prefect server with its UI on 127.0.0.1.
+
+The port goes in through the server's settings (PREFECT_SERVER_API_HOST/PORT), not `--port`:
+with the flag, the UI still points its API calls at the default port 4200 (research §3).
+The server uses the same PREFECT_HOME database as the embedded API, so runs made by
+`horse demo` and `horse render` appear in it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+from rich.console import Console
+
+
+def server_env(port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def start_server(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env or server_env(port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C reaches us; we stop the server ourselves
+    )
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).json() is True:
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_ui(port: int, console: Console) -> int:
+    console.print(f"starting the Prefect server on 127.0.0.1:{port} ...")
+    process = start_server(port)
+    try:
+        if not wait_healthy(port, process):
+            error = process.stderr.read().decode(errors="replace")[-2000:] if process.poll() is not None else "timed out"
+            console.print(f"[red]the Prefect server did not start:[/red] {error}")
+            return 1
+        console.print(f"Prefect UI: [bold]http://127.0.0.1:{port}[/bold]  (runs, artifacts, deployments)")
+        console.print(f"to send runs here from another shell: export PREFECT_API_URL=http://127.0.0.1:{port}/api")
+        console.print("press Ctrl-C to stop")
+        while process.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+        return 0
+    finally:
+        stop_server(process)
