@@ -8,6 +8,7 @@ into the catalog, and only a small `RenderOutcome` is returned.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import logging
@@ -15,11 +16,11 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 from .encode import encode_mp4, poster_jpeg
-from .jobs import (CANCELLED, CANCELLED_CLASS, FAILED, GPU_OOM, OK, RenderJob, RenderOutcome,
-                   classify, is_oom, is_sticky_cuda)
+from .jobs import (CANCELLED, CANCELLED_CLASS, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
+                   is_sticky_cuda)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class RenderActor:
         self.config = config
         self.faults = dict(config.fault_injection or {})
         self.renders = 0
+        self._recent: collections.OrderedDict[str, RenderOutcome] = collections.OrderedDict()
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
         _LOADS_IN_PROCESS += 1
@@ -100,9 +102,8 @@ class RenderActor:
         cfg = self.config
         device = cfg.device or ("cuda" if torch.cuda.is_available() and not cfg.cpu_mode else "cpu")
         if cfg.model == "tiny":
-            return HappyHorsePipeline.tiny(seed=cfg.tiny_seed), "cpu"
-        dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
-        pipe = HappyHorsePipeline.from_pretrained(cfg.model, device=device, dtype=dtype, offload=cfg.offload)
+            return HappyHorsePipeline.tiny(seed=cfg.tiny_seed, device=device), device
+        pipe = HappyHorsePipeline.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, offload=cfg.offload)
         return pipe, device
 
     def _warm_up(self) -> None:
@@ -133,11 +134,28 @@ class RenderActor:
         }
 
     # -- one job ---------------------------------------------------------------------------
-    def render(self, job: RenderJob, attempt: int = 1, submitted_at: float | None = None) -> RenderOutcome:
+    def render(self, job: RenderJob, attempt: int = 1, submitted_at: float | None = None,
+               call_id: str | None = None) -> RenderOutcome:
         """Render, encode, check and store one job; every error comes back as an outcome.
 
         Only sticky CUDA errors escape: the process exits so the pool replaces the actor.
         """
+        outcome = self._render(job, attempt, submitted_at)
+        if call_id is not None:
+            self._recent[call_id] = outcome
+            while len(self._recent) > 16:
+                self._recent.popitem(last=False)
+        return outcome
+
+    def finished(self, call_ids: list[str]) -> dict[str, RenderOutcome]:
+        """Outcomes of recent calls by call id. On cancel the pool queues this behind the
+        cancelled calls: `ray.get` of a cancelled call raises even when the job had already been
+        stored, and this answer (it arrives once the actor is idle) says what really happened."""
+        return {c: self._recent[c] for c in call_ids if c in self._recent}
+
+    def _render(self, job: RenderJob, attempt: int, submitted_at: float | None) -> RenderOutcome:
+        from model import RenderCancelled
+
         started = time.time()
         timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
         base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
@@ -169,7 +187,7 @@ class RenderActor:
             if is_sticky_cuda(exc):
                 log.error("sticky CUDA error, exiting so the pool restarts this actor: %s", exc)
                 os._exit(1)
-            if type(exc).__name__ == "RenderCancelled":
+            if isinstance(exc, RenderCancelled):
                 status, error_class, retryable = CANCELLED, CANCELLED_CLASS, False
             else:
                 status = FAILED
@@ -183,32 +201,39 @@ class RenderActor:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _render_with_ladder(self, job: RenderJob):
-        """Render as requested; on GPU OOM, retry here with each rung of `config.oom_ladder`."""
-        request, fallback = job.request, None
-        should_stop: Callable[[], bool] = _ray_cancel_requested
-        rungs = [None, *self.config.oom_ladder]
-        for i, rung in enumerate(rungs):
-            if rung is not None:
-                request = self._apply_rung(rung, request)
-                if request is None:
-                    continue  # the rung does not apply to this request
-                fallback = rung
-            try:
-                self._inject_oom(job, i)
-                return self.pipe(request, should_stop=should_stop), fallback
-            except Exception as exc:
-                if not is_oom(exc) or i == len(rungs) - 1:
-                    raise
-                log.warning("%s: GPU OOM at rung %s, trying the next one", job.render_key, rung)
-                self._free_gpu_memory()
-        raise AssertionError("unreachable")
+        """Render as requested; on GPU OOM, retry here with each rung of `config.oom_ladder`.
 
-    def _apply_rung(self, rung: str, request):
+        Rungs accumulate: "tiled_decode" decodes the video latent in tiles (diffusers VAE tiling,
+        only for this job, so other jobs stay bit-identical to a plain decode); "lower_sr" also
+        renders 1080p requests at 540p. The rungs used are reported in RenderOutcome.fallback.
+        """
+        plan = [(None, job.request)]
+        for rung in self.config.oom_ladder:
+            request = self._apply_rung(rung, job.request)
+            if request is not None:  # the rung applies to this request
+                plan.append((rung, request))
+        vae = self.pipe.video_codec.vae
+        for i, (rung, request) in enumerate(plan):
+            used = [r for r, _ in plan[1 : i + 1]]  # rungs accumulate: lower SR keeps tiled decode
+            tiled = "tiled_decode" in used
+            try:
+                if tiled:
+                    vae.enable_tiling()
+                self._inject_oom(job, i)
+                return self.pipe(request, should_stop=_ray_cancel_requested), "+".join(used) or None
+            except Exception as exc:
+                if not is_oom(exc) or i == len(plan) - 1:
+                    raise
+                log.warning("%s: GPU OOM (rung %s), trying %s", job.render_key, rung, plan[i + 1][0])
+                self._free_gpu_memory()
+            finally:
+                if tiled:
+                    vae.disable_tiling()
+        raise AssertionError("the last rung re-raises")
+
+    @staticmethod
+    def _apply_rung(rung: str, request):
         if rung == "tiled_decode":
-            enable = getattr(self.pipe, "enable_tiled_decode", None)
-            if enable is None:
-                return None
-            enable()
             return request
         if rung == "lower_sr":
             lower = _LOWER_SR.get(request.resolution)

@@ -67,7 +67,9 @@ class RenderOutcome:
     audio_seconds: float | None = None
     pid: int | None = None
     model_fingerprint: str | None = None
-    fallback: str | None = None  # OOM ladder step the clip was finally rendered with, if any
+    fallback: str | None = None  # OOM ladder rungs the clip was finally rendered with, if any
+    # one {attempt, error_class, error_message, actor_id} per earlier failed attempt of this job
+    earlier_attempts: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -69,6 +70,7 @@ class _Task:
     index: int
     job: RenderJob
     attempt: int = 1
+    history: list = field(default_factory=list)  # summaries of earlier failed attempts
 
 
 @dataclass
@@ -98,6 +100,7 @@ class _Call:
     task: _Task
     slot: _Slot
     ref: Any
+    call_id: str
 
 
 class RenderPool:
@@ -276,10 +279,11 @@ class _Run:
                 return
             slot = min(open_slots, key=lambda s: len(s.calls))
             task = self.pending.popleft()
-            ref = slot.actor.render.remote(task.job, task.attempt, time.time())
+            call_id = uuid.uuid4().hex
+            ref = slot.actor.render.remote(task.job, task.attempt, time.time(), call_id)
             if not slot.calls:
                 slot.head_since = time.monotonic()
-            call = _Call(task, slot, ref)
+            call = _Call(task, slot, ref, call_id)
             slot.calls.append(call)
             self.calls[ref] = call
 
@@ -353,11 +357,14 @@ class _Run:
                 and task.attempt <= self.cfg.max_retries):
             log.info("%s attempt %d failed (%s); retrying", task.job.render_key, task.attempt,
                      outcome.error_class)
-            self.pending.appendleft(_Task(task.index, task.job, task.attempt + 1))
+            summary = {"attempt": task.attempt, "error_class": outcome.error_class,
+                       "error_message": outcome.error_message, "actor_id": outcome.actor_id}
+            self.pending.appendleft(_Task(task.index, task.job, task.attempt + 1, [*task.history, summary]))
             return
         self._finish(task, outcome)
 
     def _finish(self, task: _Task, outcome: RenderOutcome) -> None:
+        outcome.earlier_attempts = list(task.history)
         self.final[task.index] = outcome
         if self.on_outcome is not None:
             try:
@@ -373,15 +380,25 @@ class _Run:
         self.pending.clear()
         for ref in list(self.calls):
             ray.cancel(ref)  # queued calls are dropped; running ones see is_canceled()
-        end = time.monotonic() + self.cfg.cancel_grace_s
-        while self.calls and time.monotonic() < end:
-            ready, _ = ray.wait(list(self.calls), num_returns=1,
-                                timeout=max(0.0, end - time.monotonic()))
+        # `finished` runs once the actor is idle again, and reports jobs that completed anyway.
+        barriers = [s.actor.finished.remote([c.call_id for c in s.calls])
+                    for s in self.pool._slots if s.ready and s.calls]
+        really: dict[str, RenderOutcome] = {}
+        if barriers:
+            ready, _ = ray.wait(barriers, num_returns=len(barriers), timeout=self.cfg.cancel_grace_s)
             for ref in ready:
-                if ref in self.calls:
-                    self._on_result(ref)
-        for call in list(self.calls.values()):
-            self._finish(call.task, _cancelled(call.task))
+                try:
+                    really.update(ray.get(ref))
+                except Exception:  # noqa: BLE001 - the actor died meanwhile: nothing to report
+                    pass
+        for ref, call in list(self.calls.items()):
+            outcome = really.get(call.call_id)
+            if outcome is None:
+                try:
+                    outcome = ray.get(ref, timeout=0)  # it may have finished before the cancel
+                except Exception:  # noqa: BLE001 - cancelled, not ready or actor gone
+                    outcome = _cancelled(call.task)
+            self._finish(call.task, outcome)
         self.calls.clear()
         self.pool.shutdown()
 
