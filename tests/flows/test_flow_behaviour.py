@@ -1,0 +1,132 @@
+"""Backfills, broken rows, failures and artifacts, a killed run resumed: the flows as the studio
+uses them (Prefect test server, local Ray, tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from catalog import Store
+from flows.manifest import write_manifest
+from flows.nightly import backfill_variants, nightly_campaign_render
+
+from .conftest import shot
+
+pytestmark = pytest.mark.slow
+
+
+def settings_file(tmp_path: Path, **sections) -> str:
+    import yaml
+
+    config = {"ray": {"cpu_mode": True, "num_actors": 2, "job_deadline_s": 300}, "render": {"chunk_size": 4}}
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    path = tmp_path / "horse.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def artifacts_of(flow_run_id) -> dict[str, object]:
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return {a.type: a for a in asyncio.run(read())}
+
+
+def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
+    manifest = write_manifest([shot("s100", "A cyclist stops at a red light and waves.", aspect_ratios=["16:9"])], tmp_path / "m.parquet")
+    config = settings_file(tmp_path)
+    first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
+    assert first["rendered"] == 2 and first["versions"] == {"spring-launch": 1}
+
+    state = backfill_variants("spring-launch", languages=["ja"], store_url=tmp_store, config_file=config, return_state=True)
+    result = state.result()
+    assert result["rendered"] == 1 and result["cached"] == 0
+    version = Store(tmp_store).versions.read("spring-launch", 2)
+    assert sorted(e["variant"] for e in version["entries"]) == ["de-16x9-t1", "en-16x9-t1", "ja-16x9-t1"]
+    assert all(e["status"] == "ok" for e in version["entries"])
+
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert artifacts["progress"].data == 100
+    summary = artifacts["markdown"].data
+    assert "spring-launch: version 2" in summary and "| 1 | 0 | 1 | 0 | 0 | 0 |" in summary
+    assert "data:image/jpeg;base64," in summary, "the contact sheet is inlined in the summary"
+
+
+def horse_cli(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def test_broken_rows_are_reported_and_good_rows_render(prefect_api, tmp_path, tmp_store):
+    one_variant = {"languages": ["en"], "aspect_ratios": ["16:9"]}
+    good = [shot(f"g{i}", f"Shot {i}: a bicycle bell rings in a quiet street.", **one_variant) for i in range(1, 6)]
+    broken = [
+        shot("b1", None, **one_variant),                                       # missing scene
+        shot("b2", "A scene.", **{**one_variant, "languages": ["tlh"]}),       # unknown language
+        shot("b3", "A scene.", **{**one_variant, "aspect_ratios": ["3:2"]}),   # bad aspect ratio
+        shot("g1", "A duplicate of the first shot.", **one_variant),           # duplicate shot id
+        shot("../etc", "A traversal attempt.", **one_variant),                 # traversal in an id
+    ]
+    manifest = write_manifest(good + broken, tmp_path / "mixed.parquet")
+    result = horse_cli("render", str(manifest), "--json", "--store", tmp_store, "--config", settings_file(tmp_path))
+    assert "Traceback" not in result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert result.returncode == 1, "some rows were skipped"
+    assert document["rendered"] == 5 and document["failed"] == 0
+    errors = document["row_errors"]
+    assert len(errors) == 5
+    assert errors[0].startswith("row 6 (shot b1), column scene: is required")
+    assert "row 7 (shot b2), column languages: unsupported language code 'tlh'" in errors[1]
+    assert "row 8 (shot b3), column aspect_ratios: unknown aspect ratio '3:2'" in errors[2]
+    assert "row 9 (shot g1), column shot_id: duplicate of row 1" in errors[3]
+    assert "row 10 (shot ../etc), column shot_id: invalid shot_id '../etc'" in errors[4]
+    assert sorted(e["shot_id"] for e in Store(tmp_store).versions.read("spring-launch")["entries"]) == ["g1", "g2", "g3", "g4", "g5"]
+
+
+def test_failed_shots_are_published_as_failed_and_fail_the_run(prefect_api, ray_cluster, tmp_path, tmp_store):
+    manifest = write_manifest([shot("s200", "A kettle whistles.", languages=["en"], aspect_ratios=["1:1"])], tmp_path / "f.parquet")
+    # A deadline no render can meet: the pool kills the actor and, with no retries left, fails the shot.
+    config = settings_file(tmp_path, ray={"job_deadline_s": 0.05, "max_retries": 0})
+    state = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config, return_state=True)
+    assert state.is_failed()
+    version = Store(tmp_store).versions.read("spring-launch", 1)
+    assert [e["status"] for e in version["entries"]] == ["failed"]
+    table = json.loads(artifacts_of(state.state_details.flow_run_id)["table"].data)
+    assert table[0]["shot"] == "s200" and table[0]["variant"] == "en-1x1-t1"
+    assert table[0]["error_class"] == "DeadlineExceeded"
+    assert set(table[0]) == {"shot", "variant", "error_class", "message", "retryable", "attempts", "render_key"}
+
+
+def test_killed_run_resumes_with_only_the_missing_shots(prefect_api, tmp_path, tmp_store):
+    rows = [shot(f"k{i}", f"Shot {i}: rain on a tin roof.", languages=["en"], aspect_ratios=["16:9", "9:16"]) for i in range(1, 5)]
+    manifest = write_manifest(rows, tmp_path / "k.parquet")
+    config = settings_file(tmp_path, render={"chunk_size": 2})
+    receipts = Path(tmp_store.removeprefix("file://")) / "receipts"
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "render", str(manifest), "--json", "--store", tmp_store, "--config", config],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(receipts.rglob("*.json"))) < 3:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the flow process and the Ray cluster it started
+    process.wait()
+    done_before = len(list(receipts.rglob("*.json")))
+    assert 3 <= done_before < 8, "the kill landed mid-run"
+
+    result = horse_cli("render", str(manifest), "--json", "--store", tmp_store, "--config", config)
+    document = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert document["cached"] >= done_before and document["rendered"] == 8 - document["cached"]
+    version = Store(tmp_store).versions.read("spring-launch")
+    assert len(version["entries"]) == 8 and all(e["status"] == "ok" for e in version["entries"])
+    assert len(list(receipts.rglob("*.json"))) == 8, "one receipt per render, none duplicated"
