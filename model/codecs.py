@@ -122,7 +122,7 @@ def tiny_audio_vae(latent_channels: int, seed: int):
     from diffusers import AutoencoderOobleck
     with _seeded(seed), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 4, 4, 8, 8],
+        return AutoencoderOobleck(encoder_hidden_size=2 * latent_channels, downsampling_ratios=[2, 4, 4, 8, 8],
                                   channel_multiples=[1, 2, 4, 8, 16], decoder_channels=8,
                                   decoder_input_channels=latent_channels, audio_channels=2,
                                   sampling_rate=44100).eval()

@@ -84,12 +84,13 @@ def full_dit_config(stage: str = "distill") -> DiTConfig:
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def tiny_dit_config(stage: str = "distill") -> DiTConfig:
+def tiny_dit_config(stage: str = "distill", audio_in_channels: int = 64) -> DiTConfig:
     """tiny-128 of spec §8 (also the golden-vector config). The 1080p SR variant keeps local
     attention on all layers except 3 with a 1-frame receptive field so that locality actually
-    matters for a 1 s clip (7 latent frames)."""
+    matters for a 1 s clip (7 latent frames). The tiny pipeline uses 8 audio latent channels
+    (spec tiny-64) because an Oobleck encoder's width is twice its latent width."""
     cfg = DiTConfig(num_layers=6, hidden_size=128, head_dim=32, num_query_groups=2,
-                    video_in_channels=32, audio_in_channels=64, text_in_channels=64,
+                    video_in_channels=32, audio_in_channels=audio_in_channels, text_in_channels=64,
                     mm_layers=(0, 1, 4, 5), gelu7_layers=(0, 1))
     if stage in ("base", "distill"):
         return cfg
@@ -134,6 +135,9 @@ class PipelineConfig:
         if "vae_stride" in d:
             d["vae_stride"] = tuple(d["vae_stride"])
         return cls(**d)
+
+
+TINY_AUDIO_LATENT = 8
 
 
 def tiny_pipeline_config() -> PipelineConfig:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .codecs import (AudioCodec, TextEncoder, VideoCodec, load_text_encoder, tiny_audio_vae, tiny_text_encoder,
                      tiny_video_vae)
-from .config import DiTConfig, PipelineConfig, full_dit_config, tiny_dit_config, tiny_pipeline_config
-from .dit import DiT, build_dit, init_random_
+from .config import TINY_AUDIO_LATENT, DiTConfig, PipelineConfig, full_dit_config, tiny_dit_config, tiny_pipeline_config
+from .dit import DiT, ExpertLinear, build_dit, init_random_
 from .packing import build_coords, patchify, unpatchify
 from .prompt import NEGATIVE_PROMPT
 from .schedulers import distill_step, flow_sigmas, flow_timesteps, make_unipc, sr_noise_coefficients, video_guidance
@@ -96,7 +96,7 @@ class HappyHorsePipeline:
     def __init__(self, dits: dict[str, DiT], text_encoder: TextEncoder, video_codec: VideoCodec,
                  audio_codec: AudioCodec, config: PipelineConfig, fingerprint: str,
                  device: str | torch.device = "cpu", offload: bool = False, weight_hashes: dict | None = None,
-                 preset: str = "checkpoint"):
+                 preset: str = "checkpoint", cpu_threads: int | None = None):
         self.dits = dits
         self.text_encoder = text_encoder
         self.video_codec = video_codec
@@ -107,6 +107,10 @@ class HappyHorsePipeline:
         self.device = torch.device(device)
         self.offload = offload
         self.preset = preset
+        # intra-op threads while rendering on CPU (None = leave torch's setting). The tiny preset
+        # uses 1: its ops are too small to gain from threads, and on a busy machine OpenMP
+        # spin-waiting made renders 10-30x slower.
+        self.cpu_threads = cpu_threads
         self._negative_cache: dict[str, torch.Tensor] = {}
         if not offload:
             for m in self._modules():
@@ -122,7 +126,7 @@ class HappyHorsePipeline:
         cfg = tiny_pipeline_config()
         dits = {}
         for k, stage in enumerate(DIT_STAGES):
-            dits[stage] = init_random_(build_dit(tiny_dit_config(stage)), seed * 1000 + k).eval()
+            dits[stage] = init_random_(build_dit(tiny_dit_config(stage, TINY_AUDIO_LATENT)), seed * 1000 + k).eval()
         text_in = dits["distill"].cfg.text_in_channels
         te_model, tok = tiny_text_encoder(text_in, seed * 1000 + 11)
         desc = {"preset": "tiny", "seed": seed, "format": FORMAT_VERSION, "pipeline": cfg.to_dict(),
@@ -132,7 +136,7 @@ class HappyHorsePipeline:
                    VideoCodec(tiny_video_vae(cfg.z_dim, seed * 1000 + 12)),
                    AudioCodec(tiny_audio_vae(dits["distill"].cfg.audio_in_channels, seed * 1000 + 13),
                               cfg.audio_model_rate, cfg.sample_rate),
-                   cfg, fp, device=device, preset="tiny")
+                   cfg, fp, device=device, preset="tiny", cpu_threads=1)
 
     def save_pretrained(self, folder: str | Path, max_shard_bytes: int = 2 << 20) -> None:
         """Write the released folder layout: <stage>/ sharded safetensors for each DiT (plus our
@@ -181,7 +185,7 @@ class HappyHorsePipeline:
             with torch.device("meta"):
                 dit = DiT(cfg)
             for mod in dit.modules():       # block linears in the requested dtype, the rest fp32
-                if isinstance(mod, torch.nn.Module) and type(mod).__name__ == "ExpertLinear":
+                if isinstance(mod, ExpertLinear):
                     mod.weight.data = mod.weight.data.to(dtype)
             ckpt.validate(sub, {k: tuple(v.shape) for k, v in {**dict(dit.named_parameters()), **dict(dit.named_buffers())}.items()},
                           allow_pickle)
@@ -212,7 +216,8 @@ class HappyHorsePipeline:
         fp, hashes = ckpt.fingerprint_files(folder, sorted(set(used)))
         return cls(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
                    AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fp,
-                   device=device, offload=offload, weight_hashes=hashes)
+                   device=device, offload=offload, weight_hashes=hashes,
+                   cpu_threads=1 if all(d.cfg.hidden_size <= 1024 for d in dits.values()) else None)
 
     # ------------------------------------------------------------------------------ geometry
     def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
@@ -268,6 +273,18 @@ class HappyHorsePipeline:
             raise InvalidRequest("keep_audio_fixed needs an audio input")
 
     # ------------------------------------------------------------------------------ helpers
+    @contextlib.contextmanager
+    def _threads(self):
+        if self.cpu_threads is None or self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     @contextlib.contextmanager
     def _on_device(self, *modules):
         if self.offload:
@@ -361,9 +378,13 @@ class HappyHorsePipeline:
         return video, audio
 
     # ------------------------------------------------------------------------------ render
-    @torch.no_grad()
     def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None) -> Clip:
+        """Render one clip. should_stop is polled between steps; True raises RenderCancelled."""
         self._validate(request)
+        with self._threads(), torch.no_grad():
+            return self._render(request, should_stop)
+
+    def _render(self, request: RenderRequest, should_stop) -> Clip:
         r, cfg, dev = request, self.config, self.device
         timings = {"text_encode": 0.0, "denoise": 0.0, "sr": 0.0, "decode": 0.0}
         gen = torch.Generator(device=dev).manual_seed(int(r.seed))
