@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -204,7 +205,9 @@ class HappyHorsePipeline:
         te_model, tok = load_text_encoder(folder / "text_encoder", tok_dir, te_dtype, place)
         from diffusers import AutoencoderKLWan, AutoencoderOobleck
         video_vae = AutoencoderKLWan.from_pretrained(folder / "video_vae", local_files_only=True).eval()
-        audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True).eval()
+        with warnings.catch_warnings():    # diffusers' Oobleck still uses the deprecated weight_norm
+            warnings.simplefilter("ignore", FutureWarning)
+            audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True).eval()
         if (folder / "turbo_vae").is_dir() and allow_pickle:
             # Turbo-VAED is not ported; the Wan2.2 decoder renders instead (spec §3.2 fallback).
             pass

@@ -88,3 +88,17 @@ def test_cancel_between_steps(tiny_pipe):
 
     with pytest.raises(RenderCancelled):
         tiny_pipe(req(), should_stop=should_stop)
+
+
+def test_text_encoder_no_prepadding_and_cap(tiny_pipe):
+    from model.config import PipelineConfig
+    enc = tiny_pipe.text_encoder
+    assert enc.encode("hello").shape == (len("hello") + 1, 64)        # bytes + </s>, no padding
+    assert enc.encode("x" * 5000).shape[0] == tiny_pipe.config.text_max_tokens
+    assert PipelineConfig().text_max_tokens == 640
+
+
+def test_fingerprint_is_stable_and_seeded(tiny_pipe):
+    assert len(tiny_pipe.fingerprint) == 64
+    assert HappyHorsePipeline.tiny(seed=0).fingerprint == tiny_pipe.fingerprint
+    assert HappyHorsePipeline.tiny(seed=1).fingerprint != tiny_pipe.fingerprint
