@@ -1,0 +1,78 @@
+"""Garbage collection of blobs nothing refers to.
+
+A blob is deleted only if no index row, no campaign version manifest and (by default) no
+receipt mentions it, and it is older than the grace period. The grace period protects renders
+in flight: their blobs are stored before any receipt, index row or version points at them.
+Only keys under blobs/ are ever deleted; nothing here is built from manifest values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from .blobs import BLOB_PREFIX
+from .redact import get_logger
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class GCReport:
+    dry_run: bool
+    scanned: int = 0
+    referenced: int = 0
+    young: int = 0
+    deleted: list[str] = field(default_factory=list)  # URIs deleted (or that would be, in a dry run)
+    bytes: int = 0                                     # bytes freed (or that would be)
+
+
+def _modified(info: dict) -> datetime | None:
+    for name in ("LastModified", "mtime", "created", "updated", "last_modified"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return None
+
+
+def collect_garbage(store: "Store", grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
+                    include_receipts: bool = True, now: datetime | None = None) -> GCReport:
+    if not isinstance(grace, timedelta):
+        grace = timedelta(seconds=float(grace))
+    now = now or datetime.now(timezone.utc)
+    root = store.root
+    blobs = store.blobs.list()  # listed before references: anything stored later is young anyway
+    uris = store.index.referenced_uris() | store.versions.referenced_uris()
+    if include_receipts:
+        for r in store.receipts.read_all():
+            uris.update(u for u in (r.get("blob_uri"), r.get("poster_uri")) if u)
+    keep = {k for k in (root.key_of(u) for u in uris) if k}
+    report = GCReport(dry_run=dry_run, scanned=len(blobs))
+    for key, info in sorted(blobs.items()):
+        if not key.startswith(BLOB_PREFIX + "/"):
+            continue
+        if key in keep:
+            report.referenced += 1
+            continue
+        modified = _modified(info)
+        if modified is None or now - modified < grace:
+            report.young += 1
+            continue
+        report.deleted.append(root.uri(key))
+        report.bytes += int(info.get("size") or 0)
+        if not dry_run:
+            root.delete(key)
+    log.info("gc %s: %d blobs scanned, %d referenced, %d young, %d %s (%d bytes)",
+             "dry run" if dry_run else "run", report.scanned, report.referenced, report.young,
+             len(report.deleted), "would be deleted" if dry_run else "deleted", report.bytes)
+    return report

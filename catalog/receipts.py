@@ -1,0 +1,167 @@
+"""Receipts: one JSON object per finished render, the source of truth the index is rebuilt from.
+
+A successful render's receipt (receipts/ab/<render_key>.json) is written only if absent: the
+first one wins (GPU outputs are not bit-exact, so later duplicates are dropped). A failed
+attempt's receipt (receipts/ab/<render_key>.failed.json) may be replaced by a later failure and
+is superseded by a success.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .ids import InvalidId, validate_id, validate_sha256
+from .keys import canonical_json
+from .redact import scrub
+from .storage import Root
+
+STRING_FIELDS = (
+    "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
+    "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
+    "timings", "actor_id", "node_id", "run_id", "extra",
+)
+INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames")
+FLOAT_FIELDS = ("gpu_seconds", "duration_s")
+FIELDS = (*STRING_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "created_at")
+STATUSES = ("ok", "failed")
+_MAX_TEXT = 4000
+
+
+def receipt_key(render_key: str, failed: bool = False) -> str:
+    render_key = validate_sha256(render_key, "render_key")
+    return f"receipts/{render_key[:2]}/{render_key}{'.failed' if failed else ''}.json"
+
+
+def _to_utc(value: Any) -> datetime:
+    if value is None:
+        return datetime.now(timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidId("created_at", value, "must be an ISO 8601 timestamp") from None
+    if not isinstance(value, datetime):
+        raise InvalidId("created_at", value, "must be a datetime or ISO 8601 string")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | None = None) -> dict:
+    """Validate and complete a receipt: every field of FIELDS present, typed; unknown fields go
+    to `extra` (JSON). `check_uri(field, uri)` raises if a URI is not a blob of this store."""
+    if not isinstance(receipt, dict):
+        raise TypeError(f"a receipt is a dict, not {type(receipt).__name__}")
+    r = dict(receipt)
+    out: dict[str, Any] = {}
+    out["render_key"] = validate_sha256(r.pop("render_key", None), "render_key")
+    out["campaign_id"] = validate_id(r.pop("campaign_id", None), "campaign_id")
+    out["shot_id"] = validate_id(r.pop("shot_id", None), "shot_id")
+    out["variant"] = validate_id(r.pop("variant", None), "variant")
+    status = r.pop("status", None)
+    if status not in STATUSES:
+        raise InvalidId("status", status, "must be 'ok' or 'failed'")
+    out["status"] = status
+    timings = r.pop("timings", None)
+    if isinstance(timings, dict):
+        timings = canonical_json(timings).decode()
+    elif isinstance(timings, str):
+        try:
+            json.loads(timings)
+        except ValueError:
+            raise InvalidId("timings", timings, "must be a dict or a JSON string") from None
+    elif timings is not None:
+        raise InvalidId("timings", timings, "must be a dict or a JSON string")
+    out["timings"] = timings
+    out["created_at"] = _to_utc(r.pop("created_at", None))
+    for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
+                 "error_message", "model_fingerprint", "actor_id", "node_id", "run_id"):
+        value = r.pop(name, None)
+        if value is not None and not isinstance(value, str):
+            value = str(value)
+        out[name] = None if value is None else scrub(value[:_MAX_TEXT])
+    for name in INT_FIELDS:
+        value = r.pop(name, None)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise InvalidId(name, value, "must be an integer")
+            value = int(value)
+        out[name] = value
+    for name in FLOAT_FIELDS:
+        value = r.pop(name, None)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidId(name, value, "must be a number")
+            value = float(value)
+        out[name] = value
+    extra = r.pop("extra", None)
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    extra = {**(extra or {}), **r}
+    out["extra"] = canonical_json(extra).decode() if extra else None
+    if out["status"] == "ok":
+        if not out["blob_uri"]:
+            raise InvalidId("blob_uri", None, "is required for a receipt with status 'ok'")
+        validate_sha256(out["sha256"], "sha256")
+    elif out["sha256"] is not None:
+        validate_sha256(out["sha256"], "sha256")
+    if check_uri is not None:
+        for name in ("blob_uri", "poster_uri"):
+            if out[name]:
+                check_uri(name, out[name])
+    return out
+
+
+def receipt_json(receipt: dict) -> bytes:
+    body = dict(receipt)
+    body["created_at"] = body["created_at"].isoformat().replace("+00:00", "Z")
+    return canonical_json(body) + b"\n"
+
+
+def parse_receipt(data: bytes) -> dict:
+    body = json.loads(data)
+    body["created_at"] = _to_utc(body.get("created_at"))
+    return body
+
+
+class Receipts:
+    def __init__(self, root: Root, check_uri: Callable[[str, str], None] | None = None):
+        self.root = root
+        self.check_uri = check_uri
+
+    def write(self, receipt: dict) -> dict:
+        """Store a receipt; returns the canonical one (an earlier successful receipt wins)."""
+        r = normalize_receipt(receipt, self.check_uri)
+        data = receipt_json(r)
+        if r["status"] == "ok":
+            if self.root.write_if_absent(receipt_key(r["render_key"]), data):
+                return r
+            return self.read(r["render_key"])
+        existing = self.read(r["render_key"])
+        if existing is not None and existing["status"] == "ok":
+            return existing
+        self.root.write_replace(receipt_key(r["render_key"], failed=True), data)
+        return r
+
+    def read(self, render_key: str) -> dict | None:
+        for failed in (False, True):
+            key = receipt_key(render_key, failed)
+            try:
+                return parse_receipt(self.root.read_bytes(key))
+            except FileNotFoundError:
+                continue
+        return None
+
+    def read_all(self) -> list[dict]:
+        """Every receipt, one per render key (a success over a failure)."""
+        keys = self.root.list_files("receipts")
+        data = self.root.read_many(k for k in keys if k.endswith(".json") and "/.tmp-" not in k)
+        best: dict[str, dict] = {}
+        for key, blob in data.items():
+            r = parse_receipt(blob)
+            prior = best.get(r["render_key"])
+            if prior is None or (prior["status"] != "ok" and r["status"] == "ok"):
+                best[r["render_key"]] = r
+        return list(best.values())

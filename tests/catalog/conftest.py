@@ -1,0 +1,36 @@
+"""Catalog fixtures: every storage test runs against a local directory and moto's S3 server."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+# catalog_testlib must be importable by name: spawned worker processes import it too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path):
+    """(url, storage_options) of a fresh, empty store root on each backend."""
+    if request.param == "local":
+        return str(tmp_path / "store"), None
+    s3 = request.getfixturevalue("s3_server")
+    return f"s3://{s3['bucket']}/t-{uuid.uuid4().hex[:12]}", s3["storage_options"]
+
+
+@pytest.fixture
+def store(backend):
+    from catalog import Store
+
+    url, options = backend
+    return Store(url, options)
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    from catalog import Store
+
+    return Store(f"s3://{s3_server['bucket']}/t-{uuid.uuid4().hex[:12]}", s3_server["storage_options"])

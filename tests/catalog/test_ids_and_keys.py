@@ -1,0 +1,98 @@
+import math
+
+import pytest
+
+from catalog import InvalidId, render_key, safe_key, validate_id
+from catalog.keys import canonical_json
+
+from catalog_testlib import make_receipt
+
+BAD_IDS = {
+    "../x": "path separators",
+    "a/b": "path separators",
+    "..": "'..'",
+    "ÄBC": "ASCII",
+    "a" * 200: "200 characters",
+    "a\x00b": "NUL",
+    "s3://other/x": "URI",
+    "": "empty",
+    "Abc": "must match",
+    "-x": "must match",
+    "a b": "must match",
+    "x\n": "must match",
+}
+
+
+@pytest.mark.parametrize("value,reason", BAD_IDS.items(), ids=range(len(BAD_IDS)))
+def test_bad_ids_are_refused_with_field_value_and_reason(value, reason):
+    with pytest.raises(InvalidId) as err:
+        validate_id(value, field="shot_id")
+    msg = str(err.value)
+    assert "shot_id" in msg and reason in msg
+    assert err.value.field == "shot_id" and err.value.value == value
+    assert len(msg) < 300  # the 200-character value is truncated
+
+
+@pytest.mark.parametrize("value", ["a", "shot-001", "en-16x9-t1", "c.2026_q1", "0" * 64])
+def test_good_ids_pass(value):
+    assert validate_id(value, "campaign_id") == value
+
+
+def test_non_string_id_refused():
+    with pytest.raises(InvalidId, match="must be a string"):
+        validate_id(7, "campaign_id")
+
+
+@pytest.mark.parametrize("parts", [("..",), ("a/../b",), ("/abs",), ("a//b",), ("a\\b",), ("s3://x",), (".hidden",)])
+def test_safe_key_refuses_traversal(parts):
+    with pytest.raises(InvalidId):
+        safe_key(*parts)
+
+
+def test_render_key_is_canonical():
+    a = render_key({"prompt": "Café", "seconds": 5.0, "size": [1280, 720], "seed": 3})
+    b = render_key({"seed": 3, "size": (1280, 720), "seconds": 5, "prompt": "Cafe\u0301"})
+    assert a == b and len(a) == 64
+    assert render_key({"seed": 4}) != render_key({"seed": 3})
+    assert render_key({"x": 0.1}) != render_key({"x": 0.10000000000000002})
+    assert canonical_json({"b": 1, "a": "ü"}) == '{"a":"ü","b":1}'.encode()
+
+
+@pytest.mark.parametrize("bad", [{"x": math.nan}, {"x": math.inf}, {"x": b"raw"}, {1: "a"}, {"x": object()}])
+def test_render_key_refuses_ambiguous_inputs(bad):
+    with pytest.raises((TypeError, ValueError)):
+        render_key(bad)
+
+
+def _all_objects(store):
+    return sorted(store.root.list_files(""))
+
+
+def test_bad_ids_write_nothing_anywhere(store):
+    good = make_receipt(store, "camp", "shot-1", "en-16x9-t1")
+    before = _all_objects(store)
+    for bad in BAD_IDS:
+        for field in ("campaign_id", "shot_id", "variant"):
+            with pytest.raises(InvalidId) as err:
+                store.write_receipt({**good, field: bad})
+            assert err.value.field == field
+            with pytest.raises(InvalidId):
+                store.index.commit([good, {**good, field: bad}])
+        with pytest.raises(InvalidId):
+            store.versions.publish(bad, [], None, None, "fp", "code", "run")
+        entry = {"shot_id": bad, "variant": "v", "render_key": good["render_key"], "status": "ok",
+                 "blob_uri": good["blob_uri"], "sha256": good["sha256"]}
+        with pytest.raises(InvalidId):
+            store.versions.publish("camp", [entry], None, None, "fp", "code", "run")
+        with pytest.raises(InvalidId):
+            store.versions.read(bad)
+    # A foreign or traversing blob URI is refused as well.
+    for uri in ("s3://other/x", good["blob_uri"].replace("blobs/sha256", "blobs/../x"), "/etc/passwd"):
+        with pytest.raises(InvalidId):
+            store.write_receipt({**good, "blob_uri": uri})
+        with pytest.raises(InvalidId):
+            store.open_blob(uri)
+    with pytest.raises(InvalidId):
+        store.put_blob(b"x", ext="../mp4")
+    assert _all_objects(store) == before
+    assert store.index.version() is None  # the table was never even created

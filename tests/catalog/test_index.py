@@ -1,0 +1,105 @@
+import multiprocessing
+import time
+
+import pyarrow as pa
+import pytest
+
+from catalog import render_key
+from catalog_testlib import commit_worker, make_receipt
+
+
+def test_commit_and_bulk_existing(store):
+    rows = [make_receipt(store, "camp", f"shot-{i}", "en-16x9-t1") for i in range(20)]
+    failed = make_receipt(store, "camp", "shot-bad", "en-16x9-t1", status="failed")
+    result = store.index.commit(rows + [failed], run_id="flow-run-1")
+    assert (result.rows, result.inserted, result.updated) == (21, 21, 0)
+    again = store.index.commit(rows[:5])
+    assert again.inserted == 0 and again.updated == 0
+    keys = [r["render_key"] for r in rows] + [failed["render_key"], render_key({"missing": 1})]
+    found = store.index.existing(keys)
+    assert set(found) == {r["render_key"] for r in rows}  # failed and missing keys are not "existing"
+    row = found[rows[3]["render_key"]]
+    assert row["shot_id"] == "shot-3" and row["blob_uri"] == rows[3]["blob_uri"] and row["seed"] == 7
+    assert row["timings"] == '{"denoise":0.5}' and row["created_at"].tzinfo is not None
+    assert store.index.existing([failed["render_key"]], status=None)[failed["render_key"]]["status"] == "failed"
+    assert store.index.existing_keys(keys) == set(found)
+    assert store.index.existing([]) == {}
+
+
+def test_failed_row_is_replaced_by_success_but_success_never_changes(store):
+    failed = make_receipt(store, "camp", "s1", "v1", status="failed")
+    store.index.commit([failed])
+    ok = make_receipt(store, "camp", "s1", "v1", content=b"first render")
+    assert ok["render_key"] == failed["render_key"]
+    assert store.index.commit([ok]).updated == 1
+    other = make_receipt(store, "camp", "s1", "v1", content=b"second render")
+    store.index.commit([other, {**failed, "created_at": "2099-01-01T00:00:00Z"}])
+    row = store.index.existing([ok["render_key"]])[ok["render_key"]]
+    assert row["status"] == "ok" and row["sha256"] == ok["sha256"]
+    assert store.index.to_arrow().num_rows == 1
+
+
+def test_empty_index_lookups(store):
+    assert store.index.existing([render_key({"a": 1})]) == {}
+    assert store.index.version() is None
+    assert store.index.to_arrow().num_rows == 0
+
+
+def test_receipts_first_wins_and_rebuild_index(store):
+    ok = make_receipt(store, "camp", "s1", "v1", content=b"one")
+    assert store.write_receipt(ok)["sha256"] == ok["sha256"]
+    dup = make_receipt(store, "camp", "s1", "v1", content=b"two")
+    assert store.write_receipt(dup)["sha256"] == ok["sha256"]  # first receipt is canonical
+    bad = make_receipt(store, "camp", "s2", "v1", status="failed")
+    store.write_receipt(bad)
+    assert store.read_receipt(bad["render_key"])["status"] == "failed"
+    fixed = make_receipt(store, "camp", "s2", "v1", content=b"three")
+    store.write_receipt(fixed)
+    assert store.read_receipt(bad["render_key"])["status"] == "ok"
+    assert store.write_receipt(bad)["status"] == "ok"  # a late failure does not undo a success
+    others = [make_receipt(store, "camp", f"x{i}", "v1") for i in range(5)]
+    for r in others:
+        store.write_receipt(r)
+    assert store.read_receipt(render_key({"nothing": 0})) is None
+
+    store.index.commit([make_receipt(store, "camp", "stray", "v1")])  # in the index, no receipt
+    version_before = store.index.version()
+    assert store.index.rebuild_from_receipts(run_id="rebuild-1") == 7
+    table = store.index.to_arrow()
+    assert table.num_rows == 7 and len(set(table["render_key"].to_pylist())) == 7
+    assert store.index.existing([ok["render_key"]])[ok["render_key"]]["sha256"] == ok["sha256"]
+    assert store.index.existing([fixed["render_key"]])[fixed["render_key"]]["status"] == "ok"
+    assert store.index.version() == version_before + 1  # time travel still reaches the old index
+
+
+def test_commit_metadata_records_run_id(store):
+    store.index.commit([make_receipt(store, "camp", "s1", "v1")], run_id="flow-run-42")
+    meta = store.index.history(1)[0]
+    assert meta.get("horse.run_id") == "flow-run-42" and meta.get("horse.operation") == "commit_receipts"
+
+
+@pytest.mark.parametrize("backend_name", ["local", "s3"])
+def test_four_processes_commit_at_once(backend_name, tmp_path, request):
+    """4 spawned processes x 3 batches (5 own keys + 3 keys every worker also commits)."""
+    from catalog import Store
+
+    if backend_name == "local":
+        url, options = str(tmp_path / "store"), None
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        url, options = f"s3://{s3['bucket']}/conc-{time.time_ns()}", s3["storage_options"]
+    workers, batches, per_batch, shared = 4, 3, 5, 3
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=commit_worker, args=(url, options, w, batches, per_batch, shared))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0] * workers
+    table = Store(url, options).index.to_arrow()
+    keys = table["render_key"].to_pylist()
+    expected = workers * batches * per_batch + batches * shared
+    assert len(keys) == expected and len(set(keys)) == expected
+    shots = set(table["shot_id"].to_pylist())
+    assert {f"w{w}-b{b}-s{i}" for w in range(workers) for b in range(batches) for i in range(per_batch)} <= shots
