@@ -61,8 +61,8 @@ class RenderRequest:
     resolution: str = "256p"                     # "540p"/"1080p" add the SR stage
     aspect_ratio: str = "16:9"
     profile: str = "distill"                     # "distill" (8 steps) | "base" (32 steps + CFG)
-    image: np.ndarray | None = None              # TI2V: (H, W, 3) uint8
-    audio: np.ndarray | None = None              # TA2V: (channels, samples) float32
+    image: np.ndarray | None = field(default=None, compare=False)   # TI2V: (H, W, 3) uint8
+    audio: np.ndarray | None = field(default=None, compare=False)   # TA2V: (channels, samples) float32
     audio_sample_rate: int | None = None
     keep_audio_fixed: bool = False               # TA2V distill: keep the given audio clean (upstream re-noises it)
 
@@ -97,7 +97,8 @@ class HappyHorsePipeline:
     def __init__(self, dits: dict[str, DiT], text_encoder: TextEncoder, video_codec: VideoCodec,
                  audio_codec: AudioCodec, config: PipelineConfig, fingerprint: str,
                  device: str | torch.device = "cpu", offload: bool = False, weight_hashes: dict | None = None,
-                 preset: str = "checkpoint", cpu_threads: int | None = None):
+                 preset: str = "checkpoint", cpu_threads: int | None = None,
+                 offload_budget_bytes: int | None = None):
         self.dits = dits
         self.text_encoder = text_encoder
         self.video_codec = video_codec
@@ -106,7 +107,14 @@ class HappyHorsePipeline:
         self.fingerprint = fingerprint
         self.weight_hashes = weight_hashes or {}
         self.device = torch.device(device)
+        # offload: stages live on the CPU and move to the device when used; they stay there
+        # (least recently used first out) while the resident set fits offload_budget_bytes
+        # (default 70% of the GPU's memory), so back-to-back clips of one profile do not reload.
         self.offload = offload
+        if offload_budget_bytes is None and self.device.type == "cuda":
+            offload_budget_bytes = int(0.7 * torch.cuda.get_device_properties(self.device).total_memory)
+        self.offload_budget_bytes = offload_budget_bytes or 0
+        self._resident: list[torch.nn.Module] = []          # on the device, least recently used first
         self.preset = preset
         # intra-op threads while rendering on CPU (None = leave torch's setting). The tiny preset
         # uses 1: its ops are too small to gain from threads, and on a busy machine OpenMP
@@ -155,11 +163,14 @@ class HappyHorsePipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-                        offload: bool = False, allow_pickle: bool = False) -> "HappyHorsePipeline":
+                        offload: bool = False, allow_pickle: bool = False,
+                        stages: tuple[str, ...] | None = None) -> "HappyHorsePipeline":
         """Load a checkpoint stack. DiT folders present among base/, distill/, 540p_sr/, 1080p_sr/
         are loaded (at least one of base/distill is required); each is checked for the exact key set
         and shapes before any tensor is read. `dtype` is the block-linear weight and matmul dtype
-        (default bf16; float32 gives an all-fp32 flow). `offload` keeps idle stages on the CPU.
+        (default bf16; float32 gives an all-fp32 flow). `offload` keeps idle stages on the CPU
+        (turned on automatically when the stack would not leave room on the GPU); `stages` limits
+        which DiTs are loaded (default: all present).
         The fingerprint is a sha256 over the sha256 of every file in the layout."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -174,10 +185,11 @@ class HappyHorsePipeline:
             d = json.loads(pipe_json.read_text())
             d.pop("format", None)
             config = PipelineConfig.from_dict(d)
-        place = torch.device("cpu") if offload else device
-        used: list[Path] = []
-        dits: dict[str, DiT] = {}
-        for stage in DIT_STAGES:
+        unknown = set(stages or ()) - set(DIT_STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {DIT_STAGES}")
+        metas: dict[str, tuple[DiT, Path]] = {}
+        for stage in stages or DIT_STAGES:
             sub = folder / stage
             if not sub.is_dir():
                 continue
@@ -188,18 +200,30 @@ class HappyHorsePipeline:
             for mod in dit.modules():       # block linears in the requested dtype, the rest fp32
                 if isinstance(mod, ExpertLinear):
                     mod.weight.data = mod.weight.data.to(dtype)
-            ckpt.validate(sub, {k: tuple(v.shape) for k, v in {**dict(dit.named_parameters()), **dict(dit.named_buffers())}.items()},
-                          allow_pickle)
-            dit = dit.to_empty(device=place)
-            dit.compute_dtype = dtype
-            used += ckpt.load_into(dit, sub, allow_pickle)
-            used += [p for p in (cfg_path, sub / ckpt.INDEX_NAME) if p.exists()]
-            dits[stage] = dit.eval()
-        if not ({"base", "distill"} & set(dits)):
-            raise ckpt.CheckpointError(f"{folder}: needs a base/ or distill/ DiT folder (found {sorted(dits) or 'none'})")
+            expected = {k: tuple(v.shape) for k, v in (*dit.named_parameters(), *dit.named_buffers())}
+            ckpt.validate(sub, expected, allow_pickle)           # before any tensor is read
+            metas[stage] = (dit, sub)
+        if not ({"base", "distill"} & set(metas)):
+            raise ckpt.CheckpointError(f"{folder}: needs a base/ or distill/ DiT folder (found {sorted(metas) or 'none'})")
         for sub in ("text_encoder", "video_vae", "audio_vae"):
             if not (folder / sub).is_dir():
                 raise ckpt.CheckpointError(f"{folder}: missing {sub}/ folder")
+        if device.type == "cuda" and not offload:
+            need = sum(cls._nbytes(d) for d, _ in metas.values())
+            need += sum(p.stat().st_size for p in (folder / "text_encoder").rglob("*.safetensors"))
+            if need > 0.7 * torch.cuda.get_device_properties(device).total_memory:
+                warnings.warn(f"the checkpoint stack (~{need / 2**30:.0f} GiB) leaves no room for activations on "
+                              f"{device}; offloading idle stages to the CPU (pass stages=... to load fewer)")
+                offload = True
+        place = torch.device("cpu") if offload else device
+        used: list[Path] = []
+        dits: dict[str, DiT] = {}
+        for stage, (dit, sub) in metas.items():
+            dit = dit.to_empty(device=place)
+            dit.compute_dtype = dtype
+            used += ckpt.load_into(dit, sub, allow_pickle)
+            used += [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+            dits[stage] = dit.eval()
         te_dtype = dtype if device.type == "cuda" else torch.float32
         tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "text_encoder"
         te_model, tok = load_text_encoder(folder / "text_encoder", tok_dir, te_dtype, place)
@@ -208,9 +232,8 @@ class HappyHorsePipeline:
         with warnings.catch_warnings():    # diffusers' Oobleck still uses the deprecated weight_norm
             warnings.simplefilter("ignore", FutureWarning)
             audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True).eval()
-        if (folder / "turbo_vae").is_dir() and allow_pickle:
-            # Turbo-VAED is not ported; the Wan2.2 decoder renders instead (spec §3.2 fallback).
-            pass
+        # turbo_vae/ (Turbo-VAED, a pickle) is not ported and never read: the Wan2.2 decoder renders
+        # instead (the spec's §3.2 fallback), so allow_pickle only concerns DiT folders.
         for sub in ("text_encoder", "tokenizer", "video_vae", "audio_vae"):
             if (folder / sub).is_dir():
                 used += [p for p in (folder / sub).rglob("*") if p.is_file()]
@@ -288,19 +311,34 @@ class HappyHorsePipeline:
         finally:
             torch.set_num_threads(before)
 
+    @staticmethod
+    def _nbytes(module: torch.nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
     @contextlib.contextmanager
     def _on_device(self, *modules):
+        """With offload, bring `modules` to the device, evicting least recently used idle ones
+        to the CPU until the resident set fits the budget."""
         if self.offload:
             for m in modules:
-                m.to(self.device)
-        try:
-            yield
-        finally:
-            if self.offload:
-                for m in modules:
-                    m.to("cpu")
-                if self.device.type == "cuda":
+                if m in self._resident:
+                    self._resident.remove(m)
+                    self._resident.append(m)
+                    continue
+                need = self._nbytes(m)
+                evicted = False
+                while self._resident and sum(map(self._nbytes, self._resident)) + need > self.offload_budget_bytes:
+                    idle = next((r for r in self._resident if all(r is not x for x in modules)), None)
+                    if idle is None:
+                        break
+                    idle.to("cpu")
+                    self._resident.remove(idle)
+                    evicted = True
+                if evicted and self.device.type == "cuda":
                     torch.cuda.empty_cache()
+                m.to(self.device)
+                self._resident.append(m)
+        yield
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
         return self.text_encoder.encode(prompt).to(self.device)

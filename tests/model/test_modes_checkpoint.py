@@ -168,3 +168,25 @@ def test_partial_stack_and_offload(saved, tmp_path):
     shutil.rmtree(ck / "text_encoder")
     with pytest.raises(CheckpointError, match="text_encoder"):
         HappyHorsePipeline.from_pretrained(ck)
+
+
+def test_stage_selection_and_offload_residency(saved):
+    pipe = HappyHorsePipeline.from_pretrained(saved, stages=("distill", "540p_sr"), offload=True)
+    assert set(pipe.dits) == {"distill", "540p_sr"}
+    used = [pipe.text_encoder.model, pipe.dits["distill"], pipe.dits["540p_sr"], pipe.video_codec.vae,
+            pipe.audio_codec.vae]
+    pipe.offload_budget_bytes = 1 << 40                     # everything fits: all used stages stay resident
+    first = pipe(req(seconds=0.4, resolution="540p"))
+    assert all(any(m is r for r in pipe._resident) for m in used)
+    pipe._resident.clear()
+    pipe.offload_budget_bytes = pipe._nbytes(pipe.dits["distill"]) + 1   # one DiT at a time: idle ones leave
+    second = pipe(req(seconds=0.4, resolution="540p"))
+    assert [id(m) for m in pipe._resident] == [id(pipe.video_codec.vae), id(pipe.audio_codec.vae)]
+    assert np.array_equal(first.frames, second.frames)
+    with pytest.raises(ValueError, match="720p_sr"):
+        HappyHorsePipeline.from_pretrained(saved, stages=("720p_sr",))
+
+
+def test_request_is_hashable_with_arrays():
+    r = req(image=np.zeros((16, 16, 3), np.uint8))
+    assert r == req(image=np.ones((16, 16, 3), np.uint8)) and hash(r) == hash(req())
