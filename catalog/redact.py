@@ -105,6 +105,17 @@ class SecretFilter(logging.Filter):
 SECRET_FILTER = SecretFilter()
 
 
+# Third-party loggers known to print request headers (the AWS access key id sits in the
+# Authorization header botocore.endpoint logs at DEBUG).
+THIRD_PARTY_LOGGERS = ("botocore.endpoint", "botocore.auth", "aiobotocore.endpoint", "s3fs", "gcsfs",
+                       "openlineage.client.transport.http", "openlineage.client.transport.file")
+
+
+def guard_third_party_loggers() -> None:
+    for name in THIRD_PARTY_LOGGERS:
+        get_logger(name)
+
+
 def get_logger(name: str) -> logging.Logger:
     """A logger for catalog modules, with the secret filter attached."""
     logger = logging.getLogger(name)

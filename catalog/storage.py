@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from .ids import InvalidId, safe_key
-from .redact import SECRET_FILTER, get_logger, redact_options, redact_url, secret_values
+from .redact import SECRET_FILTER, get_logger, guard_third_party_loggers, redact_options, redact_url, secret_values
 
 log = get_logger(__name__)
 
@@ -101,6 +101,7 @@ class Root:
             raise ValueError(f"store url {redact_url(url)!r} must not contain '.' or '..' segments")
         self._options = options
         SECRET_FILTER.register(secret_values(options))
+        guard_third_party_loggers()
         self.fs = fsspec.filesystem(self.protocol, **fsspec_options(self.protocol, options))
         self._delta_options = delta_options(self.protocol, options)
         self._memory_delta_dir: str | None = None
