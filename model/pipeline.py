@@ -436,7 +436,7 @@ class HappyHorsePipeline:
         t0 = time.perf_counter()
         with self._on_device(self.text_encoder.model):
             text = self._encode_text(r.prompt)
-            neg = self._negative(r.negative_prompt or NEGATIVE_PROMPT) if r.profile == "base" else None
+            neg = self._negative(NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt) if r.profile == "base" else None
         image_latent = given_audio = None
         if r.image is not None or r.audio is not None:
             with self._on_device(self.video_codec.vae, self.audio_codec.vae):

@@ -102,3 +102,16 @@ def test_fingerprint_is_stable_and_seeded(tiny_pipe):
     assert len(tiny_pipe.fingerprint) == 64
     assert HappyHorsePipeline.tiny(seed=0).fingerprint == tiny_pipe.fingerprint
     assert HappyHorsePipeline.tiny(seed=1).fingerprint != tiny_pipe.fingerprint
+
+
+def test_audio_rate_trick_and_resample(tiny_pipe):
+    import torch
+    from model.codecs import resample_fft
+    # 25 latents/s: hop 2048 at the model's 51.2 kHz; Ta latents decode to Ta*2048*441/512 samples at 44.1 kHz
+    latent = torch.randn(1, 26, tiny_pipe.dits["distill"].cfg.audio_in_channels)
+    assert tiny_pipe.audio_codec.decode(latent).shape == (2, 26 * 1764)
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(51200, dtype=torch.float64) / 51200)[None]
+    out = resample_fft(tone, 51200, 44100)
+    assert out.shape == (1, 44100)
+    ref = torch.sin(2 * torch.pi * 1000 * torch.arange(44100, dtype=torch.float64) / 44100)
+    assert torch.allclose(out[0], ref, atol=1e-6)
