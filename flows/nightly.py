@@ -18,7 +18,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from catalog import Store
 from catalog.receipts import receipt_key
@@ -210,6 +209,11 @@ def _flow_run_id() -> str | None:
     return str(context.flow_run.id) if context and context.flow_run else None
 
 
+def _flow_name() -> str | None:
+    context = FlowRunContext.get()
+    return context.flow.name if context and context.flow else None
+
+
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def intake(manifest_uri: str, storage_options: dict | None) -> Manifest:
     manifest = read_manifest(manifest_uri, storage_options)
@@ -248,6 +252,7 @@ def render_chunk(chunk_number: int, jobs: list[PlannedJob], run: "_RunState") ->
         if outcome.status != "cancelled":
             receipt = receipt_for(job, outcome, run.run_id, run.model.fingerprint)
             receipts.append(run.store.write_receipt(receipt))
+            run.shot_lineage(job, outcome)
         run.record(job, outcome)
         if outcome.ok:
             log.info("rendered %s/%s %s in %.1fs (attempt %d) -> %s", job.campaign_id, job.shot_id, job.variant,
@@ -269,12 +274,27 @@ def render_chunk(chunk_number: int, jobs: list[PlannedJob], run: "_RunState") ->
 class _RunState:
     """Per-run objects shared by the chunk tasks (never serialized: tasks run in threads)."""
 
-    def __init__(self, run_id: str, store: Store, pool: RenderPool, model: ModelInfo, totals: RunTotals, report: RunReport):
-        self.run_id, self.store, self.pool, self.model = run_id, store, pool, model
-        self.totals, self.report = totals, report
+    def __init__(self, run_id: str, job_name: str, store: Store, pool: RenderPool, model: ModelInfo, totals: RunTotals,
+                 report: RunReport, lineage_inputs: list[dict]):
+        self.run_id, self.job_name, self.store, self.pool, self.model = run_id, job_name, store, pool, model
+        self.totals, self.report, self.lineage_inputs = totals, report, lineage_inputs
         self.cancel_event = threading.Event()
         self.outcomes: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
         self._lock = threading.Lock()
+
+    def shot_lineage(self, job: PlannedJob, outcome: RenderOutcome) -> None:
+        """One OpenLineage run per shot variant, parented to the flow run: inputs (manifest,
+        model) to output (the clip and its content hash), with where and how it rendered."""
+        event = self.store.lineage.complete if outcome.ok else self.store.lineage.fail
+        event(
+            job_name="render_shot", parent_run_id=self.run_id, parent_job_name=self.job_name,
+            inputs=self.lineage_inputs,
+            outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if outcome.ok else [],
+            runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
+                     "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings},
+            tags={"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key},
+            error_message=None if outcome.ok else f"{outcome.error_class}: {outcome.error_message}",
+        )
 
     def record(self, job: PlannedJob, outcome: RenderOutcome) -> None:
         with self._lock:
@@ -348,8 +368,11 @@ def render_campaign(
     campaign_label = "-".join(manifest.campaign_ids) or "empty"
     report = RunReport(campaign_label, total=len(plan.jobs), publish=flow_run_id is not None, on_progress=on_progress)
     report.start(totals)
-    lineage_inputs = [{"uri": manifest_blob.uri, "version": manifest.sha256}]
-    store.lineage.start(run_id=run_id, job_name="render_campaign", job_type="JOB", inputs=lineage_inputs,
+    resolved = settings.resolved_model()
+    lineage_inputs = [{"uri": manifest_blob.uri, "version": manifest.sha256},
+                      {"uri": resolved.checkpoint_dir or f"model/{resolved.name}", "version": model.fingerprint}]
+    job_name = _flow_name() or "render_campaign"
+    store.lineage.start(run_id=run_id, job_name=job_name, job_type="JOB", inputs=lineage_inputs,
                         tags={"campaigns": ",".join(manifest.campaign_ids), "model_fingerprint": model.fingerprint})
 
     todo = plan.todo
@@ -357,7 +380,7 @@ def render_campaign(
     try:
         if todo:
             pool = RenderPool(pool_config(settings))
-            state = _RunState(run_id, store, pool, model, totals, report)
+            state = _RunState(run_id, job_name, store, pool, model, totals, report, lineage_inputs)
             try:
                 started = time.perf_counter()
                 pool.start()
@@ -389,12 +412,12 @@ def render_campaign(
             report.summary(summary_markdown(campaign_id, number, totals, store.url, version_uri, result.row_errors, sheet_uri, sheet))
             log.info("published %s version %d", campaign_id, number)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
-        store.lineage.complete(run_id=run_id, job_name="render_campaign", job_type="JOB", inputs=lineage_inputs, outputs=outputs,
+        store.lineage.complete(run_id=run_id, job_name=job_name, job_type="JOB", inputs=lineage_inputs, outputs=outputs,
                                tags={"campaigns": ",".join(manifest.campaign_ids), "model_fingerprint": model.fingerprint})
     except BaseException as exc:
         if state is not None:
             state.cancel_event.set()
-        store.lineage.fail(run_id=run_id, job_name="render_campaign", job_type="JOB", inputs=lineage_inputs,
+        store.lineage.fail(run_id=run_id, job_name=job_name, job_type="JOB", inputs=lineage_inputs,
                            error_message=f"{type(exc).__name__}: {exc}")
         raise
 
@@ -408,11 +431,11 @@ def render_campaign(
 
 
 # ---- the flows -----------------------------------------------------------------------------
+# Chunks run one after another on the run's single pool (the pool keeps every actor busy within a
+# chunk); task runs exist so the UI shows progress in tens of steps, never one per shot.
 
-_RUNNER = ThreadPoolTaskRunner(max_workers=2)  # chunks run one after another; never unbounded
 
-
-@flow(name="nightly-campaign-render", task_runner=_RUNNER, log_prints=True)
+@flow(name="nightly-campaign-render", log_prints=True)
 def nightly_campaign_render(
     manifest_uri: str,
     store_url: str | None = None,
@@ -427,7 +450,7 @@ def nightly_campaign_render(
     return render_campaign(manifest_uri, settings, force=force, on_progress=_progress_listener).as_dict()
 
 
-@flow(name="backfill-variants", task_runner=_RUNNER, log_prints=True)
+@flow(name="backfill-variants", log_prints=True)
 def backfill_variants(
     campaign_id: str,
     languages: list[str] | None = None,

@@ -57,6 +57,15 @@ def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray
     assert sorted(e["variant"] for e in version["entries"]) == ["de-16x9-t1", "en-16x9-t1", "ja-16x9-t1"]
     assert all(e["status"] == "ok" for e in version["entries"])
 
+    flow_run_id = str(state.state_details.flow_run_id)
+    events = Store(tmp_store).lineage.read_events()
+    shots = [e for e in events if e.job.name == "render_shot" and e.run.facets["parent"].run.runId == flow_run_id]
+    assert len(shots) == 1 and shots[0].eventType.value == "COMPLETE", "one lineage run per rendered variant, under the flow run"
+    [clip] = shots[0].outputs
+    assert clip.facets["version"].datasetVersion == version["entries"][2]["sha256"], "output carries the clip's content hash"
+    assert {i.name.rsplit("/", 1)[-1] for i in shots[0].inputs} >= {"tiny"}, "the model is an input"
+    assert any(e.job.name == "backfill-variants" and e.run.runId == flow_run_id and e.eventType.value == "COMPLETE" for e in events)
+
     artifacts = artifacts_of(state.state_details.flow_run_id)
     assert artifacts["progress"].data == 100
     summary = artifacts["markdown"].data
