@@ -58,6 +58,8 @@ def validate_id(value: object, field: str = "shot_id") -> str:
     """Return `value` if it is a safe id (campaign, shot, variant, run ...); raise InvalidId otherwise."""
     if not isinstance(value, str):
         raise InvalidId(field, value, f"must be a string, not {type(value).__name__}")
+    if _ID_RE.fullmatch(value) is not None and ".." not in value:
+        return value  # the common case; _id_problem explains the others
     problem = _id_problem(value)
     if problem:
         raise InvalidId(field, value, problem)

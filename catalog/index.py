@@ -169,10 +169,14 @@ class RenderIndex:
         if not rows:
             return CommitResult(0, 0, 0, self.table.version())
         source = pa.Table.from_pylist(rows, schema=RENDER_SCHEMA)
-        campaigns = sorted({r["campaign_id"] for r in rows})
+        return self._merge(source, run_id, metadata)
+
+    def _merge(self, source: pa.Table, run_id: str | None, metadata: dict[str, str] | None) -> CommitResult:
+        """MERGE already validated, de-duplicated rows (RENDER_SCHEMA) into the table."""
+        campaigns = sorted(set(source["campaign_id"].to_pylist()))
         props = CommitProperties(custom_metadata=_metadata(
             "commit_receipts",
-            {"run_id": run_id, "rows": len(rows), "campaigns": ",".join(campaigns), **(metadata or {})},
+            {"run_id": run_id, "rows": source.num_rows, "campaigns": ",".join(campaigns), **(metadata or {})},
         ))
 
         def merge(dt: DeltaTable) -> dict:
@@ -185,7 +189,7 @@ class RenderIndex:
             )
 
         stats = self.table.with_retries(merge)
-        return CommitResult(len(rows), stats.get("num_target_rows_inserted", 0),
+        return CommitResult(source.num_rows, stats.get("num_target_rows_inserted", 0),
                             stats.get("num_target_rows_updated", 0), self.table.version())
 
     def _dataset(self):

@@ -79,9 +79,11 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
                  "error_message", "model_fingerprint", "actor_id", "node_id", "run_id"):
         value = r.pop(name, None)
-        if value is not None and not isinstance(value, str):
-            value = str(value)
-        out[name] = None if value is None else scrub(value[:_MAX_TEXT])
+        if value is not None:
+            value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]
+        out[name] = value
+    if out["error_message"]:
+        out["error_message"] = scrub(out["error_message"])
     for name in INT_FIELDS:
         value = r.pop(name, None)
         if value is not None:

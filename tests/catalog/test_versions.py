@@ -86,3 +86,16 @@ def test_concurrent_publishers_get_distinct_numbers(tmp_path):
     assert sorted(store.versions.to_arrow("camp")["version"].to_pylist()) == [1, 2, 3, 4]
     # the table is derived: losing it is repaired from the manifests
     assert store.versions.sync_table("camp") == 4
+
+
+def test_memory_store_index_and_versions():
+    import uuid
+
+    from catalog import Store
+
+    store = Store(f"memory://horse-{uuid.uuid4().hex[:8]}")
+    r = make_receipt(store, "camp", "s1", "v1")
+    store.index.commit([r])
+    assert set(Store(store.url).index.existing([r["render_key"]])) == {r["render_key"]}
+    assert store.versions.publish("camp", _entries([r])) == 1
+    assert Store(store.url).versions.read("camp")["entries"][0]["blob_uri"] == r["blob_uri"]
