@@ -88,6 +88,20 @@ def frame_count(seconds: float, fps: int = 25) -> int:
     return 4 * (T - 1) + 1
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily set torch's intra-op thread count (None = leave it)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -132,6 +146,11 @@ class HappyHorsePipeline:
     @classmethod
     def tiny(cls, seed: int = 0, device: str | torch.device = "cpu") -> "HappyHorsePipeline":
         """Random-weight preset with every architectural feature (spec §8 tiny-128), seeded."""
+        with torch_threads(1):              # tiny tensors: threads only add spin-wait on a busy CPU
+            return cls._build_tiny(seed, device)
+
+    @classmethod
+    def _build_tiny(cls, seed: int, device) -> "HappyHorsePipeline":
         cfg = tiny_pipeline_config()
         dits = {}
         for k, stage in enumerate(DIT_STAGES):
@@ -299,17 +318,8 @@ class HappyHorsePipeline:
             raise InvalidRequest("keep_audio_fixed needs an audio input")
 
     # ------------------------------------------------------------------------------ helpers
-    @contextlib.contextmanager
     def _threads(self):
-        if self.cpu_threads is None or self.device.type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.cpu_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        return torch_threads(self.cpu_threads if self.device.type == "cpu" else None)
 
     @staticmethod
     def _nbytes(module: torch.nn.Module) -> int:
