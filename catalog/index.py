@@ -59,6 +59,7 @@ class DeltaRef:
         self.schema = schema
         self.max_attempts = max_attempts
         self._dt: DeltaTable | None = None
+        self.conflicts = 0  # commits lost to a concurrent writer and retried, over this handle's life
 
     def load(self, create: bool = False) -> DeltaTable | None:
         opts = self.root.delta_storage_options
@@ -93,6 +94,7 @@ class DeltaRef:
             try:
                 return operation(dt)
             except CommitFailedError as exc:
+                self.conflicts += 1
                 log.debug("concurrent commit on %s, retry %d: %s", self.uri.rsplit("/", 1)[-1], attempt + 1, exc)
                 self._dt = None
                 _backoff(attempt)
@@ -131,6 +133,7 @@ class CommitResult:
     inserted: int
     updated: int
     version: int | None  # Delta table version after the commit
+    retries: int = 0     # conflicting concurrent commits this call lost and retried
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:
@@ -188,9 +191,11 @@ class RenderIndex:
                 .execute()
             )
 
+        conflicts_before = self.table.conflicts
         stats = self.table.with_retries(merge)
         return CommitResult(source.num_rows, stats.get("num_target_rows_inserted", 0),
-                            stats.get("num_target_rows_updated", 0), self.table.version())
+                            stats.get("num_target_rows_updated", 0), self.table.version(),
+                            self.table.conflicts - conflicts_before)
 
     def _dataset(self):
         dt = self.table.load()

@@ -47,7 +47,7 @@ HOSTNAME = socket.gethostname()
 PRODUCER = "https://github.com/horse-studio/horse/tree/main/catalog"
 FACET_SCHEMA = "https://horse-studio.github.io/horse/spec/facets/1-0-0/{name}.json#/$defs/{name}"
 EventType = Literal["START", "COMPLETE", "FAIL", "ABORT", "RUNNING", "OTHER"]
-_SECRETISH = re.compile(r"(secret|token|password|passwd|credential|signature|api_?key|access_?key|sas)", re.I)
+_SECRETISH = re.compile(r"(secret|token|password|passwd|credential|signature|api_?key|access_?key|(^|_)sas($|_))", re.I)
 
 
 @attr.define

@@ -20,11 +20,15 @@ def make_receipt(store: Store, campaign: str, shot: str, variant: str, content: 
     return receipt
 
 
-def commit_worker(url: str, options: dict | None, worker: int, batches: int, per_batch: int, shared: int) -> None:
+def commit_worker(url: str, options: dict | None, worker: int, batches: int, per_batch: int, shared: int,
+                  retries=None) -> None:
     """One of several processes committing receipts at once: its own keys plus `shared` keys
     that every worker commits too (so duplicates would show)."""
     store = Store(url, options)
+    lost = 0
     for b in range(batches):
         rows = [make_receipt(store, "conc", f"w{worker}-b{b}-s{i}", "en-16x9-t1") for i in range(per_batch)]
         rows += [make_receipt(store, "conc", f"shared-{b}-{i}", "en-16x9-t1") for i in range(shared)]
-        store.index.commit(rows, run_id=f"worker-{worker}")
+        lost += store.index.commit(rows, run_id=f"worker-{worker}").retries
+    if retries is not None:
+        retries.put(lost)
