@@ -110,6 +110,7 @@ class RenderPool:
         self.config = config
         self._slots: list[_Slot] = []
         self._remote = None
+        self._running = threading.Lock()
         self.replacements = 0  # actors started to replace a crashed, hung or failed one
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -215,20 +216,25 @@ class RenderPool:
         keys = [j.render_key for j in jobs]
         if len(set(keys)) != len(keys):
             raise ValueError("render keys must be unique within one run")
-        run = _Run(self, jobs, on_outcome)
         if not jobs:
             return []
-        self._ensure_actors()
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
-            while not run.done:
-                if cancel_event is not None and cancel_event.is_set():
-                    run.cancel()
-                    break
-                run.step()
-        except BaseException:
-            run.cancel()
-            raise
-        return run.outcomes()
+            self._ensure_actors()
+            run = _Run(self, jobs, on_outcome)
+            try:
+                while not run.done:
+                    if cancel_event is not None and cancel_event.is_set():
+                        run.cancel()
+                        break
+                    run.step()
+            except BaseException:
+                run.cancel()
+                raise
+            return run.outcomes()
+        finally:
+            self._running.release()
 
 
 class _Run:

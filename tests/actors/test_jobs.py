@@ -1,0 +1,28 @@
+"""Failure classes decide retries: no Ray needed to check them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catalog import InvalidId
+from horse_actors import PoolConfig, classify
+from model import InvalidRequest
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (InvalidRequest("seconds must be between 0.2 and 30.0"), ("InvalidRequest", False)),
+    (InvalidId("shot_id", "a/b", "has a slash"), ("InvalidRequest", False)),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), ("GpuOutOfMemory", False)),
+    (RuntimeError("CUDA error: out of memory"), ("GpuOutOfMemory", False)),
+    (OSError("connection reset while uploading"), ("OSError", True)),
+])
+def test_classify(exc, expected):
+    assert classify(exc) == expected
+
+
+def test_pool_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        PoolConfig(model="tiny", store_url="file:///tmp/x", max_in_flight_per_actor=0)
+    with pytest.raises(ValueError):
+        PoolConfig(model="tiny", store_url="file:///tmp/x", max_retries=-1)
