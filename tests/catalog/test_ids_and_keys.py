@@ -96,3 +96,13 @@ def test_bad_ids_write_nothing_anywhere(store):
         store.put_blob(b"x", ext="../mp4")
     assert _all_objects(store) == before
     assert store.index.version() is None  # the table was never even created
+
+
+def test_catalog_imports_no_torch_ray_or_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys, catalog; from catalog import Store; Store('memory://layer-check')"
+            "; print(sorted({'torch', 'ray', 'prefect'} & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
