@@ -55,8 +55,8 @@ def model_info(settings: HorseSettings) -> ModelInfo:
             pipe = HappyHorsePipeline.tiny()
             info = ModelInfo(pipe.fingerprint, resolved.profile, pipe.size_for)
         else:
-            info = HappyHorsePipeline.describe(resolved.checkpoint_dir, profile=resolved.profile)
-            info = ModelInfo(info["fingerprint"], resolved.profile, info["size_for"])
+            described = HappyHorsePipeline.describe(resolved.checkpoint_dir)  # hashes files, loads no tensor
+            info = ModelInfo(described["fingerprint"], resolved.profile, described["size_for"])
         _MODEL_INFO[cache_key] = info
     return _MODEL_INFO[cache_key]
 

@@ -26,12 +26,44 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, partial, mis-shaped or in a refused format."""
 
 
+_CACHE_MIN_BYTES = 64 << 20
+
+
+def _hash_cache_path() -> Path:
+    return Path(os.environ.get("HORSE_HASH_CACHE", Path.home() / ".cache" / "horse" / "sha256.json"))
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """sha256 of a file. A released stack is ~150 GB, minutes to hash, and both the planner and
+    every actor need its fingerprint: digests of large files are remembered per machine, keyed
+    by (real path, size, mtime), so a changed file is always hashed again."""
+    path = Path(path)
+    stat = path.stat()
+    cache_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache: dict[str, str] = {}
+    if stat.st_size >= _CACHE_MIN_BYTES:
+        try:
+            cache = json.loads(_hash_cache_path().read_text())
+            if cache_key in cache:
+                return cache[cache_key]
+        except (OSError, ValueError):
+            cache = {}
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if stat.st_size >= _CACHE_MIN_BYTES:
+        cache[cache_key] = digest
+        target = _hash_cache_path()
+        try:  # atomic replace: concurrent writers can only lose an entry, never corrupt the file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(target)
+        except OSError:
+            pass
+    return digest
 
 
 def fingerprint_files(root: str | os.PathLike, files: list[Path]) -> tuple[str, dict[str, str]]:

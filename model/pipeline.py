@@ -107,6 +107,46 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def _pipeline_config(folder: Path) -> PipelineConfig:
+    pipe_json = folder / "pipeline.json"
+    if not pipe_json.exists():
+        return PipelineConfig()
+    d = json.loads(pipe_json.read_text())
+    d.pop("format", None)
+    return PipelineConfig.from_dict(d)
+
+
+def output_size(config: PipelineConfig, resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) in pixels: the short side is the tier (256/512/1088 px; the tiny preset
+    64/96/128) and the long side is short * ratio rounded to a multiple of 32 px (the latent
+    grid must be even after the 16x VAE stride): 16:9 256p -> 448x256, 540p -> 896x512,
+    1080p -> 1920x1088."""
+    if resolution not in config.tiers:
+        raise InvalidRequest(f"resolution must be one of {list(config.tiers)}, got {resolution!r}")
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise InvalidRequest(f"aspect_ratio must be one of {list(ASPECT_RATIOS)}, got {aspect_ratio!r}")
+    short = config.tiers[resolution]
+    a, b = ASPECT_RATIOS[aspect_ratio]
+    long = max(32, int(round(short * max(a, b) / min(a, b) / 32)) * 32)
+    return (long, short) if a >= b else (short, long)
+
+
+def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = False) -> list[Path]:
+    """Every file of a checkpoint stack that shapes its output: the DiT stages' weights, configs
+    and indexes, the codec and text-encoder folders, pipeline.json. The fingerprint hashes these."""
+    files: list[Path] = []
+    for stage in stages:
+        sub = folder / stage
+        files += ckpt.weight_files(sub, allow_pickle).values()
+        files += [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+    for sub in ("text_encoder", "tokenizer", "video_vae", "audio_vae"):
+        if (folder / sub).is_dir():
+            files += [p for p in (folder / sub).rglob("*") if p.is_file()]
+    if (folder / "pipeline.json").exists():
+        files.append(folder / "pipeline.json")
+    return sorted(set(files))
+
+
 class HappyHorsePipeline:
     def __init__(self, dits: dict[str, DiT], text_encoder: TextEncoder, video_codec: VideoCodec,
                  audio_codec: AudioCodec, config: PipelineConfig, fingerprint: str,
@@ -198,12 +238,7 @@ class HappyHorsePipeline:
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         dtype = dtype or torch.bfloat16
-        pipe_json = folder / "pipeline.json"
-        config = PipelineConfig()
-        if pipe_json.exists():
-            d = json.loads(pipe_json.read_text())
-            d.pop("format", None)
-            config = PipelineConfig.from_dict(d)
+        config = _pipeline_config(folder)
         unknown = set(stages or ()) - set(DIT_STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {DIT_STAGES}")
@@ -235,13 +270,11 @@ class HappyHorsePipeline:
                               f"{device}; offloading idle stages to the CPU (pass stages=... to load fewer)")
                 offload = True
         place = torch.device("cpu") if offload else device
-        used: list[Path] = []
         dits: dict[str, DiT] = {}
         for stage, (dit, sub) in metas.items():
             dit = dit.to_empty(device=place)
             dit.compute_dtype = dtype
-            used += ckpt.load_into(dit, sub, allow_pickle)
-            used += [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+            ckpt.load_into(dit, sub, allow_pickle)
             dits[stage] = dit.eval()
         te_dtype = dtype if device.type == "cuda" else torch.float32
         tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "text_encoder"
@@ -253,31 +286,28 @@ class HappyHorsePipeline:
             audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True).eval()
         # turbo_vae/ (Turbo-VAED, a pickle) is not ported and never read: the Wan2.2 decoder renders
         # instead (the spec's §3.2 fallback), so allow_pickle only concerns DiT folders.
-        for sub in ("text_encoder", "tokenizer", "video_vae", "audio_vae"):
-            if (folder / sub).is_dir():
-                used += [p for p in (folder / sub).rglob("*") if p.is_file()]
-        if pipe_json.exists():
-            used.append(pipe_json)
-        fp, hashes = ckpt.fingerprint_files(folder, sorted(set(used)))
+        fp, hashes = ckpt.fingerprint_files(folder, stack_files(folder, tuple(metas), allow_pickle))
         return cls(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
                    AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fp,
                    device=device, offload=offload, weight_hashes=hashes,
                    cpu_threads=1 if all(d.cfg.hidden_size <= 1024 for d in dits.values()) else None)
 
     # ------------------------------------------------------------------------------ geometry
+    @classmethod
+    def describe(cls, folder: str | Path, stages: tuple[str, ...] | None = None, allow_pickle: bool = False) -> dict:
+        """What a planner needs without loading any tensor: the fingerprint `from_pretrained` would
+        report for the same folder and stages, and the output size of each tier and aspect ratio."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ckpt.CheckpointError(f"checkpoint folder {folder} does not exist")
+        present = tuple(st for st in (stages or DIT_STAGES) if (folder / st).is_dir())
+        fp, _ = ckpt.fingerprint_files(folder, stack_files(folder, present, allow_pickle))
+        config = _pipeline_config(folder)
+        return {"fingerprint": fp, "stages": present, "size_for": lambda res, ar: output_size(config, res, ar)}
+
     def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
-        """(width, height) in pixels: the short side is the tier (256/512/1088 px; the tiny preset
-        64/96/128) and the long side is short * ratio rounded to a multiple of 32 px (the latent
-        grid must be even after the 16x VAE stride): 16:9 256p -> 448x256, 540p -> 896x512,
-        1080p -> 1920x1088."""
-        if resolution not in self.config.tiers:
-            raise InvalidRequest(f"resolution must be one of {list(self.config.tiers)}, got {resolution!r}")
-        if aspect_ratio not in ASPECT_RATIOS:
-            raise InvalidRequest(f"aspect_ratio must be one of {list(ASPECT_RATIOS)}, got {aspect_ratio!r}")
-        short = self.config.tiers[resolution]
-        a, b = ASPECT_RATIOS[aspect_ratio]
-        long = max(32, int(round(short * max(a, b) / min(a, b) / 32)) * 32)
-        return (long, short) if a >= b else (short, long)
+        """(width, height) of a tier and aspect ratio; see `output_size`."""
+        return output_size(self.config, resolution, aspect_ratio)
 
     # ------------------------------------------------------------------------------ validation
     def _validate(self, r: RenderRequest) -> None:

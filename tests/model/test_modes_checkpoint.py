@@ -190,3 +190,32 @@ def test_stage_selection_and_offload_residency(saved):
 def test_request_is_hashable_with_arrays():
     r = req(image=np.zeros((16, 16, 3), np.uint8))
     assert r == req(image=np.ones((16, 16, 3), np.uint8)) and hash(r) == hash(req())
+
+
+def test_describe_matches_loading_without_reading_tensors(saved):
+    described = HappyHorsePipeline.describe(saved)
+    loaded = HappyHorsePipeline.from_pretrained(saved)
+    assert described["fingerprint"] == loaded.fingerprint
+    assert described["stages"] == ("base", "distill", "540p_sr", "1080p_sr")
+    for tier in ("256p", "540p", "1080p"):
+        assert described["size_for"](tier, "9:16") == loaded.size_for(tier, "9:16")
+    only_distill = HappyHorsePipeline.describe(saved, stages=("distill",))
+    assert only_distill["fingerprint"] == HappyHorsePipeline.from_pretrained(saved, stages=("distill",)).fingerprint
+
+
+def test_large_file_hashes_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from model import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_CACHE_MIN_BYTES", 0)
+    monkeypatch.setenv("HORSE_HASH_CACHE", str(tmp_path / "cache.json"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    first = checkpoint.sha256_file(weights)
+    stat = weights.stat()
+    weights.write_bytes(b"b" * 1000)                               # same size ...
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))     # ... and mtime: the cache answers
+    assert checkpoint.sha256_file(weights) == first
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: hashed again
+    assert checkpoint.sha256_file(weights) != first
