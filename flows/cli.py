@@ -196,7 +196,7 @@ def plan(
     """Dry run: the jobs, which are already rendered, and a GPU-time quote for the rest."""
     from catalog import Store
     from flows.manifest import ManifestError, read_manifest
-    from flows.nightly import model_info
+    from flows.jobs import model_info
     from flows.plan import make_plan, quote_gpu_seconds
 
     settings = settings_from(config, store, model, None, as_json)
@@ -245,7 +245,8 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.manifest import ManifestError
-    from flows.nightly import RunFailed, set_progress_listener
+    from flows.campaign_run import RunFailed
+    from flows.nightly import set_progress_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=as_json)

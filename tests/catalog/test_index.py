@@ -1,7 +1,6 @@
 import multiprocessing
 import time
 
-import pyarrow as pa
 import pytest
 
 from catalog import render_key

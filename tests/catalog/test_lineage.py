@@ -27,8 +27,8 @@ def _render_events(store):
 
 def test_events_parse_back_and_link_outputs_to_inputs(store):
     blob, start, done = _render_events(store)
-    fail = store.lineage.fail(parent_run_id=PARENT, parent_job_name="nightly",
-                              error_message="CUDA out of memory", stack_trace="Traceback ...")
+    store.lineage.fail(parent_run_id=PARENT, parent_job_name="nightly",
+                       error_message="CUDA out of memory", stack_trace="Traceback ...")
     events = store.lineage.read_events()
     assert len(events) == 3 and all(isinstance(e, RunEvent) for e in events)
     by_type = {e.eventType: e for e in events}

@@ -7,7 +7,6 @@ test-artifacts/.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

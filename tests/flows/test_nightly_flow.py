@@ -15,7 +15,7 @@ def run_nightly(manifest, settings):
 
 
 def render(manifest, settings):
-    from flows.nightly import render_campaign
+    from flows.campaign_run import render_campaign
     from prefect import flow
 
     @flow(name="test-render")

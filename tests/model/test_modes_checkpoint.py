@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import CheckpointError, HappyHorsePipeline, RenderRequest, frame_count
+from model import CheckpointError, HappyHorsePipeline
 from model.checkpoint import INDEX_NAME
 
 from .test_pipeline import check_clip, req
