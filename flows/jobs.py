@@ -182,7 +182,7 @@ def publish_contact_sheet(store: Store, entries: list[dict]) -> tuple[str | None
     for entry in entries[:48]:
         if entry.get("status") == "ok" and entry.get("poster_uri"):
             with store.open_blob(entry["poster_uri"]) as f:
-                posters.append((f"{entry['shot_id']} {entry['variant']}", f.read()))
+                posters.append((f"{entry['shot_id']}\n{entry['variant']}", f.read()))
     if not posters:
         return None, None
     jpeg = contact_sheet(posters)

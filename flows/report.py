@@ -40,7 +40,7 @@ def failure_rows(failures: list[tuple[dict, RenderOutcome]]) -> list[dict[str, A
 
 
 def contact_sheet(posters: list[tuple[str, bytes]], columns: int = 6, cell_height: int = 96) -> bytes:
-    """A JPEG grid of poster frames, each captioned with its shot/variant label."""
+    """A JPEG grid of poster frames, each captioned with its label (one or two lines)."""
     if not posters:
         raise ValueError("no posters for a contact sheet")
     cells = []
@@ -49,7 +49,7 @@ def contact_sheet(posters: list[tuple[str, bytes]], columns: int = 6, cell_heigh
         width = max(1, round(image.width * cell_height / image.height))
         cells.append((label, image.resize((width, cell_height))))
     cell_w = max(img.width for _, img in cells)
-    caption = 14
+    caption = 26
     rows = (len(cells) + columns - 1) // columns
     cols = min(columns, len(cells))
     sheet = Image.new("RGB", (cols * (cell_w + 4) + 4, rows * (cell_height + caption + 4) + 4), (24, 24, 24))
@@ -58,7 +58,8 @@ def contact_sheet(posters: list[tuple[str, bytes]], columns: int = 6, cell_heigh
         x = 4 + (i % columns) * (cell_w + 4)
         y = 4 + (i // columns) * (cell_height + caption + 4)
         sheet.paste(image, (x + (cell_w - image.width) // 2, y))
-        draw.text((x, y + cell_height + 1), label[:28], fill=(230, 230, 230))
+        lines = [line[: max(8, cell_w // 6)] for line in label.split("\n")[:2]]
+        draw.multiline_text((x, y + cell_height + 1), "\n".join(lines), fill=(230, 230, 230), spacing=1)
     out = io.BytesIO()
     sheet.save(out, format="JPEG", quality=85)
     return out.getvalue()

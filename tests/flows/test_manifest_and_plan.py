@@ -1,0 +1,117 @@
+"""Manifest intake and planning as plain functions: no Ray, no Prefect."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from catalog import Store
+from flows.manifest import ManifestError, build_manifest, read_manifest, write_manifest
+from flows.plan import Filters, ModelInfo, PlanError, expand_shot, make_plan, take_seed
+from flows.report import contact_sheet
+
+from .conftest import shot
+
+MODEL = ModelInfo("f" * 64, "distill", lambda resolution, aspect: (128, 64) if aspect == "16:9" else (64, 128))
+
+
+def test_yaml_brief_with_defaults_builds_a_valid_manifest(tmp_path):
+    brief = tmp_path / "brief.yaml"
+    brief.write_text(
+        "campaign_id: autumn\nresolution: 256p\nduration_s: 2\ntakes: 2\naspect_ratios: ['16:9']\n"
+        "shots:\n"
+        "  - {shot_id: a1, seed: 1, scene: 'A red leaf falls.', languages: [en]}\n"
+        "  - {shot_id: a2, seed: 2, scene: 'Rain on a window.', languages: [zh-CN], "
+        "dialogue: [{speaker: girl, language: cmn, line: '下雨了'}]}\n"
+        "  - {shot_id: A3, seed: 3, scene: 'Bad id.', languages: [en]}\n"
+    )
+    manifest, path = build_manifest(brief, tmp_path / "autumn.parquet")
+    assert [s.shot_id for s in manifest.shots] == ["a1", "a2"]
+    assert manifest.shots[1].languages == ("zh",) and manifest.shots[1].dialogue[0].language == "zh"
+    assert [str(e) for e in manifest.errors] == [
+        "row 3 (shot A3), column shot_id: invalid shot_id 'A3': must match ^[a-z0-9][a-z0-9._-]{0,63}$: "
+        "lowercase ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"
+    ]
+    again = read_manifest(str(path))
+    assert [s.shot_id for s in again.shots] == ["a1", "a2"] and not again.errors
+
+
+def test_csv_brief_and_the_cli_report_rows(tmp_path):
+    brief = tmp_path / "brief.csv"
+    brief.write_text(
+        "campaign_id,shot_id,scene,languages,aspect_ratios,resolution,duration_s,takes,seed,dialogue\n"
+        "winter,w1,Snow falls on a quiet street.,en,16:9;9:16,256p,2,1,5,\n"
+        "winter,w2,A skier turns.,en;de,16:9,256p,20,1,6,\"[{\"\"speaker\"\": \"\"skier\"\", \"\"language\"\": \"\"en\"\", \"\"line\"\": \"\"Go!\"\"}]\"\n"
+    )
+    out = tmp_path / "winter.parquet"
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "manifest", "build", str(brief), "-o", str(out), "--json"],
+                            capture_output=True, text=True)
+    document = json.loads(result.stdout)
+    assert result.returncode == 1 and document["valid"] == 1
+    reasons = {(e["row"], e["column"]) for e in document["errors"]}
+    assert reasons == {(2, "duration_s")}, document["errors"]
+    validate = subprocess.run([sys.executable, "-m", "flows.cli", "manifest", "validate", str(out)], capture_output=True, text=True)
+    assert validate.returncode == 0 and "1 valid" in validate.stdout
+
+
+def test_unreadable_manifests_are_errors_for_the_whole_file(tmp_path):
+    with pytest.raises(ManifestError, match="no such file"):
+        read_manifest(str(tmp_path / "missing.parquet"))
+    (tmp_path / "text.parquet").write_text("not parquet")
+    with pytest.raises(ManifestError, match="not a Parquet file"):
+        read_manifest(str(tmp_path / "text.parquet"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"campaign_id": ["x"]}), tmp_path / "thin.parquet")
+    with pytest.raises(ManifestError, match="missing required column"):
+        read_manifest(str(tmp_path / "thin.parquet"))
+
+
+def test_unknown_columns_are_kept_for_lineage(tmp_path):
+    path = write_manifest([shot("s1", "A scene.", client_ref="PO-4411")], tmp_path / "m.parquet")
+    assert read_manifest(str(path)).shots[0].extra == {"client_ref": "PO-4411"}
+
+
+def test_variants_keys_and_seeds(tmp_path):
+    manifest = read_manifest(str(write_manifest([shot("s1", "A scene.", takes=2)], tmp_path / "m.parquet")))
+    jobs = expand_shot(manifest.shots[0], MODEL)
+    assert [j.variant for j in jobs] == ["en-16x9-t1", "en-16x9-t2", "en-9x16-t1", "en-9x16-t2",
+                                         "de-16x9-t1", "de-16x9-t2", "de-9x16-t1", "de-9x16-t2"]
+    assert len({j.render_key for j in jobs}) == 8
+    assert {j.seed for j in jobs if j.take == 1} == {7}, "take 1 keeps the manifest seed in every variant"
+    assert {j.seed for j in jobs if j.take == 2} == {take_seed(7, 2)} and take_seed(7, 2) != 7
+    assert 'Dialogue:\n<young woman in a yellow raincoat, German>: "Der Frühling ist da."' in jobs[4].prompt
+    again = expand_shot(manifest.shots[0], MODEL)
+    assert [j.render_key for j in again] == [j.render_key for j in jobs], "keys are deterministic"
+    other_model = ModelInfo("e" * 64, "distill", MODEL.sizes)
+    assert not {j.render_key for j in expand_shot(manifest.shots[0], other_model)} & {j.render_key for j in jobs}
+    backfill = expand_shot(manifest.shots[0], MODEL, Filters(languages=("ja",), takes=1))
+    assert [j.variant for j in backfill] == ["ja-16x9-t1", "ja-9x16-t1"]
+    with pytest.raises(PlanError, match="no dialogue lines for fr"):
+        expand_shot(manifest.shots[0], MODEL, Filters(languages=("fr",)))
+
+
+def test_reference_files_only_from_input_roots(tmp_path, tmp_store):
+    inside = tmp_path / "refs" / "face.png"
+    inside.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(inside)
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    rows = [shot("s1", "A.", reference_image_uri=str(inside)), shot("s2", "B.", reference_image_uri=str(tmp_path / "refs" / ".." / "elsewhere.png"))]
+    manifest = read_manifest(str(write_manifest(rows, tmp_path / "m.parquet")))
+    plan = make_plan(manifest.shots, MODEL, Store(tmp_store), input_roots=[str(tmp_path / "refs")])
+    assert {j.shot_id for j in plan.jobs} == {"s1"} and plan.jobs[0].key_inputs["image_sha256"]
+    assert len(plan.errors) == 1 and "row 2 (shot s2), reference_image_uri:" in plan.errors[0] and "outside the allowed input roots" in plan.errors[0]
+
+
+def test_contact_sheet_is_a_grid_of_posters():
+    poster = io.BytesIO()
+    Image.new("RGB", (64, 36), (200, 40, 40)).save(poster, format="JPEG")
+    sheet = Image.open(io.BytesIO(contact_sheet([(f"s{i}\nen-16x9-t1", poster.getvalue()) for i in range(8)], columns=6)))
+    assert sheet.format == "JPEG" and sheet.width > 6 * 64 and sheet.height > 2 * 96
