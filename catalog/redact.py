@@ -39,6 +39,13 @@ def redact_options(options: Any) -> Any:
     return REDACTED
 
 
+def public_options(options: dict | None) -> dict:
+    """Only the allowlisted (non-secret) storage options, to hand to other processes such as Ray
+    actors: anything else could be a credential, and those come from each process's own
+    environment (AWS_* variables, instance roles, workload identity), never from arguments."""
+    return {name: value for name, value in (options or {}).items() if str(name).lower() in _SAFE_OPTION_NAMES}
+
+
 def _safe_scalar(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return redact_url(value)

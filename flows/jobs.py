@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalog import Store
+from catalog import Store, public_options
 from catalog.receipts import receipt_key
 from flows.plan import ModelInfo, Plan, PlannedJob
 from flows.report import contact_sheet
@@ -42,7 +42,8 @@ def pool_config(settings: HorseSettings) -> PoolConfig:
     return PoolConfig(
         model=resolved.checkpoint_dir or "tiny",
         store_url=settings.store_url,
-        storage_options=settings.storage_options or None,
+        # Credentials never travel as Ray arguments: actors read them from their environment.
+        storage_options=public_options(settings.storage_options) or None,
         num_actors=ray.num_actors,
         gpus_per_actor=ray.gpus_per_actor,
         cpus_per_actor=ray.cpus_per_actor,
