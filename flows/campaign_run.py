@@ -5,6 +5,7 @@ Reruns of any kind only render what is missing."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, ModelInfo, Plan, PlannedJob, make_plan
 from flows.report import RunReport, RunTotals, failure_rows, summary_markdown
 from flows.settings import HorseSettings
-from horse_actors import RenderOutcome, RenderPool
+from horse_actors import RenderJob, RenderOutcome, RenderPool
 
 
 class RunFailed(RuntimeError):
@@ -107,30 +108,78 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     return plan, info
 
 
+class RenderStream:
+    """The pool renders every to-do job as one continuous stream on a background thread, so no
+    GPU idles at a chunk boundary; outcomes come back to the flow's thread through a queue, and
+    each chunk task takes its own (outcomes of later chunks wait in `_early`)."""
+
+    _END = object()
+
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob]):
+        self.pool = pool
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._early: dict[str, RenderOutcome] = {}
+        self._ended = False
+        self._thread = threading.Thread(target=self._render, args=(jobs,), name="horse-render-stream", daemon=True)
+        self._thread.start()
+
+    def _render(self, jobs: list[RenderJob]) -> None:
+        try:
+            self.pool.run(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
+        except BaseException as exc:  # handed to the flow thread, which raises it
+            self.error = exc
+        finally:
+            self._queue.put(self._END)
+
+    def take(self, wanted: set[str]) -> RenderOutcome | None:
+        """The next outcome for one of `wanted`; None once the stream ended without it."""
+        while True:
+            for key in wanted & self._early.keys():
+                return self._early.pop(key)
+            if self._ended:
+                if self.error is not None:
+                    raise self.error
+                return None
+            try:  # a short timeout keeps the main thread responsive to signals (cancel)
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                self._ended = True
+            else:
+                self._early[item.render_key] = item
+
+    def stop(self) -> None:
+        """Cancel what is still queued or running and wait for the pool to let go of it."""
+        self.cancel.set()
+        self._thread.join()
+
+
 @task(name="render-chunk", cache_policy=NO_CACHE)
 def render_chunk(chunk_number: int, jobs: list[PlannedJob], run: "_RunState") -> int:
-    """Render one chunk on the run's pool; receipts are written per shot, the index per chunk."""
+    """Collect one chunk's renders from the run's stream: a receipt and a lineage event per shot
+    as it arrives, one index commit for the chunk."""
     log = _logger()
-    by_key = {job.render_key: job for job in jobs}
+    pending = {job.render_key: job for job in jobs}
     receipts: list[dict] = []
-
-    def on_outcome(outcome: RenderOutcome) -> None:
-        job = by_key[outcome.render_key]
-        if outcome.status != "cancelled":
-            receipt = receipt_for(job, outcome, run.run_id, run.model.fingerprint)
-            receipts.append(run.store.write_receipt(receipt))
-            run.shot_lineage(job, outcome)
-        run.record(job, outcome)
-        if outcome.ok:
-            log.info("rendered %s/%s %s in %.1fs (attempt %d) -> %s", job.campaign_id, job.shot_id, job.variant,
-                     outcome.duration_s or 0, outcome.attempt, outcome.blob_uri)
-        else:
-            log.warning("%s %s/%s %s: %s: %s", outcome.status, job.campaign_id, job.shot_id, job.variant,
-                        outcome.error_class, outcome.error_message)
-
-    render_jobs = [to_render_job(job, run.model.fingerprint) for job in jobs]
     try:
-        run.pool.run(render_jobs, on_outcome=on_outcome)
+        while pending:
+            outcome = run.stream.take(set(pending))
+            if outcome is None:  # the stream was cancelled before these were rendered
+                break
+            job = pending.pop(outcome.render_key)
+            if outcome.status != "cancelled":
+                receipts.append(run.store.write_receipt(receipt_for(job, outcome, run.run_id, run.model.fingerprint)))
+                run.shot_lineage(job, outcome)
+            run.record(job, outcome)
+            if outcome.ok:
+                log.info("rendered %s/%s %s in %.1fs (attempt %d) -> %s", job.campaign_id, job.shot_id, job.variant,
+                         outcome.duration_s or 0, outcome.attempt, outcome.blob_uri)
+            else:
+                log.warning("%s %s/%s %s: %s: %s", outcome.status, job.campaign_id, job.shot_id, job.variant,
+                            outcome.error_class, outcome.error_message)
     finally:
         if receipts:  # even a cancelled or crashing chunk indexes what it finished
             run.store.index.commit(receipts, run_id=run.run_id)
@@ -139,11 +188,11 @@ def render_chunk(chunk_number: int, jobs: list[PlannedJob], run: "_RunState") ->
 
 
 class _RunState:
-    """Per-run objects shared by the chunk tasks (never serialized: tasks run in threads)."""
+    """Per-run objects shared by the chunk tasks (never serialized: tasks run in this process)."""
 
-    def __init__(self, run_id: str, job_name: str, store: Store, pool: RenderPool, model: ModelInfo, totals: RunTotals,
-                 report: RunReport, lineage_inputs: list[dict]):
-        self.run_id, self.job_name, self.store, self.pool, self.model = run_id, job_name, store, pool, model
+    def __init__(self, run_id: str, job_name: str, store: Store, stream: RenderStream, model: ModelInfo,
+                 totals: RunTotals, report: RunReport, lineage_inputs: list[dict]):
+        self.run_id, self.job_name, self.store, self.stream, self.model = run_id, job_name, store, stream, model
         self.totals, self.report, self.lineage_inputs = totals, report, lineage_inputs
         self.outcomes: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
         self._lock = threading.Lock()
@@ -204,17 +253,20 @@ def render_campaign(
     try:
         if todo:
             pool = RenderPool(pool_config(settings))
-            state = _RunState(run_id, job_name, store, pool, model, totals, report, lineage_inputs)
             try:
                 started = time.perf_counter()
                 pool.start()
                 log.info("render pool ready in %.1fs: %s", time.perf_counter() - started, pool.actor_stats())
-                # Chunks run one after another on the run's single pool, which keeps every actor
-                # busy within a chunk; they are task runs so the UI shows progress in tens of
-                # steps, never one per shot.
-                size = settings.render.chunk_size
-                for number, start in enumerate(range(0, len(todo), size), start=1):
-                    render_chunk.with_options(name=f"render-chunk-{number}")(number, todo[start:start + size], state)
+                stream = RenderStream(pool, [to_render_job(job, model.fingerprint) for job in todo])
+                state = _RunState(run_id, job_name, store, stream, model, totals, report, lineage_inputs)
+                try:
+                    # Task runs give the UI progress in tens of steps, never one per shot; the
+                    # stream keeps rendering the next chunk while one is being collected.
+                    size = settings.render.chunk_size
+                    for number, start in enumerate(range(0, len(todo), size), start=1):
+                        render_chunk.with_options(name=f"render-chunk-{number}")(number, todo[start:start + size], state)
+                finally:
+                    stream.stop()
             finally:
                 pool.shutdown()
         outcomes = state.outcomes if state else {}

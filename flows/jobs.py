@@ -4,6 +4,7 @@ made from what the pool returns."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from catalog import Store, public_options
@@ -86,25 +87,40 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
 
 
+# Reference files are usually a handful per campaign (a face, a voice) shared by many shots:
+# each is decoded once, and every job of the run shares the same read-only array.
+@functools.lru_cache(maxsize=256)
 def _load_image(path: str):
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        array = np.asarray(image.convert("RGB"))
+    array.setflags(write=False)
+    return array
 
 
-def _load_audio(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
+@functools.lru_cache(maxsize=256)
+def _decode_audio(path: str):
+    """Float32 (channels, samples) planar audio, whatever the file's sample format."""
     import av
     import numpy as np
 
     with av.open(path) as container:
         stream = container.streams.audio[0]
-        chunks = [frame.to_ndarray() for frame in container.decode(stream)]
+        to_planar = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
+        chunks = [out.to_ndarray() for frame in container.decode(stream) for out in to_planar.resample(frame)]
+        chunks += [out.to_ndarray() for out in to_planar.resample(None)]
         rate = stream.rate
     audio = np.concatenate(chunks, axis=1).astype(np.float32)
+    audio.setflags(write=False)
+    return audio, rate
+
+
+def _load_audio(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    audio, rate = _decode_audio(path)
     return {"audio": audio, "audio_sample_rate": rate}
 
 

@@ -115,3 +115,28 @@ def test_contact_sheet_is_a_grid_of_posters():
     Image.new("RGB", (64, 36), (200, 40, 40)).save(poster, format="JPEG")
     sheet = Image.open(io.BytesIO(contact_sheet([(f"s{i}\nen-16x9-t1", poster.getvalue()) for i in range(8)], columns=6)))
     assert sheet.format == "JPEG" and sheet.width > 6 * 64 and sheet.height > 2 * 96
+
+
+def test_reference_audio_becomes_planar_float_audio(tmp_path, tmp_store):
+    import av
+    import numpy as np
+
+    from flows.jobs import to_render_job
+
+    wav = tmp_path / "refs" / "voice.wav"
+    wav.parent.mkdir()
+    with av.open(str(wav), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="stereo")
+        samples = (np.sin(np.linspace(0, 200, 16000)) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.stack([samples, samples]).T.reshape(1, -1).copy(), format="s16", layout="stereo")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    manifest = read_manifest(str(write_manifest([shot("s1", "A.", reference_audio_uri=str(wav))], tmp_path / "m.parquet")))
+    plan = make_plan(manifest.shots, MODEL, Store(tmp_store), input_roots=[str(tmp_path / "refs")])
+    request = to_render_job(plan.jobs[0], MODEL.fingerprint).request
+    assert request.audio.dtype == np.float32 and request.audio.shape == (2, 16000)
+    assert request.audio_sample_rate == 16000 and 0.2 < float(np.abs(request.audio).max()) < 0.3
+    assert request.audio is to_render_job(plan.jobs[1], MODEL.fingerprint).request.audio, "decoded once, shared"
