@@ -7,6 +7,7 @@ Exit codes: 0 all good, 1 some shots (or checks) failed, 2 invalid input or conf
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn, Optional
@@ -42,9 +43,14 @@ def settings_from(config: Path | None, store: str | None, model: str | None, ray
     if ray_address is not None:
         overrides["ray"] = {"address": ray_address}
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
     except ConfigError as exc:
         fail(str(exc), as_json, code=EXIT_INVALID)
+    if settings.prefect.api_url and "PREFECT_API_URL" not in os.environ:
+        # Prefect reads its settings from the environment when it is imported: commands call
+        # settings_from before importing anything that imports prefect.
+        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+    return settings
 
 
 def fail(message: str, as_json: bool, code: int = EXIT_INVALID) -> NoReturn:
@@ -315,9 +321,8 @@ def render(
     ray_address: RayOpt = None,
 ) -> None:
     """Run the nightly flow for a manifest now."""
+    settings_from(config, store, model, ray_address, as_json)  # first: it may point Prefect at a server
     from flows.nightly import nightly_campaign_render
-
-    settings_from(config, store, model, ray_address, as_json)  # fail fast on bad configuration
 
     def body() -> int:
         return _run_flow(lambda: nightly_campaign_render(
@@ -342,9 +347,8 @@ def backfill(
     ray_address: RayOpt = None,
 ) -> None:
     """Render the missing variants of a published campaign (new languages, aspect ratios, takes)."""
+    settings_from(config, store, model, ray_address, as_json)  # first: it may point Prefect at a server
     from flows.nightly import backfill_variants
-
-    settings_from(config, store, model, ray_address, as_json)
     split = lambda text: [part.strip() for part in text.split(",") if part.strip()] if text else None  # noqa: E731
 
     def body() -> int:
@@ -427,9 +431,8 @@ def show(campaign: Annotated[str, typer.Argument(help="campaign id")],
 def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None,
            ray_address: RayOpt = None) -> None:
     """Register the nightly and backfill deployments with the Prefect server's work pool."""
+    settings = settings_from(config, store, model, ray_address, as_json)  # before Prefect is imported
     from flows.deploy import build_deployments
-
-    settings = settings_from(config, store, model, ray_address, as_json)
 
     def body() -> int:
         ids = {}
@@ -449,9 +452,8 @@ def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt =
 @app.command()
 def serve(config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Serve the nightly (cron) and backfill deployments from this process until Ctrl-C."""
+    settings = settings_from(config, store, model, ray_address, False)  # before Prefect is imported
     from flows.deploy import serve_deployments
-
-    settings = settings_from(config, store, model, ray_address, False)
     if not settings.schedule.manifest_uri:
         err_console.print("[yellow]schedule.manifest_uri is not set: the nightly deployment has no schedule[/yellow]")
     serve_deployments(settings, str(config) if config else None)

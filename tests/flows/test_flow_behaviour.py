@@ -139,3 +139,20 @@ def test_killed_run_resumes_with_only_the_missing_shots(prefect_api, tmp_path, t
     version = Store(tmp_store).versions.read("spring-launch")
     assert len(version["entries"]) == 8 and all(e["status"] == "ok" for e in version["entries"])
     assert len(list(receipts.rglob("*.json"))) == 8, "one receipt per render, none duplicated"
+
+
+def test_prefect_server_from_configuration(prefect_api, tmp_path, tmp_store):
+    """`prefect.api_url` in the config file sends the run to that server (no PREFECT_API_URL set)."""
+    manifest = write_manifest([shot("p1", "A paper boat.", languages=["en"], aspect_ratios=["1:1"])], tmp_path / "p.parquet")
+    config = settings_file(tmp_path, prefect={"api_url": prefect_api})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "render", str(manifest), "--json", "--store", tmp_store,
+                             "--config", config], capture_output=True, text=True, timeout=600, env=env)
+    document = json.loads(result.stdout)
+    assert result.returncode == 0 and document["rendered"] == 1
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(document["run_id"])
+
+    assert asyncio.run(read()).state.is_completed(), "the run is recorded in the configured server"

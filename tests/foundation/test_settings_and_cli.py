@@ -107,3 +107,4 @@ def test_doctor_reports_an_unwritable_store(tmp_path):
     store = next(c for c in document["checks"] if c["name"] == "store")
     assert store["ok"] is False and "not writable" in store["detail"]
     assert result.returncode == 1
+
