@@ -96,6 +96,13 @@ def test_demo_then_prefect_ui_in_a_browser(horse_ui, tmp_path, artifacts_dir):
     for key in ("aurora-tea-launch-summary", "aurora-tea-launch-progress"):
         assert key in artifacts_page, f"artifact {key} is listed"
 
+    summaries = httpx.post(f"{base_url}/api/artifacts/filter", json={"artifacts": {"key": {"any_": ["aurora-tea-launch-summary"]}}}).json()
+    summary = next(a for a in summaries if "version 1" in a["data"])  # the first run's (the rerun made version 2)
+    summary_page = chromium(f"{base_url}/artifacts/artifact/{summary['id']}", screenshot=str(artifacts_dir / "ui-summary.png"))
+    assert "aurora-tea-launch: version 1" in summary_page
+    assert '<img src="data:image/jpeg;base64,' in summary_page or 'src="data:image/jpeg;base64,' in summary_page, \
+        "the contact sheet is shown in the summary"
+
     ui_process.send_signal(signal.SIGINT)
     assert ui_process.wait(timeout=30) == 0, "horse ui stops cleanly on Ctrl-C"
     with pytest.raises(httpx.HTTPError):
