@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import functools
 import shutil
 import tempfile
+import time
 import uuid
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -61,6 +63,44 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
             out["GOOGLE_BASE_URL"] = str(options["endpoint_url"])
     out.update({k: str(v) for k, v in options.items() if isinstance(k, str) and k.isupper()})
     return out
+
+
+# An object store that is briefly unreachable (a network blip, a restarting MinIO) must not fail
+# a night of renders. botocore already retries each request for ~10 s; on top of that, every
+# store operation is retried with exponential backoff for up to STORE_RETRY_SECONDS. All of them
+# are safe to repeat: writes are create-if-absent or whole-object replaces.
+STORE_RETRY_SECONDS = float(os.environ.get("HORSE_STORE_RETRY_SECONDS", "120"))
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
+
+
+def _retry_unreachable(method):
+    @functools.wraps(method)
+    def wrapper(self: "Root", *args, **kwargs):
+        if self.protocol in ("file", "memory"):
+            return method(self, *args, **kwargs)
+        deadline = time.monotonic() + STORE_RETRY_SECONDS
+        delay = 1.0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not _is_unreachable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("store %s unreachable during %s (%s); retrying in %.0fs",
+                            self.url, method.__name__, type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    return wrapper
 
 
 class Root:
@@ -162,11 +202,13 @@ class Root:
         return redact_options(self._options)
 
     # -- io -----------------------------------------------------------------------------------
+    @_retry_unreachable
     def exists(self, key: str) -> bool:
         path = self.path(key)
         self.fs.invalidate_cache(path)  # another process may have written it since we listed
         return self.fs.exists(path)
 
+    @_retry_unreachable
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
@@ -181,6 +223,7 @@ class Root:
             got = {next(iter(paths)): got}
         return {paths[p]: v for p, v in got.items() if p in paths}
 
+    @_retry_unreachable
     def list_files(self, prefix: str, detail: bool = False):
         """Files under a key prefix: {key: info} (detail) or sorted keys. Missing prefix -> empty."""
         base = self.path(prefix) if prefix else self.base
@@ -218,6 +261,7 @@ class Root:
 
         return self._create(key, copy, lambda path: self.fs.put_file(local_path, path, mode="create", **put_kwargs))
 
+    @_retry_unreachable
     def _create(self, key: str, write_local, create_remote) -> bool:
         path = self.path(key)
         try:
@@ -229,6 +273,7 @@ class Root:
         except FileExistsError:
             return False
 
+    @_retry_unreachable
     def write_replace(self, key: str, data: bytes) -> None:
         """Create or replace `key` atomically (readers see the old or the new bytes, never a part)."""
         path = self.path(key)
