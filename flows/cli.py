@@ -66,11 +66,18 @@ def emit_json(document: Any) -> None:
 
 
 def guarded(as_json: bool, action: Callable[[], int]) -> NoReturn:
-    """Run a command body; turn expected errors into exit code 2 with a message, never a traceback."""
+    """Run a command body: invalid configuration exits 2, any other error 1, both with a one-line
+    message instead of a traceback (HORSE_DEBUG=1 shows the traceback)."""
     try:
         code = action()
     except ConfigError as exc:
         fail(str(exc), as_json, code=EXIT_INVALID)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("HORSE_DEBUG"):
+            raise
+        fail(f"{type(exc).__name__}: {exc} (set HORSE_DEBUG=1 for the traceback)", as_json, code=EXIT_FAILED)
     raise typer.Exit(code)
 
 
@@ -432,9 +439,11 @@ def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt =
            ray_address: RayOpt = None) -> None:
     """Register the nightly and backfill deployments with the Prefect server's work pool."""
     settings = settings_from(config, store, model, ray_address, as_json)  # before Prefect is imported
-    from flows.deploy import build_deployments
+    from flows.deploy import build_deployments, ensure_work_pool
 
     def body() -> int:
+        if ensure_work_pool(settings) and not as_json:
+            console.print(f"created work pool [bold]{settings.prefect.work_pool}[/bold] (process, one run at a time)")
         ids = {}
         for deployment in build_deployments(settings, str(config) if config else None):
             ids[deployment.name] = str(deployment.apply(work_pool_name=settings.prefect.work_pool))

@@ -54,3 +54,21 @@ def serve_deployments(settings: HorseSettings, config_file: str | None = None) -
     from prefect import serve
 
     serve(*build_deployments(settings, config_file), pause_on_shutdown=False, limit=settings.prefect.concurrency_limit)
+
+
+def ensure_work_pool(settings: HorseSettings) -> bool:
+    """Create the configured work pool (type `process`, one run at a time) unless it exists.
+    True if this call created it."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    pool = WorkPoolCreate(name=settings.prefect.work_pool, type="process",
+                          concurrency_limit=settings.prefect.concurrency_limit,
+                          description="Horse render runs: each flow run is a Ray driver on the GPU cluster")
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(pool)
+        except ObjectAlreadyExists:
+            return False
+    return True
