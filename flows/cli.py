@@ -258,7 +258,6 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.manifest import ManifestError
-    from flows.campaign_run import RunFailed
     from flows.nightly import set_progress_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -281,11 +280,9 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
     else:
         try:
             state.result()
-        except (ManifestError, ConfigError, ValueError) as exc:
-            if not isinstance(exc, RunFailed):
-                fail(str(exc), as_json, code=EXIT_INVALID)
-            document = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # the run's own failure: summarised, logged in Prefect
+        except (ManifestError, ConfigError, ValueError) as exc:  # invalid input: nothing was rendered
+            fail(str(exc), as_json, code=EXIT_INVALID)
+        except Exception as exc:  # RunFailed (too many shots failed) or a crash: summarised, logged in Prefect
             document = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if as_json:
             emit_json(document)

@@ -16,24 +16,26 @@ from horse_actors import PoolConfig, RenderJob, RenderOutcome
 
 # ---- model info for planning ---------------------------------------------------------------
 
-_MODEL_INFO: dict[str, ModelInfo] = {}
-
-
 def model_info(settings: HorseSettings) -> ModelInfo:
-    """Fingerprint and output sizes of the configured model, computed once per process."""
+    """Fingerprint and output sizes of the configured model, without loading a checkpoint's
+    weights (file digests are cached per machine, so this is cheap after the first time)."""
     from model import HappyHorsePipeline
 
     resolved = settings.resolved_model()
-    cache_key = f"{resolved.checkpoint_dir or 'tiny'}:{resolved.profile}"
-    if cache_key not in _MODEL_INFO:
-        if resolved.checkpoint_dir is None:
-            pipe = HappyHorsePipeline.tiny()
-            info = ModelInfo(pipe.fingerprint, resolved.profile, pipe.size_for)
-        else:
-            described = HappyHorsePipeline.describe(resolved.checkpoint_dir)  # hashes files, loads no tensor
-            info = ModelInfo(described["fingerprint"], resolved.profile, described["size_for"])
-        _MODEL_INFO[cache_key] = info
-    return _MODEL_INFO[cache_key]
+    if resolved.checkpoint_dir is None:
+        fingerprint, sizes = _tiny_description()
+    else:
+        described = HappyHorsePipeline.describe(resolved.checkpoint_dir)
+        fingerprint, sizes = described["fingerprint"], described["size_for"]
+    return ModelInfo(fingerprint, resolved.profile, sizes)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_description():
+    from model import HappyHorsePipeline
+
+    pipe = HappyHorsePipeline.tiny()
+    return pipe.fingerprint, pipe.size_for
 
 
 def pool_config(settings: HorseSettings) -> PoolConfig:

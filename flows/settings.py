@@ -33,10 +33,6 @@ class RaySettings(_Section):
     address: str | None = Field(
         None, description="None: a private local cluster on 127.0.0.1; 'auto' or host:port: join one"
     )
-    num_gpus: int | None = Field(
-        None, ge=0, description="GPUs for a private local cluster; None = detect (0 without CUDA)"
-    )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a private local cluster")
     num_actors: int | None = Field(None, ge=1, description="render actors; None = one per GPU")
     gpus_per_actor: float = Field(1.0, ge=0)
     cpus_per_actor: float = Field(1.0, ge=0)
