@@ -1,22 +1,33 @@
 """Horse catalog: versioned storage with lineage for rendered clips (no torch, Ray or Prefect).
 
     from catalog import Store, validate_id, InvalidId, render_key
+
+Names are imported on first use: id validation and render keys (manifest tools, light CLI
+commands) load without deltalake, fsspec or openlineage.
 """
 
-from .blobs import BlobRef, blob_key
-from .gc import GCReport
-from .ids import ID_PATTERN, InvalidId, safe_key, validate_ext, validate_id, validate_sha256
-from .index import CommitResult, RenderIndex
-from .keys import canonical_json, render_key
-from .lineage import Lineage, LineageInput, parse_event
-from .receipts import receipt_key
-from .redact import public_options, redact_options, redact_url
-from .store import Store
-from .versions import CampaignVersions, VersionInfo, VersionNotFound
+from importlib import import_module
 
-__all__ = [
-    "Store", "validate_id", "InvalidId", "render_key", "canonical_json", "BlobRef", "blob_key",
-    "validate_sha256", "validate_ext", "safe_key", "ID_PATTERN", "CommitResult", "RenderIndex",
-    "CampaignVersions", "VersionInfo", "VersionNotFound", "Lineage", "LineageInput", "parse_event",
-    "GCReport", "receipt_key", "public_options", "redact_options", "redact_url",
-]
+_EXPORTS = {
+    "BlobRef": "blobs", "blob_key": "blobs",
+    "GCReport": "gc",
+    "ID_PATTERN": "ids", "InvalidId": "ids", "safe_key": "ids", "validate_ext": "ids", "validate_id": "ids",
+    "validate_sha256": "ids",
+    "CommitResult": "index", "RenderIndex": "index",
+    "canonical_json": "keys", "render_key": "keys",
+    "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
+    "receipt_key": "receipts",
+    "public_options": "redact", "redact_options": "redact", "redact_url": "redact",
+    "Store": "store",
+    "CampaignVersions": "versions", "VersionInfo": "versions", "VersionNotFound": "versions",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'catalog' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
