@@ -188,14 +188,14 @@ def render_chunk(chunk_number: int, jobs: list[PlannedJob], run: "_RunState") ->
 
 
 class _RunState:
-    """Per-run objects shared by the chunk tasks (never serialized: tasks run in this process)."""
+    """Per-run objects shared by the chunk tasks (never serialized: tasks run in this process).
+    Only the flow's thread touches it: the render stream hands outcomes over through its queue."""
 
     def __init__(self, run_id: str, job_name: str, store: Store, stream: RenderStream, model: ModelInfo,
                  totals: RunTotals, report: RunReport, lineage_inputs: list[dict]):
         self.run_id, self.job_name, self.store, self.stream, self.model = run_id, job_name, store, stream, model
         self.totals, self.report, self.lineage_inputs = totals, report, lineage_inputs
         self.outcomes: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
-        self._lock = threading.Lock()
 
     def shot_lineage(self, job: PlannedJob, outcome: RenderOutcome) -> None:
         """One OpenLineage run per shot variant, parented to the flow run: inputs (manifest,
@@ -212,10 +212,9 @@ class _RunState:
         )
 
     def record(self, job: PlannedJob, outcome: RenderOutcome) -> None:
-        with self._lock:
-            self.outcomes[job.render_key] = (job, outcome)
-            self.totals.add(outcome)
-            self.report.progress(self.totals)
+        self.outcomes[job.render_key] = (job, outcome)
+        self.totals.add(outcome)
+        self.report.progress(self.totals)
 
 
 def render_campaign(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 import uuid
@@ -137,7 +136,3 @@ def run_checks(settings: HorseSettings) -> list[Check]:
         result.seconds = round(time.perf_counter() - start, 3)
         results.append(result)
     return results
-
-
-def environment_summary() -> dict[str, str]:
-    return {"host": platform.node(), "pid": str(os.getpid())}

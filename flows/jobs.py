@@ -8,7 +8,7 @@ import functools
 from typing import Any
 
 from catalog import Store, public_options
-from catalog.receipts import receipt_key
+from catalog.receipts import parse_receipt, receipt_key
 from flows.plan import ModelInfo, Plan, PlannedJob
 from flows.report import contact_sheet
 from flows.settings import HorseSettings
@@ -156,11 +156,11 @@ def recover_unindexed(store: Store, todo: list[PlannedJob], run_id: str) -> dict
     if not todo:
         return {}
     present = set(store.root.list_files("receipts"))
-    wanted = [receipt_key(job.render_key) for job in todo if receipt_key(job.render_key) in present]
+    wanted = [key for key in (receipt_key(job.render_key) for job in todo) if key in present]
     if not wanted:
         return {}
-    receipts = [store.receipts.read(key.rsplit("/", 1)[1].removesuffix(".json")) for key in wanted]
-    receipts = [r for r in receipts if r and r["status"] == "ok"]
+    # Only successful renders have receipts under these keys (failures are `.failed.json`).
+    receipts = [parse_receipt(data) for data in store.root.read_many(wanted).values()]
     store.index.commit(receipts, run_id=run_id, metadata={"operation_reason": "recover-interrupted-run"})
     return {r["render_key"]: r for r in receipts}
 
