@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from horse_actors.encode import AUDIO_BIT_RATE, AUDIO_RATE, encode_mp4
+from media import AUDIO_BIT_RATE, AUDIO_RATE, encode_mp4
 
 
 @dataclass

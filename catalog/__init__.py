@@ -14,7 +14,7 @@ _EXPORTS = {
     "ID_PATTERN": "ids", "InvalidId": "ids", "safe_key": "ids", "validate_ext": "ids", "validate_id": "ids",
     "validate_sha256": "ids",
     "CommitResult": "index", "RenderIndex": "index",
-    "canonical_json": "keys", "render_key": "keys",
+    "canonical_json": "render_keys", "render_key": "render_keys",
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
     "receipt_key": "receipts",
     "public_options": "redact", "redact_options": "redact", "redact_url": "redact",

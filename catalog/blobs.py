@@ -17,7 +17,7 @@ from typing import IO, BinaryIO, Union
 
 from .ids import InvalidId, validate_ext, validate_sha256
 from .redact import get_logger
-from .storage import Root
+from .root import Root
 
 log = get_logger(__name__)
 

@@ -23,7 +23,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from .ids import validate_sha256
 from .receipts import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, Receipts, normalize_receipt
 from .redact import get_logger
-from .storage import Root
+from .root import Root
 
 log = get_logger(__name__)
 _LOG_FILE = re.compile(r"(\d{20})\.json$")

@@ -39,7 +39,7 @@ from openlineage.client.transport.transport import Config, Transport
 from openlineage.client.uuid import generate_new_uuid
 
 from .redact import get_logger, redact_url, scrub
-from .storage import Root
+from .root import Root
 
 log = get_logger(__name__)
 HOSTNAME = socket.gethostname()

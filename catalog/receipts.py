@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .ids import InvalidId, validate_id, validate_sha256
-from .keys import canonical_json
+from .render_keys import canonical_json
 from .redact import scrub
-from .storage import Root
+from .root import Root
 
 STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",

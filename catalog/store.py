@@ -12,7 +12,7 @@ from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
 from .receipts import Receipts
-from .storage import Root
+from .root import Root
 from .versions import CampaignVersions
 
 

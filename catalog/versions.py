@@ -22,10 +22,10 @@ from deltalake import CommitProperties, DeltaTable
 
 from .ids import InvalidId, validate_id, validate_sha256
 from .index import DeltaRef, _backoff, _metadata
-from .keys import canonical_json
+from .render_keys import canonical_json
 from .receipts import STATUSES
 from .redact import get_logger, redact_url, scrub
-from .storage import Root
+from .root import Root
 
 log = get_logger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 from catalog import Store, public_options
 from catalog.receipts import parse_receipt, receipt_key
 from flows.plan import ModelInfo, Plan, PlannedJob
-from flows.report import contact_sheet
 from flows.settings import HorseSettings
 from horse_actors import PoolConfig, RenderJob, RenderOutcome
+from media import contact_sheet, load_audio, load_image
 
 # ---- model info for planning ---------------------------------------------------------------
 
@@ -74,7 +74,7 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
         seconds=job.seconds,
         seed=job.seed,
         profile=job.key_inputs["profile"],
-        image=_load_image(job.image_path) if job.image_path else None,
+        image=load_image(job.image_path) if job.image_path else None,
         **_load_audio(job.audio_path),
     )
     metadata = {
@@ -89,40 +89,10 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
 
 
-# Reference files are usually a handful per campaign (a face, a voice) shared by many shots:
-# each is decoded once, and every job of the run shares the same read-only array.
-@functools.lru_cache(maxsize=256)
-def _load_image(path: str):
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
-    array.setflags(write=False)
-    return array
-
-
-@functools.lru_cache(maxsize=256)
-def _decode_audio(path: str):
-    """Float32 (channels, samples) planar audio, whatever the file's sample format."""
-    import av
-    import numpy as np
-
-    with av.open(path) as container:
-        stream = container.streams.audio[0]
-        to_planar = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-        chunks = [out.to_ndarray() for frame in container.decode(stream) for out in to_planar.resample(frame)]
-        chunks += [out.to_ndarray() for out in to_planar.resample(None)]
-        rate = stream.rate
-    audio = np.concatenate(chunks, axis=1).astype(np.float32)
-    audio.setflags(write=False)
-    return audio, rate
-
-
 def _load_audio(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    audio, rate = _decode_audio(path)
+    audio, rate = load_audio(path)
     return {"audio": audio, "audio_sample_rate": rate}
 
 

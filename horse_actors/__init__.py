@@ -1,4 +1,4 @@
-"""Ray execution for Horse: resident render actors, a scheduler around them, mp4 encoding.
+"""Ray execution for Horse: resident render actors and the scheduler around them.
 
 Usable from a plain script (no Prefect here):
 
@@ -9,12 +9,8 @@ Usable from a plain script (no Prefect here):
 
 from .actor import RenderActor
 from .cluster import connect, preserved_signal_handlers
-from .encode import EncodeCheckError, EncodeInfo, check_mp4, encode_mp4, poster_jpeg, probe_mp4
 from .jobs import RenderJob, RenderOutcome, classify
 from .pool import PoolConfig, RenderPool
 
-__all__ = [
-    "EncodeCheckError", "EncodeInfo", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome",
-    "RenderPool", "check_mp4", "classify", "connect", "encode_mp4", "poster_jpeg",
-    "preserved_signal_handlers", "probe_mp4",
-]
+__all__ = ["PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool", "classify", "connect",
+           "preserved_signal_handlers"]

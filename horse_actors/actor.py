@@ -18,7 +18,8 @@ import tempfile
 import time
 from typing import Any
 
-from .encode import encode_mp4, poster_jpeg
+from media import encode_mp4, poster_jpeg
+
 from .jobs import (CANCELLED, CANCELLED_CLASS, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
                    is_sticky_cuda)
 

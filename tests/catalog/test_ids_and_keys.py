@@ -3,7 +3,7 @@ import math
 import pytest
 
 from catalog import InvalidId, render_key, safe_key, validate_id
-from catalog.keys import canonical_json
+from catalog.render_keys import canonical_json
 
 from catalog_testlib import make_receipt
 

@@ -54,7 +54,7 @@ def test_credentials_never_leave_the_store(s3_server, log_records):
                            error_message=f"key {options['key']} leaked?")
     store.gc(grace=0, dry_run=True)
     store.index.existing([ok["render_key"]])
-    logging.getLogger("catalog.storage").debug("options were %s", options["secret"])  # a careless log line
+    logging.getLogger("catalog.root").debug("options were %s", options["secret"])  # a careless log line
 
     assert len(log_records) > 100, "expected log records to check"
     leaks = {(r.name, s) for r in log_records for s in secrets if s in r.getMessage()}

@@ -61,7 +61,7 @@ def test_writes_wait_for_the_store_to_come_back(flaky_s3, caplog):
 def test_a_store_that_stays_down_fails_with_its_error(flaky_s3, monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 
-    from catalog import storage
+    from catalog import root as storage
 
     store, outage = flaky_s3
     monkeypatch.setattr(storage, "STORE_RETRY_SECONDS", 3)

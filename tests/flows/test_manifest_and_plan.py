@@ -13,7 +13,7 @@ from PIL import Image
 from catalog import Store
 from flows.manifest import ManifestError, build_manifest, read_manifest, write_manifest
 from flows.plan import Filters, ModelInfo, PlanError, expand_shot, make_plan, take_seed
-from flows.report import contact_sheet
+from media import contact_sheet
 
 from .conftest import shot
 

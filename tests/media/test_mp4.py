@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from horse_actors.encode import EncodeCheckError, check_mp4, encode_mp4, poster_jpeg, probe_mp4
+from media import EncodeCheckError, check_mp4, encode_mp4, poster_jpeg, probe_mp4
 
 
 def synthetic_clip(frames=25, height=64, width=114, fps=25, rate=44100, seconds=1.0, channels=2):

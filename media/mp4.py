@@ -5,8 +5,6 @@ BT.709 (the automatic rgb24->yuv420p conversion uses BT.601 and leaves the strea
 AAC 48 kHz stereo with explicit pts (without them the audio track ends one AAC frame late),
 `movflags=faststart` (moov before mdat; needs a real file, not BytesIO). Arbitrary provenance
 tags need `use_metadata_tags`, otherwise the mp4 muxer keeps only its fixed iTunes-style keys.
-
-This module needs only numpy, PyAV and Pillow, so it runs (and is tested) without Ray or torch.
 """
 
 from __future__ import annotations
@@ -219,15 +217,3 @@ def _moov_first(path: str) -> bool:
             if size < 8:
                 return False
             f.seek(size - 8, io.SEEK_CUR)
-
-
-def poster_jpeg(frames: np.ndarray, *, max_side: int = 512, quality: int = 85) -> bytes:
-    """JPEG of the middle frame, scaled down so its longer side is at most `max_side`."""
-    from PIL import Image
-
-    image = Image.fromarray(np.asarray(frames[len(frames) // 2]), mode="RGB")
-    image.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
