@@ -33,7 +33,7 @@ def _hash_cache_path() -> Path:
     return Path(os.environ.get("HORSE_HASH_CACHE", Path.home() / ".cache" / "horse" / "sha256.json"))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file. A released stack is ~150 GB, minutes to hash, and both the planner and
     every actor need its fingerprint: digests of large files are remembered per machine, keyed
     by (real path, size, mtime), so a changed file is always hashed again."""
@@ -48,11 +48,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
                 return cache[cache_key]
         except (OSError, ValueError):
             cache = {}
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if stat.st_size >= _CACHE_MIN_BYTES:
         cache[cache_key] = digest
         target = _hash_cache_path()
