@@ -1,10 +1,13 @@
-"""DiT checkpoints: HF-style sharded safetensors (index + shards), strict validation, sha256.
+"""Checkpoint files: the DiT folder format, strict validation, sha256 digests.
 
 Released layout of one DiT folder (base/, distill/, 540p_sr/, 1080p_sr/):
     model.safetensors.index.json   {"metadata": {"total_size": ...}, "weight_map": {key: shard}}
     model-00001-of-0000N.safetensors ...
 or a single model.safetensors. Keys mirror our module tree (331 tensors at full size), no renaming.
 Pickle weights (*.bin/*.pt/*.pth/*.ckpt) are refused unless the caller opts in with allow_pickle.
+
+Listing, validating (from safetensors headers) and hashing need no torch, so that planning can
+describe a stack without loading it; the functions that move tensors import torch when called.
 """
 from __future__ import annotations
 
@@ -12,19 +15,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing, partial, mis-shaped or in a refused format."""
-
 
 _CACHE_MIN_BYTES = 64 << 20
 
@@ -75,6 +77,8 @@ def fingerprint_files(root: str | os.PathLike, files: list[Path]) -> tuple[str, 
 
 def save_sharded(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_shard_bytes: int = 5 << 30) -> list[Path]:
     """Write state as model-0000i-of-0000N.safetensors + index (in key order, greedy shards)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -114,7 +118,7 @@ def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[
             raise CheckpointError(f"{folder}: shard file(s) listed in {INDEX_NAME} are missing: {', '.join(missing)}")
         return {k: folder / f for k, f in weight_map.items()}
     if (folder / SINGLE_NAME).exists():
-        with safe_open(str(folder / SINGLE_NAME), "pt") as f:
+        with safe_open(str(folder / SINGLE_NAME), "numpy") as f:      # headers only: no torch needed
             return {k: folder / SINGLE_NAME for k in f.keys()}
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -126,6 +130,8 @@ def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     obj = torch.load(str(path), map_location="cpu", weights_only=False)  # caller opted in (allow_pickle)
     for key in ("ema_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -136,7 +142,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def _shape_of(path: Path, key: str, cache: dict) -> tuple[int, ...]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "numpy") as f:
             return tuple(f.get_slice(key).get_shape())
     if path not in cache:
         cache[path] = _load_pickle(path)
@@ -166,23 +172,25 @@ def validate(folder: str | os.PathLike, expected: dict[str, tuple[int, ...]], al
     return files
 
 
-@torch.no_grad()
 def load_into(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle: bool = False) -> list[Path]:
     """Validate, then copy every tensor into `model` (cast to each parameter's dtype; params
     and buffers must already be allocated on the target device). Returns the files read."""
+    import torch
+
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     files = validate(folder, {k: tuple(v.shape) for k, v in targets.items()}, allow_pickle)
     by_file: dict[Path, list[str]] = {}
     for k, p in files.items():
         by_file.setdefault(p, []).append(k)
-    for path, keys in by_file.items():
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), "pt") as f:
+    with torch.no_grad():
+        for path, keys in by_file.items():
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as f:
+                    for k in keys:
+                        targets[k].copy_(f.get_tensor(k).to(targets[k].dtype))
+            else:
+                state = _load_pickle(path)
                 for k in keys:
-                    targets[k].copy_(f.get_tensor(k).to(targets[k].dtype))
-        else:
-            state = _load_pickle(path)
-            for k in keys:
-                targets[k].copy_(state[k].to(targets[k].dtype))
+                    targets[k].copy_(state[k].to(targets[k].dtype))
     return sorted(by_file)
