@@ -1,10 +1,11 @@
-"""Checkpoint files: the DiT folder format, strict validation, sha256 digests.
+"""Checkpoint files: the DiT folder format, strict validation, pickle refusal, sha256 digests.
 
 Released layout of one DiT folder (base/, distill/, 540p_sr/, 1080p_sr/):
     model.safetensors.index.json   {"metadata": {"total_size": ...}, "weight_map": {key: shard}}
     model-00001-of-0000N.safetensors ...
 or a single model.safetensors. Keys mirror our module tree (331 tensors at full size), no renaming.
-Pickle weights (*.bin/*.pt/*.pth/*.ckpt) are refused unless the caller opts in with allow_pickle.
+Pickle files (*.bin/*.pt/*.pth/*.ckpt) can run code when loaded: a stage folder holding any is
+refused unless the caller opts in with allow_pickle.
 
 Listing, validating (from safetensors headers) and hashing need no torch, so that planning can
 describe a stack without loading it; the functions that move tensors import torch when called.
@@ -102,11 +103,24 @@ def save_sharded(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_
     return files + [folder / INDEX_NAME]
 
 
+def refuse_pickle(folder: str | os.PathLike, allow_pickle: bool = False) -> None:
+    """Raise CheckpointError naming the folder and file if a stage folder holds any pickle file
+    and the caller did not opt in. Called for every folder a stack loads from."""
+    if allow_pickle:
+        return
+    folder = Path(folder)
+    pickles = sorted(p for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise CheckpointError(f"{folder} holds pickle weights ({pickles[0].relative_to(folder)}); pickle files "
+                              f"can run code when loaded and are refused unless allow_pickle=True")
+
+
 def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Path]:
     """key -> file holding it, from the index, a single file, or (opt-in) a pickle."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    refuse_pickle(folder, allow_pickle)
     index = folder / INDEX_NAME
     if index.exists():
         try:
@@ -121,10 +135,7 @@ def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[
         with safe_open(str(folder / SINGLE_NAME), "numpy") as f:      # headers only: no torch needed
             return {k: folder / SINGLE_NAME for k in f.keys()}
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        if not allow_pickle:
-            raise CheckpointError(f"{folder} holds only pickle weights ({pickles[0].name}); pickle files can run code "
-                                  f"when loaded and are refused unless allow_pickle=True")
+    if pickles:                     # refuse_pickle let them through: the caller opted in
         return {k: pickles[0] for k in _load_pickle(pickles[0])}
     raise CheckpointError(f"{folder}: no {INDEX_NAME}, {SINGLE_NAME} or weight files found")
 

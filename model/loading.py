@@ -52,7 +52,7 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
                stages: tuple[str, ...] | None) -> tuple[Stack, bool]:
     """Load the DiT stages present (of `stages`) and the library stages; returns the stack and
     whether it must be offloaded (asked for, or the weights would not leave room on the GPU).
-    Every check (layout, DiT keys and shapes from headers) runs before any
+    Every check (layout, pickle refusal, DiT keys and shapes from headers) runs before any
     tensor is read; the fingerprint hashes exactly the files `stack_files` lists."""
     folder = Path(folder)
     present = present_stages(folder, stages)
@@ -79,14 +79,18 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
         ckpt.load_into(dit, folder / stage, allow_pickle)
         dits[stage] = dit.eval()
     config = read_pipeline_config(folder)
+    # Libraries prefer safetensors; without the opt-in they may read nothing else.
+    use_safetensors = None if allow_pickle else True
     te_dtype = dtype if device.type == "cuda" else torch.float32
     tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "text_encoder"
-    te_model, tok = load_text_encoder(folder / "text_encoder", tok_dir, te_dtype, place)
+    te_model, tok = load_text_encoder(folder / "text_encoder", tok_dir, te_dtype, place, use_safetensors)
     from diffusers import AutoencoderKLWan, AutoencoderOobleck
-    video_vae = AutoencoderKLWan.from_pretrained(folder / "video_vae", local_files_only=True).eval()
+    video_vae = AutoencoderKLWan.from_pretrained(folder / "video_vae", local_files_only=True,
+                                                 use_safetensors=use_safetensors).eval()
     with warnings.catch_warnings():    # diffusers' Oobleck still uses the deprecated weight_norm
         warnings.simplefilter("ignore", FutureWarning)
-        audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True).eval()
+        audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True,
+                                                       use_safetensors=use_safetensors).eval()
     fingerprint, hashes = ckpt.fingerprint_files(folder, files)
     return Stack(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
                  AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fingerprint,

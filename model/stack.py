@@ -66,7 +66,8 @@ def present_stages(folder: Path, stages: tuple[str, ...] | None = None) -> tuple
 
 def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = False) -> list[Path]:
     """Every file a load of these DiT stages reads: the DiTs' weights, configs and indexes, the
-    library stage folders, pipeline.json."""
+    library stage folders, pipeline.json. Pickle files are refused in every one of them unless
+    allow_pickle (the same rule `from_pretrained` applies, so a stack that describes also loads)."""
     files: list[Path] = []
     for stage in stages:
         sub = folder / stage
@@ -75,6 +76,7 @@ def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = Fals
     for stage in LIBRARY_STAGES:
         sub = folder / stage
         if sub.is_dir():
+            ckpt.refuse_pickle(sub, allow_pickle)
             files += [p for p in sub.rglob("*") if p.is_file()]
     if (folder / "pipeline.json").exists():
         files.append(folder / "pipeline.json")
