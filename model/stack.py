@@ -1,6 +1,6 @@
 """A checkpoint stack as files: its layout, its fingerprint, and a description for planning.
 
-Released layout (spec §6): one folder per DiT stage (base/, distill/, 540p_sr/, 1080p_sr/, each
+Released layout (spec §2): one folder per DiT stage (base/, distill/, 540p_sr/, 1080p_sr/, each
 in the format of `model.checkpoint`), the library stages text_encoder/, tokenizer/, video_vae/,
 audio_vae/, and our pipeline.json. turbo_vae/ (Turbo-VAED, a pickle) is never read: the Wan2.2
 decoder renders instead (the spec's §3.2 fallback), so it is neither checked nor fingerprinted.
