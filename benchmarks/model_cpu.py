@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import HappyHorsePipeline, RenderRequest  # noqa: E402
+from model.pipeline import torch_threads  # noqa: E402
 from model.packing import build_coords, patchify  # noqa: E402
 
 STAGES = ("text_encode", "denoise", "sr", "decode")
@@ -60,7 +61,7 @@ def bare_loop(pipe, seconds, repeats) -> float:
     audio = torch.randn(Ta, dit.cfg.audio_in_channels)
     coords = build_coords((T, h // 32, w // 32), Ta, text.shape[0], dit.cfg.coords_style)
     times = []
-    with pipe._threads():
+    with torch_threads(pipe.cpu_threads):
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
             for _ in range(8):

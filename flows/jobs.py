@@ -4,7 +4,6 @@ made from what the pool returns."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from catalog import Store, public_options
@@ -17,25 +16,16 @@ from media import contact_sheet, load_audio, load_image
 # ---- model info for planning ---------------------------------------------------------------
 
 def model_info(settings: HorseSettings) -> ModelInfo:
-    """Fingerprint and output sizes of the configured model, without loading a checkpoint's
-    weights (file digests are cached per machine, so this is cheap after the first time)."""
-    from model import HappyHorsePipeline
+    """Fingerprint and output sizes of the configured model, without torch or any weights (file
+    digests of a checkpoint are cached per machine, so this is cheap after the first time)."""
+    from model import describe_checkpoint, describe_tiny
 
     resolved = settings.resolved_model()
     if resolved.checkpoint_dir is None:
-        fingerprint, sizes = _tiny_description()
+        described = describe_tiny()
     else:
-        described = HappyHorsePipeline.describe(resolved.checkpoint_dir)
-        fingerprint, sizes = described["fingerprint"], described["size_for"]
-    return ModelInfo(fingerprint, resolved.profile, sizes)
-
-
-@functools.lru_cache(maxsize=1)
-def _tiny_description():
-    from model import HappyHorsePipeline
-
-    pipe = HappyHorsePipeline.tiny()
-    return pipe.fingerprint, pipe.size_for
+        described = describe_checkpoint(resolved.checkpoint_dir)
+    return ModelInfo(described.fingerprint, resolved.profile, described.size_for)
 
 
 def pool_config(settings: HorseSettings) -> PoolConfig:

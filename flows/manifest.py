@@ -23,10 +23,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from catalog.ids import InvalidId, validate_id
+from model.geometry import ASPECT_RATIOS, RESOLUTIONS
 from model.prompt import normalize_language
 
-ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:5")
-RESOLUTIONS = ("256p", "540p", "1080p")
 # The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
 MAX_TAKES = 16

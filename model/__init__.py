@@ -1,17 +1,21 @@
 """Happy Horse 1.0 (daVinci-MagiHuman architecture) in PyTorch: DiT, codecs, samplers, pipeline.
 
-torch only: this package never imports ray or prefect. Names are imported on first use, so
-`model.prompt` (prompt composition, language codes) is usable without loading torch, diffusers
-and transformers — the manifest tools and the CLI's light commands rely on that.
+torch only: this package never imports ray or prefect. Names are imported on first use, so the
+torch-free parts — prompt composition and language codes (`model.prompt`), output geometry
+(`model.geometry`), request types (`model.request`) and checkpoint descriptions for planning
+(`model.stack`) — load without torch, diffusers and transformers; the manifest tools, the
+planner and the CLI's light commands rely on that.
 """
 from importlib import import_module
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint",
+    "CheckpointError": "errors", "InvalidRequest": "errors", "RenderCancelled": "errors",
     "DiTConfig": "config", "PipelineConfig": "config", "full_dit_config": "config", "tiny_dit_config": "config",
+    "ASPECT_RATIOS": "geometry", "RESOLUTIONS": "geometry", "output_size": "geometry",
+    "Clip": "request", "RenderRequest": "request", "frame_count": "request", "latent_lengths": "request",
+    "ModelDescription": "stack", "describe_checkpoint": "stack", "describe_tiny": "stack",
     "DiT": "dit",
-    "Clip": "pipeline", "HappyHorsePipeline": "pipeline", "InvalidRequest": "pipeline", "RenderCancelled": "pipeline",
-    "RenderRequest": "pipeline", "frame_count": "pipeline", "latent_lengths": "pipeline",
+    "HappyHorsePipeline": "pipeline",
     "LANGUAGES": "prompt", "NEGATIVE_PROMPT": "prompt", "compose_prompt": "prompt", "normalize_language": "prompt",
 }
 

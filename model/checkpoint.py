@@ -1,10 +1,14 @@
-"""DiT checkpoints: HF-style sharded safetensors (index + shards), strict validation, sha256.
+"""Checkpoint files: the DiT folder format, strict validation, pickle refusal, sha256 digests.
 
 Released layout of one DiT folder (base/, distill/, 540p_sr/, 1080p_sr/):
     model.safetensors.index.json   {"metadata": {"total_size": ...}, "weight_map": {key: shard}}
     model-00001-of-0000N.safetensors ...
 or a single model.safetensors. Keys mirror our module tree (331 tensors at full size), no renaming.
-Pickle weights (*.bin/*.pt/*.pth/*.ckpt) are refused unless the caller opts in with allow_pickle.
+Pickle files (*.bin/*.pt/*.pth/*.ckpt) can run code when loaded: a stage folder holding any is
+refused unless the caller opts in with allow_pickle.
+
+Listing, validating (from safetensors headers) and hashing need no torch, so that planning can
+describe a stack without loading it; the functions that move tensors import torch when called.
 """
 from __future__ import annotations
 
@@ -12,19 +16,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing, partial, mis-shaped or in a refused format."""
-
 
 _CACHE_MIN_BYTES = 64 << 20
 
@@ -33,7 +36,7 @@ def _hash_cache_path() -> Path:
     return Path(os.environ.get("HORSE_HASH_CACHE", Path.home() / ".cache" / "horse" / "sha256.json"))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file. A released stack is ~150 GB, minutes to hash, and both the planner and
     every actor need its fingerprint: digests of large files are remembered per machine, keyed
     by (real path, size, mtime), so a changed file is always hashed again."""
@@ -48,11 +51,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
                 return cache[cache_key]
         except (OSError, ValueError):
             cache = {}
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     if stat.st_size >= _CACHE_MIN_BYTES:
         cache[cache_key] = digest
         target = _hash_cache_path()
@@ -78,6 +78,8 @@ def fingerprint_files(root: str | os.PathLike, files: list[Path]) -> tuple[str, 
 
 def save_sharded(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_shard_bytes: int = 5 << 30) -> list[Path]:
     """Write state as model-0000i-of-0000N.safetensors + index (in key order, greedy shards)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -101,11 +103,24 @@ def save_sharded(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_
     return files + [folder / INDEX_NAME]
 
 
+def refuse_pickle(folder: str | os.PathLike, allow_pickle: bool = False) -> None:
+    """Raise CheckpointError naming the folder and file if a stage folder holds any pickle file
+    and the caller did not opt in. Called for every folder a stack loads from."""
+    if allow_pickle:
+        return
+    folder = Path(folder)
+    pickles = sorted(p for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise CheckpointError(f"{folder} holds pickle weights ({pickles[0].relative_to(folder)}); pickle files "
+                              f"can run code when loaded and are refused unless allow_pickle=True")
+
+
 def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Path]:
     """key -> file holding it, from the index, a single file, or (opt-in) a pickle."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    refuse_pickle(folder, allow_pickle)
     index = folder / INDEX_NAME
     if index.exists():
         try:
@@ -117,18 +132,17 @@ def weight_files(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[
             raise CheckpointError(f"{folder}: shard file(s) listed in {INDEX_NAME} are missing: {', '.join(missing)}")
         return {k: folder / f for k, f in weight_map.items()}
     if (folder / SINGLE_NAME).exists():
-        with safe_open(str(folder / SINGLE_NAME), "pt") as f:
+        with safe_open(str(folder / SINGLE_NAME), "numpy") as f:      # headers only: no torch needed
             return {k: folder / SINGLE_NAME for k in f.keys()}
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        if not allow_pickle:
-            raise CheckpointError(f"{folder} holds only pickle weights ({pickles[0].name}); pickle files can run code "
-                                  f"when loaded and are refused unless allow_pickle=True")
+    if pickles:                     # refuse_pickle let them through: the caller opted in
         return {k: pickles[0] for k in _load_pickle(pickles[0])}
     raise CheckpointError(f"{folder}: no {INDEX_NAME}, {SINGLE_NAME} or weight files found")
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     obj = torch.load(str(path), map_location="cpu", weights_only=False)  # caller opted in (allow_pickle)
     for key in ("ema_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -139,7 +153,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def _shape_of(path: Path, key: str, cache: dict) -> tuple[int, ...]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "numpy") as f:
             return tuple(f.get_slice(key).get_shape())
     if path not in cache:
         cache[path] = _load_pickle(path)
@@ -169,23 +183,25 @@ def validate(folder: str | os.PathLike, expected: dict[str, tuple[int, ...]], al
     return files
 
 
-@torch.no_grad()
 def load_into(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle: bool = False) -> list[Path]:
     """Validate, then copy every tensor into `model` (cast to each parameter's dtype; params
     and buffers must already be allocated on the target device). Returns the files read."""
+    import torch
+
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     files = validate(folder, {k: tuple(v.shape) for k, v in targets.items()}, allow_pickle)
     by_file: dict[Path, list[str]] = {}
     for k, p in files.items():
         by_file.setdefault(p, []).append(k)
-    for path, keys in by_file.items():
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), "pt") as f:
+    with torch.no_grad():
+        for path, keys in by_file.items():
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as f:
+                    for k in keys:
+                        targets[k].copy_(f.get_tensor(k).to(targets[k].dtype))
+            else:
+                state = _load_pickle(path)
                 for k in keys:
-                    targets[k].copy_(f.get_tensor(k).to(targets[k].dtype))
-        else:
-            state = _load_pickle(path)
-            for k in keys:
-                targets[k].copy_(state[k].to(targets[k].dtype))
+                    targets[k].copy_(state[k].to(targets[k].dtype))
     return sorted(by_file)

@@ -155,9 +155,10 @@ def tiny_text_encoder(hidden: int, seed: int):
     return model.eval(), ByT5Tokenizer()
 
 
-def load_text_encoder(folder, tokenizer_folder, dtype, device):
+def load_text_encoder(folder, tokenizer_folder, dtype, device, use_safetensors: bool | None = True):
     from transformers import AutoTokenizer, T5GemmaEncoderModel
-    model = T5GemmaEncoderModel.from_pretrained(folder, local_files_only=True, is_encoder_decoder=False, dtype=dtype)
+    model = T5GemmaEncoderModel.from_pretrained(folder, local_files_only=True, is_encoder_decoder=False, dtype=dtype,
+                                                use_safetensors=use_safetensors)
     tok = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
     return model.to(device).eval(), tok
 

@@ -8,6 +8,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .geometry import FULL_TIERS, TINY_TIERS
+
 VIDEO, AUDIO, TEXT = 0, 1, 2  # modality ids; also the expert chunk order in sandwich layers
 
 
@@ -121,8 +123,8 @@ class PipelineConfig:
     audio_cfg: float = 5.0
     sr_noise_index: int = 220                 # zero-SNR table index for SR partial noising
     sr_audio_noise: float = 0.7
-    # short side in pixels per tier; long side = short * ratio rounded to 32 px
-    tiers: dict = field(default_factory=lambda: {"256p": 256, "540p": 512, "1080p": 1088})
+    # short side in pixels per tier (model.geometry turns it into a frame size)
+    tiers: dict = field(default_factory=lambda: dict(FULL_TIERS))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -143,4 +145,4 @@ TINY_AUDIO_LATENT = 8
 def tiny_pipeline_config() -> PipelineConfig:
     # ByT5 tokens are bytes (the negative prompt alone is ~1.7k): cap text at 128 tokens so that
     # base-profile CFG stays fast while the cap itself is still exercised.
-    return PipelineConfig(z_dim=8, text_max_tokens=128, tiers={"256p": 64, "540p": 96, "1080p": 128})
+    return PipelineConfig(z_dim=8, text_max_tokens=128, tiers=dict(TINY_TIERS))

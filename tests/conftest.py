@@ -42,7 +42,8 @@ for _var in [k for k in os.environ if k.startswith("HORSE_")]:
 
 import pytest  # noqa: E402
 
-GOLDEN_DIR = Path(os.environ.get("HORSE_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "golden"))
+# Golden vectors of the reference DiT (data, in the repo so every clone runs the parity tests).
+GOLDEN_DIR = Path(os.environ.get("HORSE_GOLDEN_DIR", Path(__file__).resolve().parent / "fixtures" / "golden"))
 ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 

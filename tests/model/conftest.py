@@ -1,7 +1,8 @@
-import os
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import GOLDEN_DIR
 
 
 @pytest.fixture(scope="session")
@@ -11,10 +12,17 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
+def saved(tiny_pipe, tmp_path_factory) -> Path:
+    """The tiny preset saved in the released layout, once per session: copy it before editing."""
+    folder = tmp_path_factory.mktemp("ckpt") / "horse"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    env = os.environ.get("HORSE_GOLDEN_DIR")
-    repo = Path(__file__).resolve().parents[2]
-    path = Path(env) if env else repo.parent / "shared" / "fixtures" / "golden"
-    if not (path / "case_a.safetensors").exists() or not (path / "weights.safetensors").exists():
-        pytest.skip(f"golden vectors not found at {path} (set HORSE_GOLDEN_DIR to the shared fixtures/golden folder)")
-    return path
+    """The golden vectors ship in tests/fixtures/golden/: missing ones are a broken checkout, not a skip."""
+    for name in ("case_a.safetensors", "weights.safetensors"):
+        if not (GOLDEN_DIR / name).exists():
+            pytest.fail(f"golden vectors: {GOLDEN_DIR / name} is missing (tests/fixtures/golden/ or HORSE_GOLDEN_DIR)")
+    return GOLDEN_DIR

@@ -39,3 +39,17 @@ def test_cpu_benchmark_smoke(capsys):
     assert bench.main(["--seconds", "0.4", "--repeats", "1", "--skip-checkpoint"]) == 0
     out = capsys.readouterr().out
     assert "text_encode" in out and "pipeline overhead" in out
+
+
+def test_offload_benchmark_replays_real_renders():
+    bench = load("model_offload")
+    clips = bench.record_sequence(distill_clips=2, seconds=0.4)
+    assert [c["resolution"] for c in clips] == ["256p", "256p", "540p"]
+    assert clips[0]["forwards"] == {"text_encoder": 1, "distill": 8, "video_vae": 1, "audio_vae": 1}
+    assert clips[2]["forwards"]["540p_sr"] == 5
+    sizes = {"text_encoder": 18, "distill": 30, "540p_sr": 30, "video_vae": 3, "audio_vae": 1}
+    # ours: the second distill clip moves nothing; SR evicts the least recently used (VAEs, text
+    # encoder, then the distill DiT when the VAEs come back for decode)
+    assert bench.stage_lru(clips, sizes, budget=60) == [52, 0, 86]
+    assert bench.model_offload(clips, sizes) == [104, 104, 164]          # everything in and out, every clip
+    assert bench.sequential_offload(clips, sizes) == [262, 262, 412]     # weights streamed per forward

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import CheckpointError, HappyHorsePipeline
+from model import CheckpointError, HappyHorsePipeline, describe_checkpoint
 from model.checkpoint import INDEX_NAME
+from model.offload import module_bytes
 
 from .test_pipeline import check_clip, req
 
@@ -28,15 +29,16 @@ def test_sr_stages(tiny_pipe, resolution):
 
 
 def test_ti2v_first_frame_reimposed(tiny_pipe, monkeypatch):
+    from model import sampling
     image = np.random.default_rng(0).integers(0, 255, (90, 200, 3), dtype=np.uint8)
     seen = []
-    orig = tiny_pipe._velocity
+    orig = sampling.velocity
 
-    def spy(dit, video, audio, text, frame_tokens=None):
+    def spy(dit, video, audio, text):
         seen.append(video[:, :, 0].clone())
         return orig(dit, video, audio, text)
 
-    monkeypatch.setattr(tiny_pipe, "_velocity", spy)
+    monkeypatch.setattr(sampling, "velocity", spy)
     w, h = tiny_pipe.size_for("256p", "16:9")
     latent = tiny_pipe._encode_image(image, w, h)
     clip = tiny_pipe(req(image=image))
@@ -66,13 +68,6 @@ def test_ta2v_base_never_updates_audio(tiny_pipe):
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-@pytest.fixture(scope="module")
-def saved(tiny_pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt") / "horse"
-    tiny_pipe.save_pretrained(folder)
-    return folder
-
-
 def test_layout(saved):
     for sub in ("base", "distill", "540p_sr", "1080p_sr", "text_encoder", "tokenizer", "audio_vae", "video_vae"):
         assert (saved / sub).is_dir(), sub
@@ -175,13 +170,13 @@ def test_stage_selection_and_offload_residency(saved):
     assert set(pipe.dits) == {"distill", "540p_sr"}
     used = [pipe.text_encoder.model, pipe.dits["distill"], pipe.dits["540p_sr"], pipe.video_codec.vae,
             pipe.audio_codec.vae]
-    pipe.offload_budget_bytes = 1 << 40                     # everything fits: all used stages stay resident
+    pipe.offload.budget_bytes = 1 << 40                     # everything fits: all used stages stay resident
     first = pipe(req(seconds=0.4, resolution="540p"))
-    assert all(any(m is r for r in pipe._resident) for m in used)
-    pipe._resident.clear()
-    pipe.offload_budget_bytes = pipe._nbytes(pipe.dits["distill"]) + 1   # one DiT at a time: idle ones leave
+    assert all(any(m is r for r in pipe.offload.resident) for m in used)
+    pipe.offload.resident.clear()
+    pipe.offload.budget_bytes = module_bytes(pipe.dits["distill"]) + 1   # one DiT at a time: idle ones leave
     second = pipe(req(seconds=0.4, resolution="540p"))
-    assert [id(m) for m in pipe._resident] == [id(pipe.video_codec.vae), id(pipe.audio_codec.vae)]
+    assert [id(m) for m in pipe.offload.resident] == [id(pipe.video_codec.vae), id(pipe.audio_codec.vae)]
     assert np.array_equal(first.frames, second.frames)
     with pytest.raises(ValueError, match="720p_sr"):
         HappyHorsePipeline.from_pretrained(saved, stages=("720p_sr",))
@@ -193,14 +188,14 @@ def test_request_is_hashable_with_arrays():
 
 
 def test_describe_matches_loading_without_reading_tensors(saved):
-    described = HappyHorsePipeline.describe(saved)
+    described = describe_checkpoint(saved)
     loaded = HappyHorsePipeline.from_pretrained(saved)
-    assert described["fingerprint"] == loaded.fingerprint
-    assert described["stages"] == ("base", "distill", "540p_sr", "1080p_sr")
+    assert described.fingerprint == loaded.fingerprint
+    assert described.stages == ("base", "distill", "540p_sr", "1080p_sr")
     for tier in ("256p", "540p", "1080p"):
-        assert described["size_for"](tier, "9:16") == loaded.size_for(tier, "9:16")
-    only_distill = HappyHorsePipeline.describe(saved, stages=("distill",))
-    assert only_distill["fingerprint"] == HappyHorsePipeline.from_pretrained(saved, stages=("distill",)).fingerprint
+        assert described.size_for(tier, "9:16") == loaded.size_for(tier, "9:16")
+    only_distill = describe_checkpoint(saved, stages=("distill",))
+    assert only_distill.fingerprint == HappyHorsePipeline.from_pretrained(saved, stages=("distill",)).fingerprint
 
 
 def test_large_file_hashes_are_remembered_until_the_file_changes(tmp_path, monkeypatch):

@@ -1,0 +1,14 @@
+"""The model's errors, in one torch-free place so that request validation, output geometry and
+checkpoint description can raise them without loading torch."""
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be rendered as given; retrying will not help."""
+
+
+class RenderCancelled(RuntimeError):
+    """should_stop() returned True between two steps."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, partial, mis-shaped or in a refused format."""
