@@ -57,28 +57,28 @@ class RenderPool:
 
     def __init__(self, config: PoolConfig, actor_class: type = RenderActor):
         self.config = config
-        self.slots = ActorSlots(config, actor_class)
+        self._slots = ActorSlots(config, actor_class)
         self._running = threading.Lock()
 
     @property
     def replacements(self) -> int:
         """Actors started to replace a crashed, hung or failed one."""
-        return self.slots.replacements
+        return self._slots.replacements
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout_s: float | None = None) -> list[dict]:
         """Create the actors (if not yet) and wait until each has loaded and warmed its model."""
-        self.slots.ensure_started()
-        self.slots.wait_until_ready(timeout_s or self.config.scheduling.actor_start_timeout_s)
+        self._slots.ensure_started()
+        self._slots.wait_until_ready(timeout_s or self.config.scheduling.actor_start_timeout_s)
         return self.actor_stats()
 
     def actor_stats(self) -> list[dict]:
         """stats() of every live actor: ids, pid, load_count, load/warm-up seconds, memory, renders."""
-        return self.slots.stats()
+        return self._slots.stats()
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Kill every actor and wait until Ray reports them dead, so their GPUs are free."""
-        self.slots.shutdown(timeout_s)
+        self._slots.shutdown(timeout_s)
 
     def __enter__(self) -> "RenderPool":
         return self
@@ -108,8 +108,8 @@ class RenderPool:
         if not self._running.acquire(blocking=False):
             raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
-            self.slots.ensure_started()
-            run = _Run(self.slots, self.config.scheduling, jobs, on_outcome)
+            self._slots.ensure_started()
+            run = _Run(self._slots, self.config.scheduling, jobs, on_outcome)
             try:
                 while not run.done:
                     if cancel_event is not None and cancel_event.is_set():
@@ -170,10 +170,9 @@ class _Run:
     # dispatch: least-loaded ready actor first, never more than max_in_flight_per_actor each
     def _dispatch(self) -> None:
         while self.pending:
-            open_slots = self.slots.open(self.sched.max_in_flight_per_actor)
-            if not open_slots:
+            slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor)
+            if slot is None:
                 return
-            slot = min(open_slots, key=lambda s: len(s.calls))
             call = self.slots.dispatch(slot, self.pending.popleft())
             self.calls[call.ref] = call
 

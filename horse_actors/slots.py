@@ -73,9 +73,10 @@ class ActorSlots:
         self.replacements = 0  # actors started to replace a crashed, hung or failed one
 
     # -- what the scheduler reads ----------------------------------------------------------
-    def open(self, max_calls: int) -> list[Slot]:
-        """Ready slots with fewer than `max_calls` calls in flight."""
-        return [s for s in self._slots if s.ready and len(s.calls) < max_calls]
+    def least_loaded(self, max_calls: int) -> Slot | None:
+        """The ready slot with the fewest calls in flight, if it has fewer than `max_calls`."""
+        open_slots = [s for s in self._slots if s.ready and len(s.calls) < max_calls]
+        return min(open_slots, key=lambda s: len(s.calls), default=None)
 
     def starting_refs(self) -> list:
         """One ref per actor still loading; it completes when that actor is ready."""

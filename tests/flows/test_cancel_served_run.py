@@ -53,11 +53,6 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def render_actors_of(cluster: dict) -> list:
-    from ray.util.state import list_actors
-
-    return list_actors(address=cluster["dashboard"], filters=[("class_name", "=", "RenderActor")], detail=True)
-
 
 def render_actor_processes(since: float) -> list[psutil.Process]:
     found = []
@@ -123,10 +118,10 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
         assert render_actor_processes(started) == [], "no render actor outlives the cancelled run"
         assert len(list(receipts.rglob("*.json"))) < 16, "the run stopped before rendering everything"
 
-        from ray.util.state import list_nodes
+        from ray.util.state import list_actors, list_nodes
 
         assert [n.state for n in list_nodes(address=ray_head["dashboard"])] == ["ALIVE"], "the cluster lives on"
-        actors = render_actors_of(ray_head)
+        actors = list_actors(address=ray_head["dashboard"], filters=[("class_name", "=", "RenderActor")], detail=True)
         assert len(actors) >= 2 and {a.state for a in actors} == {"DEAD"}, actors
         reasons = {a.death_cause["actor_died_error_context"]["reason"] for a in actors}
         assert reasons == {"RAY_KILL"}, f"the cancelled run stopped its actors itself, not Ray after it died: {reasons}"
