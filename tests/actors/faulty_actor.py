@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import ray.cloudpickle
 import torch
@@ -64,7 +65,7 @@ def render_starts(render_log) -> dict[str, list[int]]:
     """Attempt numbers started per render key, in order, from a `render_log` file."""
     starts: dict[str, list[int]] = {}
     if os.path.exists(render_log):
-        for line in open(render_log).read().splitlines():
+        for line in Path(render_log).read_text().splitlines():
             key, attempt, _pid = line.split()
             starts.setdefault(key, []).append(int(attempt))
     return starts
