@@ -65,7 +65,7 @@ def best_of(repeats: int, render_all, clear) -> float:
 def bench_inproc(config, jobs, repeats, clear):
     from horse_actors import RenderActor
 
-    actor, load_s = timed(lambda: RenderActor(config))
+    actor, load_s = timed(lambda: RenderActor(config.model, config.store, config.encoding))
     return {"start_s": load_s, "shots_s": best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)}
 
 
@@ -82,15 +82,17 @@ def bench_per_shot(config, jobs, clear):
 
     from horse_actors import RenderActor
 
-    @ray.remote(num_gpus=0 if config.cpu_mode else config.gpus_per_actor, num_cpus=config.cpus_per_actor,
-                max_calls=1)  # a fresh worker process per shot: import, load, render, exit
-    def render_once(cfg, job):
-        return RenderActor(cfg).render(job)
+    sched = config.scheduling
 
-    cfg = dataclasses.replace(config, warmup=False)  # a one-shot worker has nothing to warm up for
+    @ray.remote(num_gpus=0 if sched.cpu_mode else sched.gpus_per_actor, num_cpus=sched.cpus_per_actor,
+                max_calls=1)  # a fresh worker process per shot: import, load, render, exit
+    def render_once(model, store, encoding, job):
+        return RenderActor(model, store, encoding).render(job)
+
+    model = dataclasses.replace(config.model, warmup_seconds=0)  # a one-shot worker has nothing to warm up for
     clear()
     t0 = time.perf_counter()
-    outcomes = ray.get([render_once.remote(cfg, job) for job in jobs])
+    outcomes = ray.get([render_once.remote(model, config.store, config.encoding, job) for job in jobs])
     shots_s = time.perf_counter() - t0
     assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
     return {"start_s": 0.0, "shots_s": shots_s}
@@ -105,16 +107,16 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="join a cluster instead (auto or host:port)")
     args = parser.parse_args()
 
-    from horse_actors import PoolConfig, connect
+    from horse_actors import ModelSpec, PoolConfig, Scheduling, StoreTarget, connect
 
     info = connect(args.address, num_gpus=None if args.address else args.fake_gpus)
     k = int(info["gpus"])
     store = tempfile.mkdtemp(prefix="horse-bench-")
     jobs = make_jobs(args.shots, args.seconds)
-    config = PoolConfig(model="tiny", store_url=Path(store).as_uri(), warmup_seconds=args.seconds)
+    config = PoolConfig(ModelSpec("tiny", warmup_seconds=args.seconds), StoreTarget(Path(store).as_uri()))
     # Ray sets OMP_NUM_THREADS to an actor's num_cpus; give the single actor the CPUs the
     # in-process loop has, so pool-1 vs inproc measures Ray, not torch's thread count.
-    one_actor = dataclasses.replace(config, num_actors=1, cpus_per_actor=max(1.0, info["cpus"]))
+    one_actor = dataclasses.replace(config, scheduling=Scheduling(num_actors=1, cpus_per_actor=max(1.0, info["cpus"])))
     print(f"cluster: {info}; {args.shots} shots of {args.seconds}s (tiny model, 256p)")
     try:
         def clear():

@@ -10,7 +10,7 @@ from catalog import Store, public_options
 from catalog.receipts import parse_receipt, receipt_key
 from flows.plan import ModelInfo, Plan, PlannedJob
 from flows.settings import HorseSettings
-from horse_actors import PoolConfig, RenderJob, RenderOutcome
+from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, Scheduling, StoreTarget
 from media import contact_sheet, load_audio, load_image
 
 # ---- model info for planning ---------------------------------------------------------------
@@ -31,23 +31,25 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 def pool_config(settings: HorseSettings) -> PoolConfig:
     resolved = settings.resolved_model()
     ray = settings.ray
-    cpu_mode = ray.cpu_mode or resolved.device == "cpu"
     return PoolConfig(
-        model=resolved.checkpoint_dir or "tiny",
-        store_url=settings.store_url,
+        model=ModelSpec(
+            name=resolved.checkpoint_dir or "tiny",
+            device=None if resolved.device == "auto" else resolved.device,
+            dtype=resolved.dtype,
+            offload=resolved.offload,
+        ),
         # Credentials never travel as Ray arguments: actors read them from their environment.
-        storage_options=public_options(settings.storage_options) or None,
-        num_actors=ray.num_actors,
-        gpus_per_actor=ray.gpus_per_actor,
-        cpus_per_actor=ray.cpus_per_actor,
-        cpu_mode=cpu_mode,
-        max_in_flight_per_actor=ray.max_in_flight_per_actor,
-        job_deadline_s=ray.job_deadline_s,
-        max_retries=ray.max_retries,
-        ray_address=ray.address,
-        device=None if resolved.device == "auto" else resolved.device,
-        dtype=resolved.dtype,
-        offload=resolved.offload,
+        store=StoreTarget(settings.store_url, public_options(settings.storage_options) or None),
+        scheduling=Scheduling(
+            ray_address=ray.address,
+            num_actors=ray.num_actors,
+            gpus_per_actor=ray.gpus_per_actor,
+            cpus_per_actor=ray.cpus_per_actor,
+            cpu_mode=ray.cpu_mode or resolved.device == "cpu",
+            max_in_flight_per_actor=ray.max_in_flight_per_actor,
+            job_deadline_s=ray.job_deadline_s,
+            max_retries=ray.max_retries,
+        ),
     )
 
 

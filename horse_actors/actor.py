@@ -20,7 +20,8 @@ from typing import Any
 
 from media import encode_mp4, poster_jpeg
 
-from .jobs import (CANCELLED, CANCELLED_CLASS, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
+from .config import Encoding, ModelSpec, StoreTarget
+from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
                    is_sticky_cuda)
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ def _rss_bytes() -> int | None:
 
 
 class RenderActor:
-    """Builds the pipeline once from `config` (a PoolConfig), warms it up, then renders jobs."""
+    """Builds the pipeline once (`model`), warms it up, then renders jobs, encodes them
+    (`encoding`) and puts the files into the catalog (`store`)."""
 
-    def __init__(self, config: Any):
+    def __init__(self, model: ModelSpec, store: StoreTarget, encoding: Encoding = Encoding()):
         global _LOADS_IN_PROCESS
-        self.config = config
-        self.faults = dict(config.fault_injection or {})
+        self.model, self.encoding = model, encoding
         self.renders = 0
         self._recent: collections.OrderedDict[str, RenderOutcome] = collections.OrderedDict()
         t0 = time.perf_counter()
@@ -83,16 +84,16 @@ class RenderActor:
         _LOADS_IN_PROCESS += 1
         self.load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if config.warmup:
+        if model.warmup_seconds > 0:
             self._warm_up()
         self.warmup_s = time.perf_counter() - t0
 
         from catalog import Store
 
-        self.store = Store(config.store_url, storage_options=config.storage_options)
-        self.scratch = config.scratch_dir or tempfile.gettempdir()
+        self.store = Store(store.url, storage_options=store.options)
+        self.scratch = encoding.scratch_dir or tempfile.gettempdir()
         self.ids = _ray_context()
-        log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", config.model, self.load_s,
+        log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", model.name, self.load_s,
                  self.warmup_s, self.device)
 
     # -- model -----------------------------------------------------------------------------
@@ -100,17 +101,17 @@ class RenderActor:
         import torch
         from model import HappyHorsePipeline
 
-        cfg = self.config
-        device = cfg.device or ("cuda" if torch.cuda.is_available() and not cfg.cpu_mode else "cpu")
-        if cfg.model == "tiny":
-            return HappyHorsePipeline.tiny(seed=cfg.tiny_seed, device=device), device
-        pipe = HappyHorsePipeline.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, offload=cfg.offload)
+        spec = self.model
+        device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if spec.name == "tiny":
+            return HappyHorsePipeline.tiny(seed=spec.tiny_seed, device=device), device
+        pipe = HappyHorsePipeline.from_pretrained(spec.name, device=device, dtype=spec.dtype, offload=spec.offload)
         return pipe, device
 
     def _warm_up(self) -> None:
         from model import RenderRequest
 
-        request = RenderRequest(prompt="warm-up", seconds=self.config.warmup_seconds, seed=0)
+        request = RenderRequest(prompt="warm-up", seconds=self.model.warmup_seconds, seed=0)
         self.pipe(request)
 
     def stats(self) -> dict[str, Any]:
@@ -123,7 +124,7 @@ class RenderActor:
         return {
             **self.ids,
             "pid": os.getpid(),
-            "model": self.config.model,
+            "model": self.model.name,
             "model_fingerprint": self.pipe.fingerprint,
             "device": self.device,
             "load_count": _LOADS_IN_PROCESS,
@@ -162,13 +163,12 @@ class RenderActor:
         base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         try:
-            self._inject_faults(job, attempt)
-            clip, fallback = self._render_with_ladder(job)
+            clip, rendered, fallback = self._render_with_ladder(job)
             timings.update({k: round(float(v), 4) for k, v in (clip.timings or {}).items()})
 
             t0 = time.perf_counter()
             path = os.path.join(scratch, "clip.mp4")
-            info = encode_mp4(clip, path, self._tags(job), crf=self.config.crf, preset=self.config.preset)
+            info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
             poster = poster_jpeg(clip.frames)
             del clip
             timings["encode"] = round(time.perf_counter() - t0, 4)
@@ -178,11 +178,13 @@ class RenderActor:
             poster_ref = self.store.put_blob(poster, ext="jpg")
             timings["upload"] = round(time.perf_counter() - t0, 4)
             self.renders += 1
+            # A clip at another resolution than asked is not the deliverable: say so.
+            status = OK if rendered.resolution == job.request.resolution else DEGRADED
             return RenderOutcome(
-                render_key=job.render_key, status=OK, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
+                render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
-                width=info.width, height=info.height, frames=info.frames,
-                audio_seconds=info.audio_seconds, fallback=fallback, **base,
+                width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
+                rendered_resolution=rendered.resolution, fallback=fallback, **base,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -202,14 +204,15 @@ class RenderActor:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _render_with_ladder(self, job: RenderJob):
-        """Render as requested; on GPU OOM, retry here with each rung of `config.oom_ladder`.
+        """(clip, the request it was rendered from, rungs used): as requested first; on GPU OOM,
+        again with each rung of `ModelSpec.oom_ladder` that applies to the request.
 
         Rungs accumulate: "tiled_decode" decodes the video latent in tiles (diffusers VAE tiling,
         only for this job, so other jobs stay bit-identical to a plain decode); "lower_sr" also
-        renders 1080p requests at 540p. The rungs used are reported in RenderOutcome.fallback.
+        renders 1080p requests at 540p. OOM on the last rung is raised (GpuOutOfMemory).
         """
         plan = [(None, job.request)]
-        for rung in self.config.oom_ladder:
+        for rung in self.model.oom_ladder:
             request = self._apply_rung(rung, job.request)
             if request is not None:  # the rung applies to this request
                 plan.append((rung, request))
@@ -220,8 +223,7 @@ class RenderActor:
             try:
                 if tiled:
                     vae.enable_tiling()
-                self._inject_oom(job, i)
-                return self.pipe(request, should_stop=_ray_cancel_requested), "+".join(used) or None
+                return self.pipe(request, should_stop=_ray_cancel_requested), request, used
             except Exception as exc:
                 if not is_oom(exc) or i == len(plan) - 1:
                     raise
@@ -259,17 +261,3 @@ class RenderActor:
             "seed": str(job.request.seed),
             "model_fingerprint": self.pipe.fingerprint,
         }
-
-    # -- fault injection (tests and drills only; off unless PoolConfig.fault_injection is set) --
-    def _inject_faults(self, job: RenderJob, attempt: int) -> None:
-        """`hang_keys`: these jobs sleep far past any deadline on their first attempt, like a
-        stuck kernel or a deadlocked collective; the pool must kill and replace this actor."""
-        if attempt == 1 and job.render_key in self.faults.get("hang_keys", ()):
-            time.sleep(float(self.faults.get("hang_s", 3600)))
-
-    def _inject_oom(self, job: RenderJob, rung_index: int) -> None:
-        """`oom_keys`: {render_key: n} raises torch's OOM error on the first n ladder rungs."""
-        if rung_index < int(self.faults.get("oom_keys", {}).get(job.render_key, 0)):
-            import torch
-
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by fault_injection)")

@@ -39,13 +39,21 @@ def preserved_signal_handlers() -> Iterator[None]:
 def _loopback_only() -> Iterator[None]:
     """Make a new local cluster bind 127.0.0.1 instead of the machine's address.
 
-    Ray 2.60 has no public switch for this. Its Windows/macOS code path (env
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) uses the loopback address for every listener; the
-    variable is read when `ray` is imported, so the driver's copy is set for the duration of
-    `ray.init` and the environment copy is what the raylet and workers inherit.
+    Ray binds its servers to the node's IP, and Ray 2.60 has no public way to make that IP the
+    loopback address: `ray.init(_node_ip_address="127.0.0.1")` and `ray start
+    --node-ip-address=127.0.0.1` are both rewritten to the machine's IP
+    (`services.resolve_ip_for_localhost`), and every listener then binds it. Only Ray's
+    Windows/macOS code path, selected by env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, keeps the
+    node on loopback. Ray reads that variable into `ray_constants.ENABLE_RAY_CLUSTER` when
+    `ray` is imported, so the driver's constant is patched for the duration of `ray.init`, and
+    the environment copy is what the raylet and its workers inherit. This is the one place that
+    touches Ray internals; tests/actors/test_cluster.py fails loudly if Ray changes them.
     """
     from ray._private import ray_constants
 
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        raise RuntimeError(f"ray {ray.__version__} has no ray_constants.ENABLE_RAY_CLUSTER: horse cannot keep "
+                           "its private cluster on 127.0.0.1; pass a ray address or update horse_actors/cluster.py")
     before_env = os.environ.get(_LOOPBACK_ENV)
     before_const = ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_LOOPBACK_ENV] = "0"

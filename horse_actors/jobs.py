@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, FAILED, CANCELLED = "ok", "failed", "cancelled"
+# Rendered and stored, but not as requested (an OOM fallback lowered the resolution): the clip
+# is real and its file is in the store, yet it is not the deliverable the render key names.
+DEGRADED = "degraded"
 
 # Error classes the pool acts on; anything else keeps the exception's own class name.
 INVALID_REQUEST = "InvalidRequest"      # never retried: rendering it again cannot help
@@ -46,7 +49,7 @@ class RenderJob:
 @dataclass
 class RenderOutcome:
     render_key: str
-    status: str  # "ok" | "failed" | "cancelled"
+    status: str  # "ok" | "degraded" | "failed" | "cancelled"
     error_class: str | None = None
     error_message: str | None = None
     retryable: bool = False
@@ -67,12 +70,14 @@ class RenderOutcome:
     audio_seconds: float | None = None
     pid: int | None = None
     model_fingerprint: str | None = None
-    fallback: str | None = None  # OOM ladder rungs the clip was finally rendered with, if any
+    rendered_resolution: str | None = None  # what the clip was rendered at (differs from the request when degraded)
+    fallback: list[str] = field(default_factory=list)  # OOM ladder rungs the clip was rendered with, in order
     # one {attempt, error_class, error_message, actor_id} per earlier failed attempt of this job
     earlier_attempts: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """Rendered exactly as requested (a degraded clip is not ok)."""
         return self.status == OK
 
 

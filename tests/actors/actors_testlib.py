@@ -10,12 +10,13 @@ from urllib.parse import urlsplit
 import av
 
 from catalog import render_key
-from horse_actors import PoolConfig, RenderJob
+from horse_actors import ModelSpec, PoolConfig, RenderJob, Scheduling, StoreTarget
 from model import RenderRequest
 
 SECONDS = 1.0
 FRAMES = 25            # model.frame_count(1.0)
 TINY_SIZES = {"16:9": (128, 64), "9:16": (64, 128)}  # HappyHorsePipeline.tiny().size_for("256p", ...)
+TINY_540P_16x9 = (160, 96)                           # HappyHorsePipeline.tiny().size_for("540p", "16:9")
 
 
 def make_jobs(n: int, campaign: str = "spring-26", *, seconds: float = SECONDS,
@@ -36,9 +37,10 @@ def make_jobs(n: int, campaign: str = "spring-26", *, seconds: float = SECONDS,
     return jobs
 
 
-def pool_config(store_url: str, **kw) -> PoolConfig:
+def pool_config(store_url: str, **scheduling) -> PoolConfig:
     """Small clips, short warm-up; the fixture's cluster has 2 fake GPUs -> 2 actors."""
-    return PoolConfig(model="tiny", store_url=store_url, warmup_seconds=0.4, job_deadline_s=300, **kw)
+    return PoolConfig(ModelSpec("tiny", warmup_seconds=0.4), StoreTarget(store_url),
+                      scheduling=Scheduling(job_deadline_s=300, **scheduling))
 
 
 def local_path(uri: str) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from catalog import InvalidId
-from horse_actors import PoolConfig, classify
+from horse_actors import Scheduling, StoreTarget, classify
 from model import InvalidRequest
 
 
@@ -23,6 +23,14 @@ def test_classify(exc, expected):
 
 def test_pool_config_rejects_nonsense():
     with pytest.raises(ValueError):
-        PoolConfig(model="tiny", store_url="file:///tmp/x", max_in_flight_per_actor=0)
+        Scheduling(max_in_flight_per_actor=0)
     with pytest.raises(ValueError):
-        PoolConfig(model="tiny", store_url="file:///tmp/x", max_retries=-1)
+        Scheduling(max_retries=-1)
+
+
+def test_store_target_refuses_credentials_so_they_never_become_ray_arguments():
+    public = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "us-east-1"}}
+    assert StoreTarget("s3://bucket/x", public).options == public
+    with pytest.raises(ValueError) as refused:
+        StoreTarget("s3://bucket/x", {**public, "key": "AKIDEXAMPLE", "secret": "plant-7c1e"})
+    assert "plant-7c1e" not in str(refused.value) and "AKIDEXAMPLE" not in str(refused.value)

@@ -18,7 +18,7 @@ SCRIPT = r"""
 import json, os, signal, sys
 os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # loopback binding must come from horse_actors
 import psutil, ray
-from horse_actors import PoolConfig, RenderJob, RenderPool
+from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderPool, Scheduling, StoreTarget
 from model import RenderRequest
 
 def on_term(signum, frame): pass
@@ -28,7 +28,7 @@ signal.signal(signal.SIGINT, on_int)
 
 job = RenderJob("plain-script-job", RenderRequest(prompt="a horse", seconds=0.4, seed=3),
                 "plain", "s001", "en-16x9-t1")
-config = PoolConfig(model="tiny", store_url=sys.argv[1], cpu_mode=True, warmup=False)
+config = PoolConfig(ModelSpec("tiny", warmup_seconds=0), StoreTarget(sys.argv[1]), scheduling=Scheduling(cpu_mode=True))
 with RenderPool(config) as pool:            # no ray.init before: the pool connects by itself
     [outcome] = pool.run([job])
     listeners = sorted({c.laddr.ip for p in psutil.Process().children(recursive=True)

@@ -8,9 +8,11 @@ import signal
 import threading
 import time
 
+import av
 import pytest
 
-from actors_testlib import assert_plays_back, blob_files, make_jobs, pid_alive, pool_config
+from actors_testlib import TINY_540P_16x9, assert_plays_back, blob_files, local_path, make_jobs, pid_alive, pool_config
+from faulty_actor import FaultyRenderActor, render_starts
 from horse_actors import RenderPool
 
 pytestmark = pytest.mark.slow
@@ -40,10 +42,11 @@ def test_twelve_jobs_on_two_actors_each_loading_the_model_once(ray_cluster, tmp_
     assert (len(files["mp4"]), files["other"]) == (12, [])
 
 
-def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, tmp_store):
+def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, tmp_store, tmp_path):
     jobs = make_jobs(6, campaign="crash")
     killed = {}
-    with RenderPool(pool_config(tmp_store)) as pool:
+    render_log = tmp_path / "render-starts.log"  # tiny renders are deterministic: count starts, not files
+    with RenderPool(pool_config(tmp_store), FaultyRenderActor.planned(render_log=str(render_log))) as pool:
         pids = {s["actor_id"]: s["pid"] for s in pool.start()}
 
         def kill_the_producer_of_the_first_outcome(outcome):
@@ -62,6 +65,10 @@ def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, 
     assert retried and all(o.earlier_attempts[0]["error_class"] == "ActorDied" for o in retried)
     assert all(o.actor_id != killed["actor_id"] for o in retried)
     assert replacements == 1 and not pid_alive(killed["pid"])
+    starts = render_starts(render_log)
+    for outcome in outcomes:  # a lost attempt may have died before it started; none started twice
+        started = starts.get(outcome.render_key, [])
+        assert started == sorted(set(started)) and started[-1:] == [outcome.attempt], (outcome.render_key, started)
     assert all(s["load_count"] == 1 for s in stats), "a replacement is a fresh actor with one load"
     for outcome, job in zip(outcomes, jobs):
         assert_plays_back(outcome, job)
@@ -73,12 +80,13 @@ def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, 
 def test_hung_job_is_retried_on_another_actor_and_invalid_or_oom_jobs_fail_at_once(ray_cluster, tmp_store):
     jobs = make_jobs(6, campaign="faults", overrides={1: {"prompt": ""}})  # empty prompt: model.InvalidRequest
     hang, invalid, oom_once, oom_always = jobs[0], jobs[1], jobs[2], jobs[3]
-    hang = jobs[0] = dataclasses.replace(hang, deadline_s=4.0)
-    config = pool_config(tmp_store, fault_injection={
-        "hang_keys": [hang.render_key],
-        "oom_keys": {oom_once.render_key: 1, oom_always.render_key: 99},
-    })
-    with RenderPool(config) as pool:
+    hang = jobs[0] = dataclasses.replace(hang, deadline_s=15.0)  # each attempt; a loaded 2-core box needs >4 s
+    actor = FaultyRenderActor.planned(
+        hang_keys=[hang.render_key],
+        oom_at={oom_once.render_key: {"decode"},      # fits once the VAE decodes in tiles
+                oom_always.render_key: {"distill"}},  # the base stage itself never fits
+    )
+    with RenderPool(pool_config(tmp_store), actor) as pool:
         first_actors = {s["actor_id"] for s in pool.start()}
         outcomes = {o.render_key: o for o in pool.run(jobs)}
         replacements = pool.replacements
@@ -95,13 +103,36 @@ def test_hung_job_is_retried_on_another_actor_and_invalid_or_oom_jobs_fail_at_on
     assert "prompt" in bad.error_message and not bad.earlier_attempts
 
     assert outcomes[oom_once.render_key].status == "ok"
-    assert outcomes[oom_once.render_key].fallback == "tiled_decode"
+    assert outcomes[oom_once.render_key].fallback == ["tiled_decode"]
+    assert outcomes[oom_once.render_key].rendered_resolution == "256p", "tiled decode keeps the resolution"
     oom = outcomes[oom_always.render_key]
     assert (oom.status, oom.error_class, oom.attempt, oom.retryable) == ("failed", "GpuOutOfMemory", 1, False)
 
     for job in jobs[4:]:
-        assert outcomes[job.render_key].status == "ok" and outcomes[job.render_key].fallback is None
+        assert outcomes[job.render_key].status == "ok" and outcomes[job.render_key].fallback == []
         assert_plays_back(outcomes[job.render_key], job)
+
+
+def test_oom_at_the_1080p_sr_stage_renders_540p_and_says_so_and_a_ladder_that_runs_out_fails(ray_cluster, tmp_store):
+    jobs = make_jobs(2, campaign="oom-sr", overrides={i: {"resolution": "1080p"} for i in (0, 1)})
+    lowered, exhausted = jobs
+    actor = FaultyRenderActor.planned(oom_at={lowered.render_key: {"1080p_sr"},
+                                              exhausted.render_key: {"1080p_sr", "540p_sr"}})
+    with RenderPool(pool_config(tmp_store, num_actors=1), actor) as pool:
+        outcomes = {o.render_key: o for o in pool.run(jobs)}
+
+    degraded = outcomes[lowered.render_key]
+    assert (degraded.status, degraded.ok, degraded.attempt) == ("degraded", False, 1), degraded.error_message
+    assert degraded.rendered_resolution == "540p" and degraded.fallback == ["tiled_decode", "lower_sr"]
+    assert (degraded.width, degraded.height) == TINY_540P_16x9
+    with av.open(str(local_path(degraded.blob_uri))) as box:
+        video = box.streams.video[0].codec_context
+        assert (video.width, video.height) == TINY_540P_16x9, "the outcome describes the stored file"
+
+    failed = outcomes[exhausted.render_key]
+    assert (failed.status, failed.error_class, failed.attempt, failed.retryable) == \
+        ("failed", "GpuOutOfMemory", 1, False)
+    assert failed.blob_uri is None and "540p_sr" in failed.error_message, "the last rung's OOM is reported"
 
 
 def test_cancel_stops_queued_and_running_work_and_frees_every_actor(ray_cluster, tmp_store):
@@ -116,7 +147,9 @@ def test_cancel_stops_queued_and_running_work_and_frees_every_actor(ray_cluster,
             cancelled_at["t"] = time.monotonic()
             cancel.set()
 
-    pool = RenderPool(pool_config(tmp_store))
+    # A job past its last cancel check (decode, encode, upload) finishes and stores its clip; the
+    # grace lets it report that on a loaded 2-core box too (3 s did not always), so no blob is orphaned.
+    pool = RenderPool(pool_config(tmp_store, cancel_grace_s=20.0))
     pids = [s["pid"] for s in pool.start()]
     outcomes = pool.run(jobs, on_outcome=cancel_after_first, cancel_event=cancel)
     took = time.monotonic() - cancelled_at["t"]

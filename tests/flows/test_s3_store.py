@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_credentials_are_not_pool_arguments(s3_server):
     options = {**s3_server["storage_options"], "token": "session-token"}
     config = pool_config(load_settings(store_url="s3://horse-test/x", storage_options=options))
-    assert config.storage_options == {"client_kwargs": s3_server["storage_options"]["client_kwargs"]}
+    assert config.store.options == {"client_kwargs": s3_server["storage_options"]["client_kwargs"]}
     assert public_options(options).keys() == {"client_kwargs"}
 
 

@@ -42,7 +42,7 @@ main()
 
 DRIVER = r"""
 import json, os, sys, time
-from horse_actors import PoolConfig, RenderJob, RenderPool
+from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderPool, Scheduling, StoreTarget
 from model import RenderRequest
 from tests.infra._procs import kill_processes
 
@@ -64,9 +64,10 @@ def on_outcome(outcome):
         state["killed"] = kill_second_node()
         state["killed_at"] = len(events)
 
-config = PoolConfig(model="tiny", store_url=store_url, ray_address=address, gpus_per_actor=1.0,
-                    cpus_per_actor=1.0, max_in_flight_per_actor=2, warmup=False, max_retries=3,
-                    actor_start_timeout_s=120.0, job_deadline_s=240.0)
+config = PoolConfig(ModelSpec("tiny", warmup_seconds=0), StoreTarget(store_url),
+                    scheduling=Scheduling(ray_address=address, gpus_per_actor=1.0, cpus_per_actor=1.0,
+                                          max_in_flight_per_actor=2, max_retries=3,
+                                          actor_start_timeout_s=120.0, job_deadline_s=240.0))
 import ray
 with RenderPool(config) as pool:
     placement = pool.start()
