@@ -33,7 +33,6 @@ from openlineage.client.facet_v2 import (
     parent_run,
     tags_run,
 )
-from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
 from openlineage.client.transport.transport import Config, Transport
 from openlineage.client.uuid import generate_new_uuid
@@ -329,8 +328,4 @@ def parse_event(data: bytes | str | dict) -> RunEvent:
                           for k, v in (d.get("outputFacets") or {}).items() if k == "outputStatistics"})
             for d in body.get("outputs") or []],
     )
-
-
-def to_json(event: RunEvent) -> str:
-    return Serde.to_json(event)
 

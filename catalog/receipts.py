@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .ids import InvalidId, validate_id, validate_sha256
 from .render_keys import canonical_json
@@ -24,7 +24,6 @@ STRING_FIELDS = (
 )
 INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
-FIELDS = (*STRING_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "created_at")
 STATUSES = ("ok", "failed")
 _MAX_TEXT = 4000
 
@@ -50,7 +49,7 @@ def _to_utc(value: Any) -> datetime:
 
 
 def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | None = None) -> dict:
-    """Validate and complete a receipt: every field of FIELDS present, typed; unknown fields go
+    """Validate and complete a receipt: every known field present, typed; unknown fields go
     to `extra` (JSON). `check_uri(field, uri)` raises if a URI is not a blob of this store."""
     if not isinstance(receipt, dict):
         raise TypeError(f"a receipt is a dict, not {type(receipt).__name__}")
@@ -155,6 +154,19 @@ class Receipts:
             except FileNotFoundError:
                 continue
         return None
+
+    def read_ok(self, render_keys: Iterable[str]) -> dict[str, dict]:
+        """{render_key: receipt} of the successful receipts among `render_keys`: one listing of
+        receipts/, then reads only for the matches."""
+        wanted = {receipt_key(k) for k in render_keys}
+        if not wanted:
+            return {}
+        present = [k for k in self.root.list_files("receipts") if k in wanted]
+        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(present).values())}
+
+    def referenced_uris(self) -> set[str]:
+        """Every blob URI a receipt names (for GC)."""
+        return {u for r in self.read_all() for u in (r.get("blob_uri"), r.get("poster_uri")) if u}
 
     def read_all(self) -> list[dict]:
         """Every receipt, one per render key (a success over a failure)."""

@@ -20,6 +20,12 @@ def make_receipt(store: Store, campaign: str, shot: str, variant: str, content: 
     return receipt
 
 
+def version_entry(receipt: dict) -> dict:
+    """The version entry of a receipt made by make_receipt."""
+    fields = ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256", "bytes", "error_class")
+    return {k: receipt[k] for k in fields if k in receipt}
+
+
 def commit_worker(url: str, options: dict | None, worker: int, batches: int, per_batch: int, shared: int,
                   retries=None) -> None:
     """One of several processes committing receipts at once: its own keys plus `shared` keys

@@ -1,17 +1,13 @@
 from datetime import timedelta
 
-from catalog_testlib import make_receipt
-
-
-def _entry(r):
-    return {k: r[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256")}
+from catalog_testlib import make_receipt, version_entry
 
 
 def test_gc_deletes_only_unreferenced_old_blobs(store):
     indexed = make_receipt(store, "camp", "s1", "v1", content=b"indexed")
     store.index.commit([indexed])
     versioned = make_receipt(store, "camp", "s2", "v1", content=b"only in a version")
-    store.versions.publish("camp", [_entry(versioned)])
+    store.versions.publish("camp", [version_entry(versioned)])
     receipted = make_receipt(store, "camp", "s3", "v1", content=b"only in a receipt")
     store.write_receipt(receipted)
     orphan = store.put_blob(b"orphan", "mp4")

@@ -105,3 +105,17 @@ def test_four_processes_commit_at_once(backend_name, tmp_path, request):
     assert len(keys) == expected and len(set(keys)) == expected
     shots = set(table["shot_id"].to_pylist())
     assert {f"w{w}-b{b}-s{i}" for w in range(workers) for b in range(batches) for i in range(per_batch)} <= shots
+
+
+def test_recover_unindexed_commits_only_successful_receipts_asked_for(store):
+    rendered = [make_receipt(store, "camp", f"s{i}", "v1") for i in range(3)]
+    failed = make_receipt(store, "camp", "bad", "v1", status="failed")
+    for r in rendered + [failed]:
+        store.write_receipt(r)  # an interrupted run: receipts written, index commit never happened
+    asked = [r["render_key"] for r in rendered[:2]] + [failed["render_key"], render_key({"never": 1})]
+    recovered = store.recover_unindexed(asked, run_id="rerun-1")
+    assert set(recovered) == {r["render_key"] for r in rendered[:2]}
+    assert recovered[rendered[0]["render_key"]]["sha256"] == rendered[0]["sha256"]
+    assert set(store.index.existing_keys(r["render_key"] for r in rendered + [failed])) == set(recovered)
+    assert store.index.history(1)[0]["horse.run_id"] == "rerun-1"
+    assert store.recover_unindexed([], run_id="rerun-2") == {}

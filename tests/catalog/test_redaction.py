@@ -4,7 +4,7 @@ import pickle
 import pytest
 
 from catalog import Store, redact_options
-from catalog_testlib import make_receipt
+from catalog_testlib import make_receipt, version_entry
 
 PARENT = "0191d3c4-5f6a-7b8c-9d0e-1f2a3b4c5d6e"
 
@@ -47,7 +47,7 @@ def test_credentials_never_leave_the_store(s3_server, log_records):
     assert options["secret"] not in store.write_receipt(bad)["error_message"]
     store.write_receipt(ok)
     store.index.commit([ok, bad], run_id="run-1")
-    store.versions.publish("camp", [{k: ok[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256")}],
+    store.versions.publish("camp", [version_entry(ok)],
                            "s3://briefs/m.parquet", None, "fp", "git", "run-1")
     store.lineage.complete(parent_run_id=PARENT, parent_job_name="nightly", outputs=[store.put_blob(b"z")],
                            runtime={"gpu": "H100", "aws_secret_access_key": options["secret"]},

@@ -3,14 +3,13 @@ import threading
 import pytest
 
 from catalog import VersionNotFound, InvalidId
-from catalog_testlib import make_receipt
+from catalog_testlib import make_receipt, version_entry
 
 SHOTS = ["s1", "s2", "s3"]
 
 
 def _entries(receipts):
-    return [{k: r[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256", "bytes")}
-            for r in receipts]
+    return [version_entry(r) for r in receipts]
 
 
 def test_three_versions_old_one_keeps_its_files(store):
@@ -30,6 +29,7 @@ def test_three_versions_old_one_keeps_its_files(store):
     assert infos[0].code_version == "git-1" and infos[2].model_fingerprint == "fp-2" and infos[1].run_id == "run-2"
     assert store.versions.latest("camp") == 3
     assert store.versions.read("camp")["version"] == 3
+    assert store.versions.read("camp", 2)["uri"] == store.version_uri("camp", 2)
 
     first = store.versions.read("camp", 1)
     assert first["manifest_sha256"] == manifest_sha and first["index_version"] is not None
@@ -58,8 +58,7 @@ def test_missing_versions_and_bad_entries(store):
     with pytest.raises(VersionNotFound):
         store.versions.read("camp", 1)
     failed = make_receipt(store, "camp", "s2", "v1", status="failed")
-    entry = {k: failed[k] for k in ("shot_id", "variant", "render_key", "status", "error_class")}
-    assert store.versions.publish("camp", [entry]) == 1
+    assert store.versions.publish("camp", [version_entry(failed)]) == 1
     assert store.versions.list("camp")[0].failed == 1
 
 
