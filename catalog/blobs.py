@@ -125,4 +125,4 @@ class BlobStore:
         return key
 
     def open(self, uri_or_sha: str, ext: str | None = None) -> BinaryIO:
-        return self.root.fs.open(self.root.path(self.key_from(uri_or_sha, ext)), "rb")
+        return self.root.open_read(self.key_from(uri_or_sha, ext))

@@ -158,11 +158,16 @@ class StoreFileTransport(Transport):
         event_type = event.eventType.value if event.eventType else "OTHER"
         key = f"lineage/{day}/{event.run.runId}-{event_type}"
         path = self.root.path(key)
-        self.root.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        FileTransport(FileConfig(
-            log_file_path=path, append=False,
-            filesystem=f"{__name__}.registered_filesystem", fs_kwargs={"token": self._token},
-        )).emit(event)
+
+        def write() -> None:
+            if self.root.protocol == "file":  # object stores have no folders (and s3fs would probe the bucket)
+                self.root.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            FileTransport(FileConfig(
+                log_file_path=path, append=False,
+                filesystem=f"{__name__}.registered_filesystem", fs_kwargs={"token": self._token},
+            )).emit(event)
+
+        self.root.retrying("writing a lineage event", write)
 
 
 class Lineage:

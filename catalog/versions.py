@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 
 from .ids import InvalidId, validate_id, validate_sha256
-from .index import DeltaRef, _backoff, _metadata
+from .delta import DeltaRef, backoff, commit_metadata
 from .render_keys import canonical_json
 from .receipts import STATUSES
 from .redact import get_logger, redact_url, scrub
@@ -181,7 +181,7 @@ class CampaignVersions:
                     log.warning("version %s/%d is published but campaign_versions was not updated "
                                 "(run sync_table): %s", campaign_id, number, type(exc).__name__)
                 return number
-            _backoff(attempt)
+            backoff(attempt)
         raise RuntimeError(f"could not publish a version of {campaign_id} after {self.max_attempts} attempts")
 
     def _record(self, infos: list[VersionInfo]) -> None:
@@ -193,7 +193,7 @@ class CampaignVersions:
             "manifest_sha256": i.manifest_sha256, "model_fingerprint": i.model_fingerprint,
             "code_version": i.code_version, "entries": i.entries, "ok": i.ok, "failed": i.failed,
         } for i in infos], schema=VERSION_SCHEMA)
-        props = CommitProperties(custom_metadata=_metadata(
+        props = CommitProperties(custom_metadata=commit_metadata(
             "record_campaign_versions", {"campaigns": ",".join(sorted({i.campaign_id for i in infos})),
                                          "run_id": infos[-1].run_id}))
 
@@ -202,7 +202,7 @@ class CampaignVersions:
                       source_alias="s", target_alias="t", commit_properties=props)
              .when_not_matched_insert_all().execute())
 
-        self.table.with_retries(merge)
+        self.table.write(merge)
 
     def list(self, campaign_id: str) -> list[VersionInfo]:
         nums = self.numbers(campaign_id)
@@ -241,10 +241,9 @@ class CampaignVersions:
         return len(infos)
 
     def to_arrow(self, campaign_id: str | None = None) -> pa.Table:
-        dt = self.table.load()
-        if dt is None:
+        t = self.table.read(lambda dt: dt.to_pyarrow_table(), None)
+        if t is None:
             return VERSION_SCHEMA.empty_table()
-        t = dt.to_pyarrow_table()
         if campaign_id is not None:
             t = t.filter(pc.equal(t["campaign_id"], campaign_id))
         return t.sort_by([("campaign_id", "ascending"), ("version", "ascending")])
