@@ -141,9 +141,12 @@ class CampaignVersions:
     def publish(self, campaign_id: str, entries: list[dict], manifest_uri: str | None = None,
                 manifest_sha256: str | None = None, model_fingerprint: str | None = None,
                 code_version: str | None = None, run_id: str | None = None, *,
-                notes: str | None = None) -> int:
-        """Publish the next version of a campaign; returns its number."""
+                notes: str | None = None, contact_sheet_uri: str | None = None) -> int:
+        """Publish the next version of a campaign; returns its number. `contact_sheet_uri`, a
+        blob of this store, is listed in the version (so GC keeps it as long as the version)."""
         campaign_id = validate_id(campaign_id, "campaign_id")
+        if contact_sheet_uri is not None and self.check_uri is not None:
+            self.check_uri("contact_sheet_uri", contact_sheet_uri)
         rows = sorted((normalize_entry(e, self.check_uri) for e in entries),
                       key=lambda e: (e["shot_id"], e["variant"]))
         seen = set()
@@ -163,6 +166,7 @@ class CampaignVersions:
             "model_fingerprint": _opt_str(model_fingerprint, "model_fingerprint"),
             "code_version": _opt_str(code_version, "code_version"),
             "notes": _opt_str(notes, "notes"),
+            "contact_sheet_uri": contact_sheet_uri,
             "index_version": self.index_version() if self.index_version else None,
             "entries": rows,
         }

@@ -277,12 +277,13 @@ def render_campaign(
         for campaign_id, entries in version_entries(plan, outcomes).items():
             if merge_previous:
                 entries = merge_with_previous(store, campaign_id, entries)
+            sheet_uri, sheet = publish_contact_sheet(store, entries)  # before the version, which lists it
             number = store.versions.publish(
                 campaign_id, entries, manifest_uri=manifest_blob.uri, manifest_sha256=manifest.sha256,
                 model_fingerprint=model.fingerprint, code_version=code_version(), run_id=run_id,
+                contact_sheet_uri=sheet_uri,
             )
             result.campaigns[campaign_id] = number
-            sheet_uri, sheet = publish_contact_sheet(store, entries)
             if sheet_uri:
                 result.contact_sheets[campaign_id] = sheet_uri
             version_uri = store.version_uri(campaign_id, number)

@@ -55,6 +55,8 @@ def test_missing_versions_and_bad_entries(store):
         store.versions.publish("camp", _entries([r, r]))
     with pytest.raises(InvalidId, match="blob_uri"):
         store.versions.publish("camp", [{**_entries([r])[0], "blob_uri": "s3://other/x"}])
+    with pytest.raises(InvalidId, match="contact_sheet_uri"):
+        store.versions.publish("camp", _entries([r]), contact_sheet_uri="/tmp/sheet.jpg")
     with pytest.raises(VersionNotFound):
         store.versions.read("camp", 1)
     failed = make_receipt(store, "camp", "s2", "v1", status="failed")

@@ -91,6 +91,12 @@ def test_store_down_mid_render_the_run_waits_and_a_rerun_renders_nothing(prefect
         flaky_s3.start()
     assert _catalog(run.store) == held
 
+    # Back up: nothing of the run is garbage, the contact sheet included (the versions list it).
+    sheet = run.store.versions.read("spring-launch")["contact_sheet_uri"]
+    assert sheet == first["contact_sheets"]["spring-launch"]
+    assert run.store.gc(grace=0, dry_run=False).deleted == []
+    assert run.store.open_blob(sheet).read(3) == b"\xff\xd8\xff", "the contact sheet (a JPEG) is still there"
+
 
 def test_store_down_mid_commit_the_run_fails_cleanly_and_a_rerun_completes(prefect_api, ray_cluster, flaky_s3, run,
                                                                            monkeypatch):
