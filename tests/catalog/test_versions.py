@@ -100,3 +100,18 @@ def test_memory_store_index_and_versions():
     assert set(Store(store.url).index.existing([r["render_key"]])) == {r["render_key"]}
     assert store.versions.publish("camp", _entries([r])) == 1
     assert Store(store.url).versions.read("camp")["entries"][0]["blob_uri"] == r["blob_uri"]
+
+
+def test_a_publish_whose_answer_was_lost_is_not_published_twice(store, monkeypatch):
+    """The create of version 1 reached the store but its answer was lost; the retried create
+    finds the object there. That is our own version 1, not a reason to publish a version 2."""
+    r = make_receipt(store, "camp", "s1", "v1")
+    create = store.root.write_if_absent
+
+    def answer_lost(key, data):
+        create(key, data)
+        return False
+
+    monkeypatch.setattr(store.root, "write_if_absent", answer_lost)
+    assert store.versions.publish("camp", _entries([r])) == 1
+    assert store.versions.numbers("camp") == [1]
