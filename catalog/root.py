@@ -21,7 +21,8 @@ import fsspec
 
 from .ids import InvalidId, safe_key
 from .outage import wait_out_outage
-from .redact import SECRET_FILTER, get_logger, guard_third_party_loggers, redact_options, redact_url, secret_values
+from .redact import (SECRET_FILTER, env_secret_values, get_logger, guard_third_party_loggers, redact_options, redact_url,
+                     secret_values)
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -40,9 +41,9 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
     client = options.get("client_kwargs") or {}
     if protocol == "s3":
         pairs = {
-            "AWS_ACCESS_KEY_ID": options.get("key"),
-            "AWS_SECRET_ACCESS_KEY": options.get("secret"),
-            "AWS_SESSION_TOKEN": options.get("token"),
+            "AWS_ACCESS_KEY_ID": options.get("key") or client.get("aws_access_key_id"),
+            "AWS_SECRET_ACCESS_KEY": options.get("secret") or client.get("aws_secret_access_key"),
+            "AWS_SESSION_TOKEN": options.get("token") or client.get("aws_session_token"),
             "AWS_ENDPOINT_URL": options.get("endpoint_url") or client.get("endpoint_url"),
             "AWS_REGION": client.get("region_name") or options.get("region_name"),
         }
@@ -115,7 +116,7 @@ class Root:
         if any(seg in ("..", ".") for seg in self.base.split("/")):
             raise ValueError(f"store url {redact_url(url)!r} must not contain '.' or '..' segments")
         self._options = options
-        SECRET_FILTER.register(secret_values(options))
+        SECRET_FILTER.register(secret_values(options) | env_secret_values())
         guard_third_party_loggers()
         self.fs = fsspec.filesystem(self.protocol, **fsspec_options(self.protocol, options))
         self._delta_options = delta_options(self.protocol, options)

@@ -86,3 +86,40 @@ def test_redact_options_by_allowlist(tmp_path):
     store = Store(tmp_path / "s", {"auto_mkdir": True})
     with pytest.raises(TypeError, match="not pickled"):
         pickle.dumps(store)
+
+
+def test_credentials_from_the_environment_are_scrubbed(s3_server, log_records, monkeypatch):
+    """AWS_* variables are the documented way to give credentials: the store learns them as
+    secrets, so request logs (the access key id is in every signed request) and stored error
+    messages never show them."""
+    env = {"AWS_ACCESS_KEY_ID": "AKIAENVPLANTED0001", "AWS_SECRET_ACCESS_KEY": "env-planted-secret-0001",
+           "AWS_SESSION_TOKEN": "env-planted-session-token-0001"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = Store(f"s3://{s3_server['bucket']}/redaction-env",
+                  {"client_kwargs": s3_server["storage_options"]["client_kwargs"]})  # no credentials here
+    bad = make_receipt(store, "camp", "s1", "v1", status="failed",
+                       error_message=f"denied for {env['AWS_ACCESS_KEY_ID']} with {env['AWS_SESSION_TOKEN']}")
+    stored = store.write_receipt(bad)
+    store.index.commit([stored])
+    assert len(log_records) > 20, "expected request logs to check"
+    texts = [r.getMessage() for r in log_records] + [stored["error_message"]]
+    leaks = {value for text in texts for value in env.values() if value in text}
+    assert not leaks, leaks
+
+
+def test_public_options_filter_nested_options_too():
+    from catalog import public_options
+
+    opts = {"key": "AKIA1234567", "anon": False,
+            "client_kwargs": {"endpoint_url": "http://user:pw@minio:9000", "region_name": "eu-west-1",
+                              "aws_access_key_id": "AKIA-nested", "aws_secret_access_key": "nested-secret",
+                              "aws_session_token": "nested-token"},
+            "config_kwargs": {"retries": {"max_attempts": 1}, "signature_version": "s3v4"},
+            "s3_additional_kwargs": {"SSECustomerKey": "customer-key-bytes"}}
+    assert public_options(opts) == {
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "signature_version": "s3v4"},
+        "s3_additional_kwargs": {},
+    }
