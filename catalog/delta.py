@@ -1,5 +1,8 @@
 """One Delta table under the store root (deltalake): created on first write, commits retried on
-conflicts with concurrent writers, every load and commit waiting out an unreachable store."""
+conflicts with concurrent writers, every load and commit waiting out an unreachable store.
+
+Schema upgrades: columns added to a table's schema in a later Horse are added to an existing
+table by the first commit that needs them, and read as nulls from a table that lacks them."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import fsspec
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.schema import Schema
 
 from .redact import get_logger
 from .root import Root
@@ -55,18 +59,41 @@ class DeltaRef:
         """`read(table)` on the current version, or `default` if the table does not exist yet."""
         return self.root.retrying(f"reading {self.name}", lambda: self._attempt(read, default, create=False))
 
+    def read_table(self, columns: list[str] | None = None) -> pa.Table | None:
+        """The rows (only `columns`) in this handle's schema, or None if there is no table yet."""
+        wanted = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+
+        def read(dt: DeltaTable) -> pa.Table:
+            have = {f.name for f in dt.schema().fields}
+            table = dt.to_pyarrow_dataset().to_table(columns=[n for n in wanted.names if n in have])
+            for field in wanted:
+                if field.name not in have:  # a table written before this column existed
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            return table.select(wanted.names)
+
+        return self.read(read, None)
+
     def write(self, operation: Callable[[DeltaTable], T]) -> T:
-        """`operation(table)` (a commit), creating the table first if needed; a commit that lost
-        to a concurrent writer is retried on the new version."""
+        """`operation(table)` (a commit), creating the table or adding missing columns first if
+        needed; a commit that lost to a concurrent writer is retried on the new version."""
         for attempt in range(self.max_attempts):
             try:
                 return self.root.retrying(f"committing to {self.name}",
-                                          lambda: self._attempt(operation, None, create=True))
+                                          lambda: self._attempt(lambda dt: operation(self._upgraded(dt)), None, create=True))
             except CommitFailedError as exc:
                 self.conflicts += 1
                 log.debug("concurrent commit on %s, retry %d: %s", self.name, attempt + 1, exc)
                 backoff(attempt)
         raise RuntimeError(f"gave up on {self.name} after {self.max_attempts} conflicting commits")
+
+    def _upgraded(self, dt: DeltaTable) -> DeltaTable:
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in self.schema if f.name not in have]
+        if missing:
+            log.info("adding columns %s to %s", ", ".join(f.name for f in missing), self.name)
+            dt.alter.add_columns(Schema.from_arrow(pa.schema(missing)).fields)
+            dt.update_incremental()
+        return dt
 
     def version(self) -> int | None:
         return self.read(lambda dt: dt.version(), None)

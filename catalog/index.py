@@ -1,7 +1,7 @@
 """The render index: a Delta table (index/renders) with one row per render key.
 
-Commits are batched MERGEs on render_key: new keys are inserted, a failed row is replaced by a
-later receipt, a successful row never changes. Concurrent committers conflict at the Delta log
+Commits are batched MERGEs on render_key: new keys are inserted, a row that is not ok (failed,
+degraded) is replaced by a later receipt, an ok row never changes. Only ok rows count as rendered. Concurrent committers conflict at the Delta log
 (put-if-absent of the next log entry, locally and on S3); the loser reloads and retries.
 """
 
@@ -71,7 +71,7 @@ class RenderIndex:
 
     def commit(self, receipts: Iterable[dict], *, run_id: str | None = None,
                metadata: dict[str, str] | None = None) -> CommitResult:
-        """MERGE receipts into the index on render_key (insert new; replace failed rows)."""
+        """MERGE receipts into the index on render_key (insert new; replace rows that are not ok)."""
         rows = _dedupe([normalize_receipt(r, self.check_uri) for r in receipts])
         if not rows:
             return CommitResult(0, 0, 0, self.table.version())
@@ -103,7 +103,7 @@ class RenderIndex:
 
     def _read(self, columns: list[str] | None = None) -> pa.Table | None:
         """The table's rows (only `columns`), or None while the table does not exist."""
-        return self.table.read(lambda dt: dt.to_pyarrow_dataset().to_table(columns=columns), None)
+        return self.table.read_table(columns)
 
     def _lookup(self, keys: Iterable[str], status: str | None, columns: list[str] | None) -> pa.Table | None:
         keys = sorted({validate_sha256(k, "render_key") for k in keys})
@@ -116,7 +116,7 @@ class RenderIndex:
 
     def existing(self, keys: Iterable[str], status: str | None = "ok") -> dict[str, dict]:
         """Bulk lookup: {render_key: index row} for the keys that are in the index (by default
-        only successful renders; status=None returns failed rows too)."""
+        only renders that are ok; status=None returns failed and degraded rows too)."""
         table = self._lookup(keys, status, None)
         if table is None:
             return {}

@@ -23,7 +23,7 @@ from deltalake import CommitProperties, DeltaTable
 from .ids import InvalidId, validate_id, validate_sha256
 from .delta import DeltaRef, backoff, commit_metadata
 from .render_keys import canonical_json
-from .receipts import STATUSES
+from .receipts import RENDERED, STATUSES
 from .redact import get_logger, redact_url, scrub
 from .root import Root
 
@@ -37,7 +37,7 @@ VERSION_SCHEMA = pa.schema([
     ("campaign_id", pa.string()), ("version", pa.int64()), ("uri", pa.string()), ("sha256", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()), ("manifest_uri", pa.string()),
     ("manifest_sha256", pa.string()), ("model_fingerprint", pa.string()), ("code_version", pa.string()),
-    ("entries", pa.int64()), ("ok", pa.int64()), ("failed", pa.int64()),
+    ("entries", pa.int64()), ("ok", pa.int64()), ("failed", pa.int64()), ("degraded", pa.int64()),
 ])
 
 
@@ -60,6 +60,7 @@ class VersionInfo:
     entries: int
     ok: int
     failed: int
+    degraded: int = 0     # rendered, but not as requested
 
 
 def version_key(campaign_id: str, number: int) -> str:
@@ -85,10 +86,10 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
     e["variant"] = validate_id(e.get("variant"), "variant")
     e["render_key"] = validate_sha256(e.get("render_key"), "render_key")
     if e.get("status") not in STATUSES:
-        raise InvalidId("status", e.get("status"), "must be 'ok' or 'failed'")
-    if e["status"] == "ok":
+        raise InvalidId("status", e.get("status"), f"must be one of {', '.join(STATUSES)}")
+    if e["status"] in RENDERED:
         if not e.get("blob_uri"):
-            raise InvalidId("blob_uri", None, "is required for an entry with status 'ok'")
+            raise InvalidId("blob_uri", None, f"is required for an entry with status {e['status']!r}")
         validate_sha256(e.get("sha256"), "sha256")
     for name in ("blob_uri", "poster_uri"):
         if e.get(name) is not None:
@@ -96,6 +97,8 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
                 raise InvalidId(name, e[name], "must be a string")
             if check_uri is not None:
                 check_uri(name, e[name])
+    for name in ("resolution", "rendered_resolution", "fallback"):  # what was asked for, what was delivered
+        e[name] = _opt_str(e.get(name), name)
     if isinstance(e.get("error_message"), str):
         e["error_message"] = scrub(e["error_message"])[:4000]
     return e
@@ -112,6 +115,7 @@ def _info(campaign_id: str, number: int, uri: str, data: bytes) -> VersionInfo:
         code_version=body.get("code_version"), entries=len(entries),
         ok=sum(1 for e in entries if e.get("status") == "ok"),
         failed=sum(1 for e in entries if e.get("status") == "failed"),
+        degraded=sum(1 for e in entries if e.get("status") == "degraded"),
     )
 
 
@@ -197,6 +201,7 @@ class CampaignVersions:
             "created_at": i.created_at, "run_id": i.run_id, "manifest_uri": i.manifest_uri,
             "manifest_sha256": i.manifest_sha256, "model_fingerprint": i.model_fingerprint,
             "code_version": i.code_version, "entries": i.entries, "ok": i.ok, "failed": i.failed,
+            "degraded": i.degraded,
         } for i in infos], schema=VERSION_SCHEMA)
         props = CommitProperties(custom_metadata=commit_metadata(
             "record_campaign_versions", {"campaigns": ",".join(sorted({i.campaign_id for i in infos})),
@@ -246,7 +251,7 @@ class CampaignVersions:
         return len(infos)
 
     def to_arrow(self, campaign_id: str | None = None) -> pa.Table:
-        t = self.table.read(lambda dt: dt.to_pyarrow_table(), None)
+        t = self.table.read_table()
         if t is None:
             return VERSION_SCHEMA.empty_table()
         if campaign_id is not None:

@@ -115,3 +115,16 @@ def test_a_publish_whose_answer_was_lost_is_not_published_twice(store, monkeypat
     monkeypatch.setattr(store.root, "write_if_absent", answer_lost)
     assert store.versions.publish("camp", _entries([r])) == 1
     assert store.versions.numbers("camp") == [1]
+
+
+def test_version_entries_say_what_was_asked_for_and_what_was_delivered(store):
+    degraded = make_receipt(store, "camp", "s1", "v1", status="degraded", resolution="1080p",
+                            rendered_resolution="540p", fallback="lower_sr")
+    store.versions.publish("camp", _entries([degraded, make_receipt(store, "camp", "s2", "v1")]))
+    [info] = store.versions.list("camp")
+    assert (info.ok, info.degraded, info.failed) == (1, 1, 0)
+    entry = store.versions.read("camp")["entries"][0]
+    assert (entry["status"], entry["resolution"], entry["rendered_resolution"], entry["fallback"]) == \
+        ("degraded", "1080p", "540p", "lower_sr")
+    with pytest.raises(InvalidId, match="blob_uri"):
+        store.versions.publish("camp", [{**version_entry(degraded), "blob_uri": None}])
