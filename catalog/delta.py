@@ -76,10 +76,13 @@ class DeltaRef:
     def write(self, operation: Callable[[DeltaTable], T]) -> T:
         """`operation(table)` (a commit), creating the table or adding missing columns first if
         needed; a commit that lost to a concurrent writer is retried on the new version."""
+        def commit(dt: DeltaTable) -> T:
+            return operation(self._upgraded(dt))
+
         for attempt in range(self.max_attempts):
             try:
                 return self.root.retrying(f"committing to {self.name}",
-                                          lambda: self._attempt(lambda dt: operation(self._upgraded(dt)), None, create=True))
+                                          lambda: self._attempt(commit, None, create=True))
             except CommitFailedError as exc:
                 self.conflicts += 1
                 log.debug("concurrent commit on %s, retry %d: %s", self.name, attempt + 1, exc)

@@ -1,8 +1,9 @@
 """The render index: a Delta table (index/renders) with one row per render key.
 
 Commits are batched MERGEs on render_key: new keys are inserted, a row that is not ok (failed,
-degraded) is replaced by a later receipt, an ok row never changes. Only ok rows count as rendered. Concurrent committers conflict at the Delta log
-(put-if-absent of the next log entry, locally and on S3); the loser reloads and retries.
+degraded) is replaced by a later receipt, an ok row never changes; only ok rows count as
+rendered. Concurrent committers conflict at the Delta log (put-if-absent of the next log entry,
+locally and on S3); the loser reloads and retries.
 """
 
 from __future__ import annotations
@@ -101,17 +102,14 @@ class RenderIndex:
                             stats.get("num_target_rows_updated", 0), self.table.version(),
                             self.table.conflicts - conflicts_before)
 
-    def _read(self, columns: list[str] | None = None) -> pa.Table | None:
-        """The table's rows (only `columns`), or None while the table does not exist."""
-        return self.table.read_table(columns)
-
     def _lookup(self, keys: Iterable[str], status: str | None, columns: list[str] | None) -> pa.Table | None:
         keys = sorted({validate_sha256(k, "render_key") for k in keys})
         if not keys:
             return None
         # Filtered in memory, not pushed down: MERGE writes string_view columns and pyarrow's
         # statistics pruning cannot compare them with the table's string schema.
-        table = self._read(None if columns is None else list(dict.fromkeys([*columns, "render_key", "status"])))
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "render_key", "status"]))
+        table = self.table.read_table(wanted)
         return None if table is None else _filter(table, render_keys=keys, status=status)
 
     def existing(self, keys: Iterable[str], status: str | None = "ok") -> dict[str, dict]:
@@ -128,14 +126,14 @@ class RenderIndex:
         return set() if table is None else set(table.column("render_key").to_pylist())
 
     def to_arrow(self, campaign_id: str | None = None, status: str | None = None) -> pa.Table:
-        table = self._read()
+        table = self.table.read_table()
         if table is None:
             return RENDER_SCHEMA.empty_table()
         return _filter(table, campaign_id=campaign_id, status=status)
 
     def referenced_uris(self) -> set[str]:
         """Every blob URI an index row names (for GC)."""
-        table = self._read(["blob_uri", "poster_uri"])
+        table = self.table.read_table(["blob_uri", "poster_uri"])
         return set() if table is None else {u for col in table.columns for u in col.to_pylist() if u}
 
     def rebuild_from_receipts(self, *, run_id: str | None = None) -> int:
@@ -166,4 +164,4 @@ class RenderIndex:
                                           enforce_retention_duration=False)
             return out
 
-        return self.table.read(maintain, {})
+        return self.table.read(maintain, {})  # no table yet: nothing to compact

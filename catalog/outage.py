@@ -12,6 +12,7 @@ create-if-absent or whole-object replaces, Delta commits are MERGEs on their key
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -38,6 +39,7 @@ def retry_seconds() -> float:
     return float(os.environ.get("HORSE_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
 
 
+@functools.cache
 def _transport_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     try:
@@ -56,7 +58,10 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True if `exc` (or what caused it) says the store could not be reached or is unavailable."""
+    """True if `exc` (or what caused it) says the store could not be reached or is unavailable.
+    A missing, existing or forbidden object is an answer from the store, whatever led to it."""
+    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError)):
+        return False
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, _transport_errors()):
@@ -65,7 +70,7 @@ def is_unreachable(exc: BaseException) -> bool:
         status = status.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(status, dict) else None
         if isinstance(status, int) and status in (500, 502, 503, 504):
             return True
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and _TRANSPORT_ERROR.search(str(exc)):
+        if isinstance(exc, OSError) and _TRANSPORT_ERROR.search(str(exc)):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -107,15 +108,14 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
 def _info(campaign_id: str, number: int, uri: str, data: bytes) -> VersionInfo:
     body = json.loads(data)
     entries = body.get("entries", [])
+    statuses = Counter(e.get("status") for e in entries)
     return VersionInfo(
         campaign_id=campaign_id, number=number, uri=uri, sha256=hashlib.sha256(data).hexdigest(),
         created_at=datetime.fromisoformat(body["created_at"].replace("Z", "+00:00")),
         run_id=body.get("run_id"), manifest_uri=body.get("manifest_uri"),
         manifest_sha256=body.get("manifest_sha256"), model_fingerprint=body.get("model_fingerprint"),
         code_version=body.get("code_version"), entries=len(entries),
-        ok=sum(1 for e in entries if e.get("status") == "ok"),
-        failed=sum(1 for e in entries if e.get("status") == "failed"),
-        degraded=sum(1 for e in entries if e.get("status") == "degraded"),
+        ok=statuses["ok"], failed=statuses["failed"], degraded=statuses["degraded"],
     )
 
 
