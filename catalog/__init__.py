@@ -11,6 +11,7 @@ from importlib import import_module
 _EXPORTS = {
     "BlobRef": "blobs", "blob_key": "blobs",
     "GCReport": "gc",
+    "sha256_file": "hashing",
     "ID_PATTERN": "ids", "InvalidId": "ids", "safe_key": "ids", "validate_ext": "ids", "validate_id": "ids",
     "validate_sha256": "ids",
     "CommitResult": "index", "RenderIndex": "index",

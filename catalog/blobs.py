@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Union
 
+from .hashing import sha256_file
 from .ids import InvalidId, validate_ext, validate_sha256
 from .redact import get_logger
 from .root import Root
@@ -41,21 +42,9 @@ def blob_key(sha256: str, ext: str) -> str:
     return f"{BLOB_PREFIX}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
 
 
-def _hash_file(path: str) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
 class BlobStore:
     def __init__(self, root: Root):
         self.root = root
-
-    def key(self, sha256: str, ext: str = "mp4") -> str:
-        return blob_key(sha256, ext)
 
     def uri(self, sha256: str, ext: str = "mp4") -> str:
         return self.root.uri(blob_key(sha256, ext))
@@ -81,7 +70,7 @@ class BlobStore:
     def _put_path(self, path: str, ext: str) -> BlobRef:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"blob source {path!r} is not a file")
-        sha, size = _hash_file(path)
+        sha, size = sha256_file(path)
         key = blob_key(sha, ext)
         if self._present(key):
             return self._ref(key, sha, size, False)
@@ -91,7 +80,7 @@ class BlobStore:
         created = self.root.put_file_if_absent(key, path, **kwargs)
         # The source may have changed while we copied it; the stored object must match its key.
         if created and self.root.protocol == "file":
-            stored_sha, _ = _hash_file(self.root.path(key))
+            stored_sha, _ = sha256_file(self.root.path(key))
             if stored_sha != sha:
                 self.root.delete(key)
                 raise IOError(f"blob source {path!r} changed while it was being stored")
@@ -136,8 +125,4 @@ class BlobStore:
         return key
 
     def open(self, uri_or_sha: str, ext: str | None = None) -> BinaryIO:
-        return self.root.fs.open(self.root.path(self.key_from(uri_or_sha, ext)), "rb")
-
-    def list(self) -> dict[str, dict]:
-        """All objects under blobs/ (key -> fs info), temp files included."""
-        return self.root.list_files(BLOB_PREFIX, detail=True)
+        return self.root.open_read(self.key_from(uri_or_sha, ext))

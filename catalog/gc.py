@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Callable, Iterable
 
 from .blobs import BLOB_PREFIX
 from .redact import get_logger
-
-if TYPE_CHECKING:
-    from .store import Store
+from .root import Root
 
 log = get_logger(__name__)
 
@@ -45,18 +43,19 @@ def _modified(info: dict) -> datetime | None:
     return None
 
 
-def collect_garbage(store: "Store", grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
-                    include_receipts: bool = True, now: datetime | None = None) -> GCReport:
+def collect_garbage(root: Root, references: Iterable[Callable[[], Iterable[str]]],
+                    grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
+                    now: datetime | None = None) -> GCReport:
+    """Delete (or, in a dry run, list) the blobs under `root` that none of the URIs returned by
+    the `references` callables names. Every source must read everything it covers or raise:
+    an exception from any of them ends GC before anything is deleted."""
     if not isinstance(grace, timedelta):
         grace = timedelta(seconds=float(grace))
     now = now or datetime.now(timezone.utc)
-    root = store.root
-    blobs = store.blobs.list()  # listed before references: anything stored later is young anyway
-    uris = store.index.referenced_uris() | store.versions.referenced_uris()
-    if include_receipts:
-        for r in store.receipts.read_all():
-            uris.update(u for u in (r.get("blob_uri"), r.get("poster_uri")) if u)
-    keep = {k for k in (root.key_of(u) for u in uris) if k}
+    blobs = root.list_files(BLOB_PREFIX, detail=True)  # before references: anything stored later is young
+    keep: set[str] = set()
+    for source in references:
+        keep.update(k for k in map(root.key_of, source()) if k)
     report = GCReport(dry_run=dry_run, scanned=len(blobs))
     for key, info in sorted(blobs.items()):
         if not key.startswith(BLOB_PREFIX + "/"):

@@ -66,10 +66,6 @@ def validate_id(value: object, field: str = "shot_id") -> str:
     return value
 
 
-def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and _id_problem(value) is None
-
-
 def validate_sha256(value: object, field: str = "sha256") -> str:
     """A sha256 hex digest: 64 lowercase hex characters (render keys and content hashes)."""
     if not isinstance(value, str) or _SHA256_RE.fullmatch(value) is None:

@@ -1,32 +1,27 @@
 """The render index: a Delta table (index/renders) with one row per render key.
 
-Commits are batched MERGEs on render_key: new keys are inserted, a failed row is replaced by a
-later receipt, a successful row never changes. Concurrent committers conflict at the Delta log
-(put-if-absent of the next log entry, locally and on S3); the loser reloads and retries.
+Commits are batched MERGEs on render_key: new keys are inserted, a row that is not ok (failed,
+degraded) is replaced by a later receipt, an ok row never changes; only ok rows count as
+rendered. Concurrent committers conflict at the Delta log (put-if-absent of the next log entry,
+locally and on S3); the loser reloads and retries.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import re
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from .delta import DeltaRef, commit_metadata
 from .ids import validate_sha256
 from .receipts import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, Receipts, normalize_receipt
 from .redact import get_logger
 from .root import Root
 
 log = get_logger(__name__)
-_LOG_FILE = re.compile(r"(\d{20})\.json$")
 
 RENDERS_TABLE = "index/renders"
 RENDER_SCHEMA = pa.schema(
@@ -35,96 +30,6 @@ RENDER_SCHEMA = pa.schema(
     + [pa.field(n, pa.float64()) for n in FLOAT_FIELDS]
     + [pa.field("created_at", pa.timestamp("us", tz="UTC"))]
 )
-
-
-def _metadata(operation: str, extra: dict | None) -> dict[str, str]:
-    """Commit metadata: our own strings only (never storage options)."""
-    meta = {"horse.operation": operation}
-    for k, v in (extra or {}).items():
-        if v is not None:
-            meta[f"horse.{k}"] = str(v)[:500]
-    return meta
-
-
-class DeltaRef:
-    """One Delta table under the store root, created on first write, retried on conflicts."""
-
-    def __init__(self, root: Root, key: str, schema: pa.Schema, max_attempts: int = 50):
-        self.root = root
-        self.uri = root.delta_uri(key)
-        if root.protocol == "memory":
-            self.fs, self.fs_path = fsspec.filesystem("file"), self.uri
-        else:
-            self.fs, self.fs_path = root.fs, root.path(key)
-        self.schema = schema
-        self.max_attempts = max_attempts
-        self._dt: DeltaTable | None = None
-        self.conflicts = 0  # commits lost to a concurrent writer and retried, over this handle's life
-
-    def load(self, create: bool = False) -> DeltaTable | None:
-        opts = self.root.delta_storage_options
-        if self._dt is not None:
-            self._dt.update_incremental()
-            return self._dt
-        try:
-            self._dt = DeltaTable(self.uri, storage_options=opts)
-        except TableNotFoundError:
-            if not create:
-                return None
-            self._dt = self._create()
-        return self._dt
-
-    def _create(self) -> DeltaTable:
-        opts = self.root.delta_storage_options
-        for attempt in range(self.max_attempts):
-            try:
-                return DeltaTable.create(self.uri, self.schema, mode="ignore", storage_options=opts)
-            except (CommitFailedError, TableNotFoundError):
-                # Another process created it at the same moment.
-                _backoff(attempt)
-                try:
-                    return DeltaTable(self.uri, storage_options=opts)
-                except TableNotFoundError:
-                    continue
-        raise RuntimeError(f"could not create the Delta table at {self.root.url} ({self.uri.rsplit('/', 2)[-2:]})")
-
-    def with_retries(self, operation: Callable[[DeltaTable], Any]) -> Any:
-        for attempt in range(self.max_attempts):
-            dt = self.load(create=True)
-            try:
-                return operation(dt)
-            except CommitFailedError as exc:
-                self.conflicts += 1
-                log.debug("concurrent commit on %s, retry %d: %s", self.uri.rsplit("/", 1)[-1], attempt + 1, exc)
-                self._dt = None
-                _backoff(attempt)
-        raise RuntimeError(f"gave up after {self.max_attempts} conflicting commits")
-
-    def version(self) -> int | None:
-        dt = self.load()
-        return None if dt is None else dt.version()
-
-    def history(self, limit: int | None = None) -> list[dict]:
-        """commitInfo of the newest commits, newest first, read from _delta_log with fsspec
-        (DeltaTable.history hangs against moto's S3 server in deltalake 1.6.6)."""
-        log_dir = f"{self.fs_path}/_delta_log"
-        self.fs.invalidate_cache(log_dir)
-        try:
-            names = sorted((p for p in self.fs.ls(log_dir, detail=False) if _LOG_FILE.search(p)), reverse=True)
-        except FileNotFoundError:
-            return []
-        out = []
-        for path in names[:limit]:
-            for line in self.fs.cat_file(path).splitlines():
-                action = json.loads(line)
-                if "commitInfo" in action:
-                    out.append({**action["commitInfo"], "version": int(_LOG_FILE.search(path).group(1))})
-                    break
-        return out
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(attempt, 7))))
 
 
 @dataclass(frozen=True)
@@ -167,7 +72,7 @@ class RenderIndex:
 
     def commit(self, receipts: Iterable[dict], *, run_id: str | None = None,
                metadata: dict[str, str] | None = None) -> CommitResult:
-        """MERGE receipts into the index on render_key (insert new; replace failed rows)."""
+        """MERGE receipts into the index on render_key (insert new; replace rows that are not ok)."""
         rows = _dedupe([normalize_receipt(r, self.check_uri) for r in receipts])
         if not rows:
             return CommitResult(0, 0, 0, self.table.version())
@@ -177,7 +82,7 @@ class RenderIndex:
     def _merge(self, source: pa.Table, run_id: str | None, metadata: dict[str, str] | None) -> CommitResult:
         """MERGE already validated, de-duplicated rows (RENDER_SCHEMA) into the table."""
         campaigns = sorted(set(source["campaign_id"].to_pylist()))
-        props = CommitProperties(custom_metadata=_metadata(
+        props = CommitProperties(custom_metadata=commit_metadata(
             "commit_receipts",
             {"run_id": run_id, "rows": source.num_rows, "campaigns": ",".join(campaigns), **(metadata or {})},
         ))
@@ -192,29 +97,24 @@ class RenderIndex:
             )
 
         conflicts_before = self.table.conflicts
-        stats = self.table.with_retries(merge)
+        stats = self.table.write(merge)
         return CommitResult(source.num_rows, stats.get("num_target_rows_inserted", 0),
                             stats.get("num_target_rows_updated", 0), self.table.version(),
                             self.table.conflicts - conflicts_before)
 
-    def _dataset(self):
-        dt = self.table.load()
-        return None if dt is None else dt.to_pyarrow_dataset()
-
     def _lookup(self, keys: Iterable[str], status: str | None, columns: list[str] | None) -> pa.Table | None:
         keys = sorted({validate_sha256(k, "render_key") for k in keys})
-        ds = self._dataset()
-        if ds is None or not keys:
+        if not keys:
             return None
         # Filtered in memory, not pushed down: MERGE writes string_view columns and pyarrow's
         # statistics pruning cannot compare them with the table's string schema.
         wanted = None if columns is None else list(dict.fromkeys([*columns, "render_key", "status"]))
-        table = ds.to_table(columns=wanted)
-        return _filter(table, render_keys=keys, status=status)
+        table = self.table.read_table(wanted)
+        return None if table is None else _filter(table, render_keys=keys, status=status)
 
     def existing(self, keys: Iterable[str], status: str | None = "ok") -> dict[str, dict]:
         """Bulk lookup: {render_key: index row} for the keys that are in the index (by default
-        only successful renders; status=None returns failed rows too)."""
+        only renders that are ok; status=None returns failed and degraded rows too)."""
         table = self._lookup(keys, status, None)
         if table is None:
             return {}
@@ -226,29 +126,27 @@ class RenderIndex:
         return set() if table is None else set(table.column("render_key").to_pylist())
 
     def to_arrow(self, campaign_id: str | None = None, status: str | None = None) -> pa.Table:
-        ds = self._dataset()
-        if ds is None:
+        table = self.table.read_table()
+        if table is None:
             return RENDER_SCHEMA.empty_table()
-        return _filter(ds.to_table(), campaign_id=campaign_id, status=status)
+        return _filter(table, campaign_id=campaign_id, status=status)
 
     def referenced_uris(self) -> set[str]:
-        ds = self._dataset()
-        if ds is None:
-            return set()
-        t = ds.to_table(columns=["blob_uri", "poster_uri"])
-        return {u for col in t.columns for u in col.to_pylist() if u}
+        """Every blob URI an index row names (for GC)."""
+        table = self.table.read_table(["blob_uri", "poster_uri"])
+        return set() if table is None else {u for col in table.columns for u in col.to_pylist() if u}
 
     def rebuild_from_receipts(self, *, run_id: str | None = None) -> int:
         """Replace the index content with what the receipts say (a new Delta version; older
         versions stay readable by time travel until vacuumed). Returns the row count."""
         rows = self.receipts.read_all()
         table = pa.Table.from_pylist([normalize_receipt(r) for r in rows], schema=RENDER_SCHEMA)
-        props = CommitProperties(custom_metadata=_metadata("rebuild_from_receipts", {"run_id": run_id, "rows": len(rows)}))
+        props = CommitProperties(custom_metadata=commit_metadata("rebuild_from_receipts", {"run_id": run_id, "rows": len(rows)}))
 
         def overwrite(dt: DeltaTable) -> None:
             write_deltalake(dt, table, mode="overwrite", commit_properties=props)
 
-        self.table.with_retries(overwrite)
+        self.table.write(overwrite)
         return table.num_rows
 
     def version(self) -> int | None:
@@ -259,11 +157,11 @@ class RenderIndex:
 
     def optimize(self, vacuum_retention_hours: int | None = None) -> dict:
         """Compact small files; optionally vacuum files older than the retention."""
-        dt = self.table.load()
-        if dt is None:
-            return {}
-        out = {"compact": dt.optimize.compact()}
-        if vacuum_retention_hours is not None:
-            out["vacuum"] = dt.vacuum(retention_hours=vacuum_retention_hours, dry_run=False,
-                                      enforce_retention_duration=False)
-        return out
+        def maintain(dt: DeltaTable) -> dict:
+            out = {"compact": dt.optimize.compact()}
+            if vacuum_retention_hours is not None:
+                out["vacuum"] = dt.vacuum(retention_hours=vacuum_retention_hours, dry_run=False,
+                                          enforce_retention_duration=False)
+            return out
+
+        return self.table.read(maintain, {})  # no table yet: nothing to compact

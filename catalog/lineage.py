@@ -33,7 +33,6 @@ from openlineage.client.facet_v2 import (
     parent_run,
     tags_run,
 )
-from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
 from openlineage.client.transport.transport import Config, Transport
 from openlineage.client.uuid import generate_new_uuid
@@ -159,11 +158,16 @@ class StoreFileTransport(Transport):
         event_type = event.eventType.value if event.eventType else "OTHER"
         key = f"lineage/{day}/{event.run.runId}-{event_type}"
         path = self.root.path(key)
-        self.root.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        FileTransport(FileConfig(
-            log_file_path=path, append=False,
-            filesystem=f"{__name__}.registered_filesystem", fs_kwargs={"token": self._token},
-        )).emit(event)
+
+        def write() -> None:
+            if self.root.protocol == "file":  # object stores have no folders (and s3fs would probe the bucket)
+                self.root.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            FileTransport(FileConfig(
+                log_file_path=path, append=False,
+                filesystem=f"{__name__}.registered_filesystem", fs_kwargs={"token": self._token},
+            )).emit(event)
+
+        self.root.retrying("writing a lineage event", write)
 
 
 class Lineage:
@@ -329,8 +333,4 @@ def parse_event(data: bytes | str | dict) -> RunEvent:
                           for k, v in (d.get("outputFacets") or {}).items() if k == "outputStatistics"})
             for d in body.get("outputs") or []],
     )
-
-
-def to_json(event: RunEvent) -> str:
-    return Serde.to_json(event)
 

@@ -1,16 +1,21 @@
 """Receipts: one JSON object per finished render, the source of truth the index is rebuilt from.
 
-A successful render's receipt (receipts/ab/<render_key>.json) is written only if absent: the
-first one wins (GPU outputs are not bit-exact, so later duplicates are dropped). A failed
-attempt's receipt (receipts/ab/<render_key>.failed.json) may be replaced by a later failure and
-is superseded by a success.
+Statuses: `ok` (rendered as requested), `degraded` (rendered, but not as requested, e.g. the
+OOM ladder rendered a 1080p job at 540p: `resolution` is the requested tier, `rendered_resolution`
+what was delivered, `fallback` the ladder rungs used) and `failed`. Only `ok` counts as rendered.
+
+An ok receipt (receipts/ab/<render_key>.json) is written only if absent: the first one wins (GPU
+outputs are not bit-exact, so later duplicates are dropped). Any other receipt goes to the
+replaceable slot (receipts/ab/<render_key>.failed.json, named before `degraded` existed): a
+later attempt replaces it, and an ok receipt supersedes it. So a fallback render is never
+cached under the key of what was asked for.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .ids import InvalidId, validate_id, validate_sha256
 from .render_keys import canonical_json
@@ -20,18 +25,19 @@ from .root import Root
 STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
     "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
-    "timings", "actor_id", "node_id", "run_id", "extra",
+    "timings", "actor_id", "node_id", "run_id", "extra", "resolution", "rendered_resolution", "fallback",
 )
 INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
-FIELDS = (*STRING_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "created_at")
-STATUSES = ("ok", "failed")
+STATUSES = ("ok", "degraded", "failed")
+RENDERED = ("ok", "degraded")  # statuses that come with a file
 _MAX_TEXT = 4000
 
 
-def receipt_key(render_key: str, failed: bool = False) -> str:
+def receipt_key(render_key: str, replaceable: bool = False) -> str:
+    """Where the ok receipt of a render key lives, or (replaceable) its latest other receipt."""
     render_key = validate_sha256(render_key, "render_key")
-    return f"receipts/{render_key[:2]}/{render_key}{'.failed' if failed else ''}.json"
+    return f"receipts/{render_key[:2]}/{render_key}{'.failed' if replaceable else ''}.json"
 
 
 def _to_utc(value: Any) -> datetime:
@@ -50,7 +56,7 @@ def _to_utc(value: Any) -> datetime:
 
 
 def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | None = None) -> dict:
-    """Validate and complete a receipt: every field of FIELDS present, typed; unknown fields go
+    """Validate and complete a receipt: every known field present, typed; unknown fields go
     to `extra` (JSON). `check_uri(field, uri)` raises if a URI is not a blob of this store."""
     if not isinstance(receipt, dict):
         raise TypeError(f"a receipt is a dict, not {type(receipt).__name__}")
@@ -62,7 +68,7 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     out["variant"] = validate_id(r.pop("variant", None), "variant")
     status = r.pop("status", None)
     if status not in STATUSES:
-        raise InvalidId("status", status, "must be 'ok' or 'failed'")
+        raise InvalidId("status", status, f"must be one of {', '.join(STATUSES)}")
     out["status"] = status
     timings = r.pop("timings", None)
     if isinstance(timings, dict):
@@ -77,7 +83,8 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     out["timings"] = timings
     out["created_at"] = _to_utc(r.pop("created_at", None))
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
-                 "error_message", "model_fingerprint", "actor_id", "node_id", "run_id"):
+                 "error_message", "model_fingerprint", "actor_id", "node_id", "run_id", "resolution",
+                 "rendered_resolution", "fallback"):
         value = r.pop(name, None)
         if value is not None:
             value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]
@@ -103,9 +110,9 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
         extra = json.loads(extra)
     extra = {**(extra or {}), **r}
     out["extra"] = canonical_json(extra).decode() if extra else None
-    if out["status"] == "ok":
+    if out["status"] in RENDERED:
         if not out["blob_uri"]:
-            raise InvalidId("blob_uri", None, "is required for a receipt with status 'ok'")
+            raise InvalidId("blob_uri", None, f"is required for a receipt with status {out['status']!r}")
         validate_sha256(out["sha256"], "sha256")
     elif out["sha256"] is not None:
         validate_sha256(out["sha256"], "sha256")
@@ -144,17 +151,30 @@ class Receipts:
         existing = self.read(r["render_key"])
         if existing is not None and existing["status"] == "ok":
             return existing
-        self.root.write_replace(receipt_key(r["render_key"], failed=True), data)
+        self.root.write_replace(receipt_key(r["render_key"], replaceable=True), data)
         return r
 
     def read(self, render_key: str) -> dict | None:
-        for failed in (False, True):
-            key = receipt_key(render_key, failed)
+        for replaceable in (False, True):
+            key = receipt_key(render_key, replaceable)
             try:
                 return parse_receipt(self.root.read_bytes(key))
             except FileNotFoundError:
                 continue
         return None
+
+    def read_ok(self, render_keys: Iterable[str]) -> dict[str, dict]:
+        """{render_key: receipt} of the successful receipts among `render_keys`: one listing of
+        receipts/, then reads only for the matches."""
+        wanted = {receipt_key(k) for k in render_keys}
+        if not wanted:
+            return {}
+        present = [k for k in self.root.list_files("receipts") if k in wanted]
+        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(present).values())}
+
+    def referenced_uris(self) -> set[str]:
+        """Every blob URI a receipt names (for GC)."""
+        return {u for r in self.read_all() for u in (r.get("blob_uri"), r.get("poster_uri")) if u}
 
     def read_all(self) -> list[dict]:
         """Every receipt, one per render key (a success over a failure)."""

@@ -3,14 +3,17 @@
 Storage options are redacted by allowlist: only names known to be harmless (endpoints,
 regions, flags) are shown; every other value prints as '***'. URLs lose their user-info and
 query string (presigned URLs are bearer credentials). `SecretFilter` scrubs known secret
-values from log records of the catalog's loggers as a second line of defence.
+values (from storage options and from credential environment variables) from log records of
+the catalog's loggers as a second line of defence.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "***"
@@ -23,7 +26,12 @@ _SAFE_OPTION_NAMES = {
     "aws_endpoint_url", "aws_endpoint", "aws_region", "aws_default_region", "aws_allow_http",
     "aws_skip_signature", "aws_conditional_put", "aws_s3_allow_unsafe_rename", "aws_virtual_hosted_style_request",
     "allow_http", "timeout", "connect_timeout", "signature_version", "addressing_style",
+    "retries", "max_attempts", "mode", "read_timeout", "max_pool_connections",
 }
+
+# Environment variables that hold credentials for the object stores we reach (the documented
+# way to give them): their values are scrubbed like secret storage options.
+_SECRET_ENV = re.compile(r"^(AWS|AZURE|GOOGLE|GCS|GCP|MINIO)_\w*(KEY|SECRET|TOKEN|PASSWORD|CREDENTIALS|SAS)\w*$")
 
 
 def redact_options(options: Any) -> Any:
@@ -40,10 +48,20 @@ def redact_options(options: Any) -> Any:
 
 
 def public_options(options: dict | None) -> dict:
-    """Only the allowlisted (non-secret) storage options, to hand to other processes such as Ray
-    actors: anything else could be a credential, and those come from each process's own
-    environment (AWS_* variables, instance roles, workload identity), never from arguments."""
-    return {name: value for name, value in (options or {}).items() if str(name).lower() in _SAFE_OPTION_NAMES}
+    """Only the allowlisted (non-secret) storage options, at every level of nesting (s3fs takes
+    keys inside client_kwargs too), with user-info stripped from URLs: what may be handed to
+    other processes such as Ray actors. Credentials come from each process's own environment
+    (AWS_* variables, instance roles, workload identity), never from arguments."""
+    out = {}
+    for name, value in (options or {}).items():
+        if str(name).lower() not in _SAFE_OPTION_NAMES:
+            continue
+        if isinstance(value, dict):
+            value = public_options(value)
+        elif isinstance(value, str) and "://" in value:
+            value = redact_url(value)
+        out[name] = value
+    return out
 
 
 def _safe_scalar(value: Any) -> Any:
@@ -82,6 +100,11 @@ def secret_values(options: Any) -> set[str]:
 
     walk(options, False)
     return found
+
+
+def env_secret_values(environ: Mapping[str, str] = os.environ) -> set[str]:
+    """The values of credential environment variables (AWS_SECRET_ACCESS_KEY, ...)."""
+    return {value for name, value in environ.items() if _SECRET_ENV.match(name.upper()) and len(value) >= 8}
 
 
 class SecretFilter(logging.Filter):

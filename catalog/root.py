@@ -13,17 +13,19 @@ import os
 import functools
 import shutil
 import tempfile
-import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, TypeVar
 from urllib.parse import urlsplit
 
 import fsspec
 
 from .ids import InvalidId, safe_key
-from .redact import SECRET_FILTER, get_logger, guard_third_party_loggers, redact_options, redact_url, secret_values
+from .outage import wait_out_outage
+from .redact import (SECRET_FILTER, env_secret_values, get_logger, guard_third_party_loggers, redact_options, redact_url,
+                     secret_values)
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 PROTOCOLS = {"file": "file", "local": "file", "s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "memory": "memory"}
 
@@ -39,9 +41,9 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
     client = options.get("client_kwargs") or {}
     if protocol == "s3":
         pairs = {
-            "AWS_ACCESS_KEY_ID": options.get("key"),
-            "AWS_SECRET_ACCESS_KEY": options.get("secret"),
-            "AWS_SESSION_TOKEN": options.get("token"),
+            "AWS_ACCESS_KEY_ID": options.get("key") or client.get("aws_access_key_id"),
+            "AWS_SECRET_ACCESS_KEY": options.get("secret") or client.get("aws_secret_access_key"),
+            "AWS_SESSION_TOKEN": options.get("token") or client.get("aws_session_token"),
             "AWS_ENDPOINT_URL": options.get("endpoint_url") or client.get("endpoint_url"),
             "AWS_REGION": client.get("region_name") or options.get("region_name"),
         }
@@ -53,6 +55,9 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
             out["AWS_ALLOW_HTTP"] = "true"
         if endpoint and "AWS_REGION" not in out:
             out["AWS_REGION"] = "us-east-1"
+        attempts = ((options.get("config_kwargs") or {}).get("retries") or {}).get("max_attempts")
+        if attempts is not None:  # botocore counts the first try, object_store only the retries
+            out["max_retries"] = str(max(int(attempts) - 1, 0))
     elif protocol == "gs":
         token = options.get("token")
         if isinstance(token, dict):
@@ -65,40 +70,11 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
     return out
 
 
-# An object store that is briefly unreachable (a network blip, a restarting MinIO) must not fail
-# a night of renders. botocore already retries each request for ~10 s; on top of that, every
-# store operation is retried with exponential backoff for up to STORE_RETRY_SECONDS. All of them
-# are safe to repeat: writes are create-if-absent or whole-object replaces.
-STORE_RETRY_SECONDS = float(os.environ.get("HORSE_STORE_RETRY_SECONDS", "120"))
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
-    except ImportError:  # pragma: no cover - s3fs brings botocore
-        return False
-    return isinstance(exc, (BotoConnectionError, HTTPClientError))
-
-
-def _retry_unreachable(method):
+def _waits_out_outages(method):
+    """Root I/O methods wait out an unreachable store (see outage.py)."""
     @functools.wraps(method)
     def wrapper(self: "Root", *args, **kwargs):
-        if self.protocol in ("file", "memory"):
-            return method(self, *args, **kwargs)
-        deadline = time.monotonic() + STORE_RETRY_SECONDS
-        delay = 1.0
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as exc:
-                if not _is_unreachable(exc) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("store %s unreachable during %s (%s); retrying in %.0fs",
-                            self.url, method.__name__, type(exc).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        return self.retrying(method.__name__, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
@@ -140,7 +116,7 @@ class Root:
         if any(seg in ("..", ".") for seg in self.base.split("/")):
             raise ValueError(f"store url {redact_url(url)!r} must not contain '.' or '..' segments")
         self._options = options
-        SECRET_FILTER.register(secret_values(options))
+        SECRET_FILTER.register(secret_values(options) | env_secret_values())
         guard_third_party_loggers()
         self.fs = fsspec.filesystem(self.protocol, **fsspec_options(self.protocol, options))
         self._delta_options = delta_options(self.protocol, options)
@@ -202,28 +178,43 @@ class Root:
         return redact_options(self._options)
 
     # -- io -----------------------------------------------------------------------------------
-    @_retry_unreachable
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, waiting out an unreachable object store (local roots fail at once)."""
+        if self.protocol in ("file", "memory"):
+            return call()
+        return wait_out_outage(call, what, self.url)
+
+    @_waits_out_outages
     def exists(self, key: str) -> bool:
         path = self.path(key)
         self.fs.invalidate_cache(path)  # another process may have written it since we listed
         return self.fs.exists(path)
 
-    @_retry_unreachable
+    @_waits_out_outages
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        """Read many small objects at once (concurrent on async filesystems such as s3fs)."""
-        keys = list(keys)
-        if not keys:
-            return {}
+        """Read many small objects at once (concurrent on async filesystems such as s3fs).
+        A key that does not exist is left out; any other error is raised, never left out."""
         paths = {self.path(k): k for k in keys}
-        got = self.fs.cat(list(paths), on_error="omit")
-        if isinstance(got, bytes):  # a single path returns bytes, not a dict
-            got = {next(iter(paths)): got}
-        return {paths[p]: v for p, v in got.items() if p in paths}
+        return self.retrying("read_many", lambda: self._read_paths(paths)) if paths else {}
 
-    @_retry_unreachable
+    def _read_paths(self, paths: dict[str, str]) -> dict[str, bytes]:
+        out = {}
+        for path, value in self.fs.cat(list(paths), on_error="return").items():
+            if isinstance(value, FileNotFoundError):
+                continue
+            if isinstance(value, BaseException):
+                raise value
+            out[paths[path]] = value
+        return out
+
+    @_waits_out_outages
+    def open_read(self, key: str) -> BinaryIO:
+        return self.fs.open(self.path(key), "rb")
+
+    @_waits_out_outages
     def list_files(self, prefix: str, detail: bool = False):
         """Files under a key prefix: {key: info} (detail) or sorted keys. Missing prefix -> empty."""
         base = self.path(prefix) if prefix else self.base
@@ -261,7 +252,7 @@ class Root:
 
         return self._create(key, copy, lambda path: self.fs.put_file(local_path, path, mode="create", **put_kwargs))
 
-    @_retry_unreachable
+    @_waits_out_outages
     def _create(self, key: str, write_local, create_remote) -> bool:
         path = self.path(key)
         try:
@@ -273,7 +264,7 @@ class Root:
         except FileExistsError:
             return False
 
-    @_retry_unreachable
+    @_waits_out_outages
     def write_replace(self, key: str, data: bytes) -> None:
         """Create or replace `key` atomically (readers see the old or the new bytes, never a part)."""
         path = self.path(key)
@@ -282,6 +273,7 @@ class Root:
         else:
             self.fs.pipe_file(path, data)
 
+    @_waits_out_outages
     def delete(self, key: str) -> None:
         self.fs.rm_file(self.path(key))
 

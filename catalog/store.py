@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
@@ -13,7 +13,7 @@ from .index import RenderIndex
 from .lineage import Lineage
 from .receipts import Receipts
 from .root import Root
-from .versions import CampaignVersions
+from .versions import CampaignVersions, version_key
 
 
 class Store:
@@ -67,10 +67,29 @@ class Store:
     def read_receipt(self, render_key: str) -> dict | None:
         return self.receipts.read(render_key)
 
+    def recover_unindexed(self, render_keys: Iterable[str], run_id: str) -> dict[str, dict]:
+        """Successful receipts of `render_keys` whose index commit never happened (an
+        interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
+        receipts = self.receipts.read_ok(render_keys)
+        if receipts:
+            self.index.commit(receipts.values(), run_id=run_id,
+                              metadata={"operation_reason": "recover-interrupted-run"})
+        return receipts
+
+    # versions
+    def version_uri(self, campaign_id: str, number: int) -> str:
+        """Where the manifest of a campaign version lives."""
+        return self.root.uri(version_key(campaign_id, number))
+
     # maintenance
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
            include_receipts: bool = True) -> GCReport:
-        return collect_garbage(self, grace=grace, dry_run=dry_run, include_receipts=include_receipts)
+        """Delete blobs older than `grace` that no index row, version (and, by default, no
+        receipt) references. Raises, deleting nothing, if any reference cannot be read."""
+        references = [self.index.referenced_uris, self.versions.referenced_uris]
+        if include_receipts:
+            references.append(self.receipts.referenced_uris)
+        return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)
 
     def __repr__(self) -> str:
         return f"Store({self.root.url!r}, storage_options={self.root.redacted_options!r})"

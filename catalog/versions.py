@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -21,9 +22,9 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 
 from .ids import InvalidId, validate_id, validate_sha256
-from .index import DeltaRef, _backoff, _metadata
+from .delta import DeltaRef, backoff, commit_metadata
 from .render_keys import canonical_json
-from .receipts import STATUSES
+from .receipts import RENDERED, STATUSES
 from .redact import get_logger, redact_url, scrub
 from .root import Root
 
@@ -37,7 +38,7 @@ VERSION_SCHEMA = pa.schema([
     ("campaign_id", pa.string()), ("version", pa.int64()), ("uri", pa.string()), ("sha256", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()), ("manifest_uri", pa.string()),
     ("manifest_sha256", pa.string()), ("model_fingerprint", pa.string()), ("code_version", pa.string()),
-    ("entries", pa.int64()), ("ok", pa.int64()), ("failed", pa.int64()),
+    ("entries", pa.int64()), ("ok", pa.int64()), ("failed", pa.int64()), ("degraded", pa.int64()),
 ])
 
 
@@ -60,6 +61,7 @@ class VersionInfo:
     entries: int
     ok: int
     failed: int
+    degraded: int = 0     # rendered, but not as requested
 
 
 def version_key(campaign_id: str, number: int) -> str:
@@ -85,10 +87,10 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
     e["variant"] = validate_id(e.get("variant"), "variant")
     e["render_key"] = validate_sha256(e.get("render_key"), "render_key")
     if e.get("status") not in STATUSES:
-        raise InvalidId("status", e.get("status"), "must be 'ok' or 'failed'")
-    if e["status"] == "ok":
+        raise InvalidId("status", e.get("status"), f"must be one of {', '.join(STATUSES)}")
+    if e["status"] in RENDERED:
         if not e.get("blob_uri"):
-            raise InvalidId("blob_uri", None, "is required for an entry with status 'ok'")
+            raise InvalidId("blob_uri", None, f"is required for an entry with status {e['status']!r}")
         validate_sha256(e.get("sha256"), "sha256")
     for name in ("blob_uri", "poster_uri"):
         if e.get(name) is not None:
@@ -96,6 +98,8 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
                 raise InvalidId(name, e[name], "must be a string")
             if check_uri is not None:
                 check_uri(name, e[name])
+    for name in ("resolution", "rendered_resolution", "fallback"):  # what was asked for, what was delivered
+        e[name] = _opt_str(e.get(name), name)
     if isinstance(e.get("error_message"), str):
         e["error_message"] = scrub(e["error_message"])[:4000]
     return e
@@ -104,14 +108,14 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
 def _info(campaign_id: str, number: int, uri: str, data: bytes) -> VersionInfo:
     body = json.loads(data)
     entries = body.get("entries", [])
+    statuses = Counter(e.get("status") for e in entries)
     return VersionInfo(
         campaign_id=campaign_id, number=number, uri=uri, sha256=hashlib.sha256(data).hexdigest(),
         created_at=datetime.fromisoformat(body["created_at"].replace("Z", "+00:00")),
         run_id=body.get("run_id"), manifest_uri=body.get("manifest_uri"),
         manifest_sha256=body.get("manifest_sha256"), model_fingerprint=body.get("model_fingerprint"),
         code_version=body.get("code_version"), entries=len(entries),
-        ok=sum(1 for e in entries if e.get("status") == "ok"),
-        failed=sum(1 for e in entries if e.get("status") == "failed"),
+        ok=statuses["ok"], failed=statuses["failed"], degraded=statuses["degraded"],
     )
 
 
@@ -141,9 +145,12 @@ class CampaignVersions:
     def publish(self, campaign_id: str, entries: list[dict], manifest_uri: str | None = None,
                 manifest_sha256: str | None = None, model_fingerprint: str | None = None,
                 code_version: str | None = None, run_id: str | None = None, *,
-                notes: str | None = None) -> int:
-        """Publish the next version of a campaign; returns its number."""
+                notes: str | None = None, contact_sheet_uri: str | None = None) -> int:
+        """Publish the next version of a campaign; returns its number. `contact_sheet_uri`, a
+        blob of this store, is listed in the version (so GC keeps it as long as the version)."""
         campaign_id = validate_id(campaign_id, "campaign_id")
+        if contact_sheet_uri is not None and self.check_uri is not None:
+            self.check_uri("contact_sheet_uri", contact_sheet_uri)
         rows = sorted((normalize_entry(e, self.check_uri) for e in entries),
                       key=lambda e: (e["shot_id"], e["variant"]))
         seen = set()
@@ -163,6 +170,7 @@ class CampaignVersions:
             "model_fingerprint": _opt_str(model_fingerprint, "model_fingerprint"),
             "code_version": _opt_str(code_version, "code_version"),
             "notes": _opt_str(notes, "notes"),
+            "contact_sheet_uri": contact_sheet_uri,
             "index_version": self.index_version() if self.index_version else None,
             "entries": rows,
         }
@@ -173,7 +181,8 @@ class CampaignVersions:
                     "created_at": created_at.isoformat().replace("+00:00", "Z")}
             data = canonical_json(body) + b"\n"
             key = version_key(campaign_id, number)
-            if self.root.write_if_absent(key, data):
+            # Same bytes under the number: our own create, retried after its answer was lost.
+            if self.root.write_if_absent(key, data) or self.root.read_bytes(key) == data:
                 log.info("published %s version %d (%d entries)", campaign_id, number, len(rows))
                 try:
                     self._record([_info(campaign_id, number, self.root.uri(key), data)])
@@ -181,7 +190,7 @@ class CampaignVersions:
                     log.warning("version %s/%d is published but campaign_versions was not updated "
                                 "(run sync_table): %s", campaign_id, number, type(exc).__name__)
                 return number
-            _backoff(attempt)
+            backoff(attempt)
         raise RuntimeError(f"could not publish a version of {campaign_id} after {self.max_attempts} attempts")
 
     def _record(self, infos: list[VersionInfo]) -> None:
@@ -192,8 +201,9 @@ class CampaignVersions:
             "created_at": i.created_at, "run_id": i.run_id, "manifest_uri": i.manifest_uri,
             "manifest_sha256": i.manifest_sha256, "model_fingerprint": i.model_fingerprint,
             "code_version": i.code_version, "entries": i.entries, "ok": i.ok, "failed": i.failed,
+            "degraded": i.degraded,
         } for i in infos], schema=VERSION_SCHEMA)
-        props = CommitProperties(custom_metadata=_metadata(
+        props = CommitProperties(custom_metadata=commit_metadata(
             "record_campaign_versions", {"campaigns": ",".join(sorted({i.campaign_id for i in infos})),
                                          "run_id": infos[-1].run_id}))
 
@@ -202,7 +212,7 @@ class CampaignVersions:
                       source_alias="s", target_alias="t", commit_properties=props)
              .when_not_matched_insert_all().execute())
 
-        self.table.with_retries(merge)
+        self.table.write(merge)
 
     def list(self, campaign_id: str) -> list[VersionInfo]:
         nums = self.numbers(campaign_id)
@@ -241,10 +251,9 @@ class CampaignVersions:
         return len(infos)
 
     def to_arrow(self, campaign_id: str | None = None) -> pa.Table:
-        dt = self.table.load()
-        if dt is None:
+        t = self.table.read_table()
+        if t is None:
             return VERSION_SCHEMA.empty_table()
-        t = dt.to_pyarrow_table()
         if campaign_id is not None:
             t = t.filter(pc.equal(t["campaign_id"], campaign_id))
         return t.sort_by([("campaign_id", "ascending"), ("version", "ascending")])

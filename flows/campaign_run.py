@@ -19,9 +19,8 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 
 from catalog import Store
-from catalog.versions import version_key
 from flows.jobs import (merge_with_previous, model_info, pool_config, publish_contact_sheet, receipt_for,
-                        recover_unindexed, to_render_job, version_entries)
+                        to_render_job, version_entries)
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, ModelInfo, Plan, PlannedJob, make_plan
 from flows.report import RunReport, RunTotals, failure_rows, summary_markdown
@@ -100,7 +99,7 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     if force:
         plan.cached = {}
     else:
-        plan.cached.update(recover_unindexed(store, plan.todo, _flow_run_id() or "script"))
+        plan.cached.update(store.recover_unindexed([job.render_key for job in plan.todo], _flow_run_id() or "script"))
     log = _logger()
     log.info("plan: %d variants, %d already rendered, %d to render", len(plan.jobs), len(plan.cached), len(plan.todo))
     for error in plan.errors:
@@ -278,15 +277,16 @@ def render_campaign(
         for campaign_id, entries in version_entries(plan, outcomes).items():
             if merge_previous:
                 entries = merge_with_previous(store, campaign_id, entries)
+            sheet_uri, sheet = publish_contact_sheet(store, entries)  # before the version, which lists it
             number = store.versions.publish(
                 campaign_id, entries, manifest_uri=manifest_blob.uri, manifest_sha256=manifest.sha256,
                 model_fingerprint=model.fingerprint, code_version=code_version(), run_id=run_id,
+                contact_sheet_uri=sheet_uri,
             )
             result.campaigns[campaign_id] = number
-            sheet_uri, sheet = publish_contact_sheet(store, entries)
             if sheet_uri:
                 result.contact_sheets[campaign_id] = sheet_uri
-            version_uri = store.root.uri(version_key(campaign_id, number))
+            version_uri = store.version_uri(campaign_id, number)
             report.summary(summary_markdown(campaign_id, number, totals, store.url, version_uri, result.row_errors, sheet_uri, sheet))
             log.info("published %s version %d", campaign_id, number)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]

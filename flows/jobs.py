@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from catalog import Store, public_options
-from catalog.receipts import parse_receipt, receipt_key
 from flows.plan import ModelInfo, Plan, PlannedJob
 from flows.settings import HorseSettings
 from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, Scheduling, StoreTarget
@@ -110,22 +109,6 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run_id: str, model_fing
         "frames": outcome.frames,
         "run_id": run_id,
     }
-
-
-def recover_unindexed(store: Store, todo: list[PlannedJob], run_id: str) -> dict[str, dict]:
-    """Receipts written by an interrupted run whose index commit never happened: commit them now
-    so they count as rendered. One listing of receipts/, then reads only for the matches."""
-    if not todo:
-        return {}
-    present = set(store.root.list_files("receipts"))
-    wanted = [key for key in (receipt_key(job.render_key) for job in todo) if key in present]
-    if not wanted:
-        return {}
-    # Only successful renders have receipts under these keys (failures are `.failed.json`).
-    receipts = [parse_receipt(data) for data in store.root.read_many(wanted).values()]
-    store.index.commit(receipts, run_id=run_id, metadata={"operation_reason": "recover-interrupted-run"})
-    return {r["render_key"]: r for r in receipts}
-
 
 
 def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict[str, list[dict]]:

@@ -14,6 +14,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="horse-tests-"))
@@ -108,6 +110,49 @@ def s3_server():
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
         },
     }
+    server.stop()
+
+
+class FlakyS3:
+    """A private moto S3 server (bucket `flaky`) that a test stops and starts again on the same
+    port. moto keeps its buckets in this process, so the store is the same store when it returns."""
+
+    def __init__(self):
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.start()
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket="flaky")
+        self.options = {"client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+                        "config_kwargs": {"retries": {"max_attempts": 1}}}  # no botocore retries: ours are tested
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def outage(self, seconds: float) -> threading.Thread:
+        """Stop now, start again after `seconds` (join the returned thread to wait for it)."""
+        self.stop()
+
+        def come_back():
+            time.sleep(seconds)
+            self.start()
+
+        thread = threading.Thread(target=come_back)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+def flaky_s3():
+    server = FlakyS3()
+    yield server
     server.stop()
 
 

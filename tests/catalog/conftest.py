@@ -27,10 +27,3 @@ def store(backend):
 
     url, options = backend
     return Store(url, options)
-
-
-@pytest.fixture
-def s3_store(s3_server):
-    from catalog import Store
-
-    return Store(f"s3://{s3_server['bucket']}/t-{uuid.uuid4().hex[:12]}", s3_server["storage_options"])

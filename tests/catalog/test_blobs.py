@@ -86,3 +86,12 @@ def test_memory_backend_roundtrip():
     ref = store.put_blob(b"in memory", "mp4")
     assert ref.uri.startswith("memory:///horse-") and not store.put_blob(b"in memory").created
     assert store.open_blob(ref.uri).read() == b"in memory"
+
+
+def test_sha256_file_is_the_digest_and_size(tmp_path):
+    from catalog import sha256_file
+
+    data = bytes(range(256)) * 5000  # more than one read buffer
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    assert sha256_file(path) == (hashlib.sha256(data).hexdigest(), len(data))

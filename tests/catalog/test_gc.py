@@ -1,24 +1,21 @@
 from datetime import timedelta
 
-from catalog_testlib import make_receipt
-
-
-def _entry(r):
-    return {k: r[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256")}
+from catalog_testlib import make_receipt, version_entry
 
 
 def test_gc_deletes_only_unreferenced_old_blobs(store):
     indexed = make_receipt(store, "camp", "s1", "v1", content=b"indexed")
     store.index.commit([indexed])
     versioned = make_receipt(store, "camp", "s2", "v1", content=b"only in a version")
-    store.versions.publish("camp", [_entry(versioned)])
+    sheet = store.put_blob(b"contact sheet", "jpg")
+    store.versions.publish("camp", [version_entry(versioned)], contact_sheet_uri=sheet.uri)
     receipted = make_receipt(store, "camp", "s3", "v1", content=b"only in a receipt")
     store.write_receipt(receipted)
     orphan = store.put_blob(b"orphan", "mp4")
     orphan_poster = store.put_blob(b"orphan poster", "jpg")
 
     young = store.gc(grace=timedelta(hours=1), dry_run=False)
-    assert young.deleted == [] and young.young == 2 and young.referenced == 3
+    assert young.deleted == [] and young.young == 2 and young.referenced == 4
 
     dry = store.gc(grace=0, dry_run=True)
     assert sorted(dry.deleted) == sorted([orphan.uri, orphan_poster.uri]) and dry.bytes == 6 + 13
@@ -29,6 +26,7 @@ def test_gc_deletes_only_unreferenced_old_blobs(store):
     assert not store.blob_exists(orphan.sha256) and not store.blob_exists(orphan_poster.sha256, "jpg")
     for r in (indexed, versioned, receipted):
         assert store.open_blob(r["blob_uri"]).read()
+    assert store.open_blob(sheet.uri).read() == b"contact sheet", "the version keeps its contact sheet"
     assert store.gc(grace=0, dry_run=False).deleted == []
 
 

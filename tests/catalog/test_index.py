@@ -1,10 +1,11 @@
 import multiprocessing
 import time
 
+import pyarrow as pa
 import pytest
 
-from catalog import render_key
-from catalog_testlib import commit_worker, make_receipt
+from catalog import InvalidId, render_key
+from catalog_testlib import commit_worker, make_receipt, version_entry
 
 
 def test_commit_and_bulk_existing(store):
@@ -105,3 +106,76 @@ def test_four_processes_commit_at_once(backend_name, tmp_path, request):
     assert len(keys) == expected and len(set(keys)) == expected
     shots = set(table["shot_id"].to_pylist())
     assert {f"w{w}-b{b}-s{i}" for w in range(workers) for b in range(batches) for i in range(per_batch)} <= shots
+
+
+def test_recover_unindexed_commits_only_successful_receipts_asked_for(store):
+    rendered = [make_receipt(store, "camp", f"s{i}", "v1") for i in range(3)]
+    failed = make_receipt(store, "camp", "bad", "v1", status="failed")
+    for r in rendered + [failed]:
+        store.write_receipt(r)  # an interrupted run: receipts written, index commit never happened
+    asked = [r["render_key"] for r in rendered[:2]] + [failed["render_key"], render_key({"never": 1})]
+    recovered = store.recover_unindexed(asked, run_id="rerun-1")
+    assert set(recovered) == {r["render_key"] for r in rendered[:2]}
+    assert recovered[rendered[0]["render_key"]]["sha256"] == rendered[0]["sha256"]
+    assert set(store.index.existing_keys(r["render_key"] for r in rendered + [failed])) == set(recovered)
+    assert store.index.history(1)[0]["horse.run_id"] == "rerun-1"
+    assert store.recover_unindexed([], run_id="rerun-2") == {}
+
+
+LOWER_SR = {"resolution": "1080p", "rendered_resolution": "540p", "fallback": "tiled_decode+lower_sr"}
+
+
+def test_a_degraded_render_is_never_cached_under_the_requested_key(store):
+    degraded = make_receipt(store, "camp", "s1", "v1", content=b"540p clip", status="degraded", **LOWER_SR)
+    kept = store.write_receipt(degraded)
+    assert (kept["status"], kept["rendered_resolution"], kept["fallback"]) == ("degraded", "540p", "tiled_decode+lower_sr")
+    assert not store.root.exists(f"receipts/{degraded['render_key'][:2]}/{degraded['render_key']}.json"), \
+        "a degraded receipt takes the replaceable slot, not the first-wins one"
+    assert store.recover_unindexed([degraded["render_key"]], run_id="r") == {}
+    store.index.commit([kept])
+    key = degraded["render_key"]
+    assert store.index.existing([key]) == {} and store.index.existing_keys([key]) == set()
+    row = store.index.existing([key], status=None)[key]
+    assert (row["status"], row["resolution"], row["rendered_resolution"], row["fallback"]) == ("degraded", *LOWER_SR.values())
+
+    ok = make_receipt(store, "camp", "s1", "v1", content=b"1080p clip", resolution="1080p", rendered_resolution="1080p")
+    assert store.write_receipt(ok)["status"] == "ok"
+    assert store.index.commit([ok]).updated == 1
+    again = make_receipt(store, "camp", "s1", "v1", content=b"540p again", status="degraded", **LOWER_SR)
+    assert store.write_receipt(again)["sha256"] == ok["sha256"], "a later fallback does not undo the ok render"
+    store.index.commit([again])
+    row = store.index.existing([key])[key]
+    assert (row["sha256"], row["rendered_resolution"], row["fallback"]) == (ok["sha256"], "1080p", None)
+    with pytest.raises(InvalidId, match="blob_uri"):
+        store.write_receipt({**degraded, "blob_uri": None})
+
+
+def test_an_index_made_before_the_schema_change_keeps_working(store):
+    """Tables written by the previous Horse (no resolution columns, no degraded count) are read
+    with nulls for the new columns and upgraded by the first commit that needs them."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from catalog.index import RENDER_SCHEMA
+    from catalog.receipts import normalize_receipt
+    from catalog.versions import VERSION_SCHEMA
+
+    new = ("resolution", "rendered_resolution", "fallback")
+    old_schema = pa.schema([f for f in RENDER_SCHEMA if f.name not in new])
+    old = make_receipt(store, "camp", "old", "v1")
+    row = {k: v for k, v in normalize_receipt(old).items() if k not in new}
+    opts = store.root.delta_storage_options
+    write_deltalake(store.index.table.uri, pa.Table.from_pylist([row], schema=old_schema), storage_options=opts)
+    old_versions = pa.schema([f for f in VERSION_SCHEMA if f.name != "degraded"])
+    DeltaTable.create(store.versions.table.uri, old_versions, storage_options=opts)
+
+    assert store.index.existing([old["render_key"]])[old["render_key"]]["resolution"] is None
+    assert store.index.existing_keys([old["render_key"]]) == {old["render_key"]}
+    degraded = make_receipt(store, "camp", "new", "v1", status="degraded", **LOWER_SR)
+    assert store.index.commit([degraded]).inserted == 1
+    table = store.index.to_arrow()
+    assert table.schema.names == RENDER_SCHEMA.names and table.num_rows == 2
+    assert store.index.existing([degraded["render_key"]], status=None)[degraded["render_key"]]["fallback"] == LOWER_SR["fallback"]
+    assert store.index.rebuild_from_receipts() == 0  # no receipts were written: the index can still be rebuilt
+
+    store.versions.publish("camp", [version_entry(degraded)])
+    assert store.versions.to_arrow("camp")["degraded"].to_pylist() == [1]

@@ -4,7 +4,7 @@ import pickle
 import pytest
 
 from catalog import Store, redact_options
-from catalog_testlib import make_receipt
+from catalog_testlib import make_receipt, version_entry
 
 PARENT = "0191d3c4-5f6a-7b8c-9d0e-1f2a3b4c5d6e"
 
@@ -47,7 +47,7 @@ def test_credentials_never_leave_the_store(s3_server, log_records):
     assert options["secret"] not in store.write_receipt(bad)["error_message"]
     store.write_receipt(ok)
     store.index.commit([ok, bad], run_id="run-1")
-    store.versions.publish("camp", [{k: ok[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256")}],
+    store.versions.publish("camp", [version_entry(ok)],
                            "s3://briefs/m.parquet", None, "fp", "git", "run-1")
     store.lineage.complete(parent_run_id=PARENT, parent_job_name="nightly", outputs=[store.put_blob(b"z")],
                            runtime={"gpu": "H100", "aws_secret_access_key": options["secret"]},
@@ -86,3 +86,40 @@ def test_redact_options_by_allowlist(tmp_path):
     store = Store(tmp_path / "s", {"auto_mkdir": True})
     with pytest.raises(TypeError, match="not pickled"):
         pickle.dumps(store)
+
+
+def test_credentials_from_the_environment_are_scrubbed(s3_server, log_records, monkeypatch):
+    """AWS_* variables are the documented way to give credentials: the store learns them as
+    secrets, so request logs (the access key id is in every signed request) and stored error
+    messages never show them."""
+    env = {"AWS_ACCESS_KEY_ID": "AKIAENVPLANTED0001", "AWS_SECRET_ACCESS_KEY": "env-planted-secret-0001",
+           "AWS_SESSION_TOKEN": "env-planted-session-token-0001"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = Store(f"s3://{s3_server['bucket']}/redaction-env",
+                  {"client_kwargs": s3_server["storage_options"]["client_kwargs"]})  # no credentials here
+    bad = make_receipt(store, "camp", "s1", "v1", status="failed",
+                       error_message=f"denied for {env['AWS_ACCESS_KEY_ID']} with {env['AWS_SESSION_TOKEN']}")
+    stored = store.write_receipt(bad)
+    store.index.commit([stored])
+    assert len(log_records) > 20, "expected request logs to check"
+    texts = [r.getMessage() for r in log_records] + [stored["error_message"]]
+    leaks = {value for text in texts for value in env.values() if value in text}
+    assert not leaks, leaks
+
+
+def test_public_options_filter_nested_options_too():
+    from catalog import public_options
+
+    opts = {"key": "AKIA1234567", "anon": False,
+            "client_kwargs": {"endpoint_url": "http://user:pw@minio:9000", "region_name": "eu-west-1",
+                              "aws_access_key_id": "AKIA-nested", "aws_secret_access_key": "nested-secret",
+                              "aws_session_token": "nested-token"},
+            "config_kwargs": {"retries": {"max_attempts": 1}, "signature_version": "s3v4"},
+            "s3_additional_kwargs": {"SSECustomerKey": "customer-key-bytes"}}
+    assert public_options(opts) == {
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "signature_version": "s3v4"},
+        "s3_additional_kwargs": {},
+    }

@@ -3,14 +3,13 @@ import threading
 import pytest
 
 from catalog import VersionNotFound, InvalidId
-from catalog_testlib import make_receipt
+from catalog_testlib import make_receipt, version_entry
 
 SHOTS = ["s1", "s2", "s3"]
 
 
 def _entries(receipts):
-    return [{k: r[k] for k in ("shot_id", "variant", "render_key", "status", "blob_uri", "sha256", "bytes")}
-            for r in receipts]
+    return [version_entry(r) for r in receipts]
 
 
 def test_three_versions_old_one_keeps_its_files(store):
@@ -30,6 +29,7 @@ def test_three_versions_old_one_keeps_its_files(store):
     assert infos[0].code_version == "git-1" and infos[2].model_fingerprint == "fp-2" and infos[1].run_id == "run-2"
     assert store.versions.latest("camp") == 3
     assert store.versions.read("camp")["version"] == 3
+    assert store.versions.read("camp", 2)["uri"] == store.version_uri("camp", 2)
 
     first = store.versions.read("camp", 1)
     assert first["manifest_sha256"] == manifest_sha and first["index_version"] is not None
@@ -55,11 +55,12 @@ def test_missing_versions_and_bad_entries(store):
         store.versions.publish("camp", _entries([r, r]))
     with pytest.raises(InvalidId, match="blob_uri"):
         store.versions.publish("camp", [{**_entries([r])[0], "blob_uri": "s3://other/x"}])
+    with pytest.raises(InvalidId, match="contact_sheet_uri"):
+        store.versions.publish("camp", _entries([r]), contact_sheet_uri="/tmp/sheet.jpg")
     with pytest.raises(VersionNotFound):
         store.versions.read("camp", 1)
     failed = make_receipt(store, "camp", "s2", "v1", status="failed")
-    entry = {k: failed[k] for k in ("shot_id", "variant", "render_key", "status", "error_class")}
-    assert store.versions.publish("camp", [entry]) == 1
+    assert store.versions.publish("camp", [version_entry(failed)]) == 1
     assert store.versions.list("camp")[0].failed == 1
 
 
@@ -99,3 +100,31 @@ def test_memory_store_index_and_versions():
     assert set(Store(store.url).index.existing([r["render_key"]])) == {r["render_key"]}
     assert store.versions.publish("camp", _entries([r])) == 1
     assert Store(store.url).versions.read("camp")["entries"][0]["blob_uri"] == r["blob_uri"]
+
+
+def test_a_publish_whose_answer_was_lost_is_not_published_twice(store, monkeypatch):
+    """The create of version 1 reached the store but its answer was lost; the retried create
+    finds the object there. That is our own version 1, not a reason to publish a version 2."""
+    r = make_receipt(store, "camp", "s1", "v1")
+    create = store.root.write_if_absent
+
+    def answer_lost(key, data):
+        create(key, data)
+        return False
+
+    monkeypatch.setattr(store.root, "write_if_absent", answer_lost)
+    assert store.versions.publish("camp", _entries([r])) == 1
+    assert store.versions.numbers("camp") == [1]
+
+
+def test_version_entries_say_what_was_asked_for_and_what_was_delivered(store):
+    degraded = make_receipt(store, "camp", "s1", "v1", status="degraded", resolution="1080p",
+                            rendered_resolution="540p", fallback="lower_sr")
+    store.versions.publish("camp", _entries([degraded, make_receipt(store, "camp", "s2", "v1")]))
+    [info] = store.versions.list("camp")
+    assert (info.ok, info.degraded, info.failed) == (1, 1, 0)
+    entry = store.versions.read("camp")["entries"][0]
+    assert (entry["status"], entry["resolution"], entry["rendered_resolution"], entry["fallback"]) == \
+        ("degraded", "1080p", "540p", "lower_sr")
+    with pytest.raises(InvalidId, match="blob_uri"):
+        store.versions.publish("camp", [{**version_entry(degraded), "blob_uri": None}])
