@@ -16,7 +16,7 @@ from rich.table import Table
 
 from catalog import Store
 from flows.manifest import build_manifest
-from flows.settings import CONFIG_DIR
+from configs import CONFIG_DIR
 
 BRIEF = CONFIG_DIR / "campaigns" / "aurora-tea-launch.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
