@@ -209,8 +209,7 @@ def plan(
     """Dry run: the jobs, which are already rendered, and a GPU-time quote for the rest."""
     from catalog import Store
     from flows.manifest import ManifestError, read_manifest
-    from flows.jobs import model_info
-    from flows.plan import make_plan, quote_gpu_seconds
+    from flows.plan import make_plan, model_info, quote_gpu_seconds
 
     settings = settings_from(config, store, model, None, as_json)
 
@@ -258,7 +257,7 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.manifest import ManifestError
-    from flows.nightly import set_progress_listener
+    from flows.progress import progress_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=as_json)
@@ -268,12 +267,8 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
         progress.update(bar, total=totals.planned, completed=totals.done,
                         description=f"{total_hint}: {totals.rendered} rendered, {totals.cached} cached, {totals.failed} failed")
 
-    set_progress_listener(listener)
-    try:
-        with progress:
-            state = run()
-    finally:
-        set_progress_listener(None)
+    with progress, progress_listener(listener):
+        state = run()
     if state.is_completed():
         document = state.result()
         code = EXIT_FAILED if document["failed"] or document["row_errors"] else EXIT_OK

@@ -6,6 +6,7 @@ that changes pixels or sound, so the same key means the same clip: reruns and ba
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any, Iterable
 
 from catalog import Store, render_key
 from catalog.ids import validate_id
+from catalog.receipts import parse_receipt, receipt_key
 from flows.manifest import Shot
+from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 
 # Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
@@ -73,7 +76,8 @@ class PlannedJob:
 @dataclass
 class Plan:
     jobs: list[PlannedJob]
-    cached: dict[str, dict]  # render_key -> index row of a finished render
+    cached: dict[str, dict]  # render_key -> index row (or receipt) of a finished render
+    model_fingerprint: str
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -190,6 +194,28 @@ class ModelInfo:
         return self.sizes(resolution, aspect_ratio)
 
 
+def model_info(settings: HorseSettings) -> ModelInfo:
+    """Fingerprint and output sizes of the configured model, without loading a checkpoint's
+    weights (file digests are cached per machine, so this is cheap after the first time)."""
+    from model import HappyHorsePipeline
+
+    resolved = settings.resolved_model()
+    if resolved.checkpoint_dir is None:
+        fingerprint, sizes = _tiny_description()
+    else:
+        described = HappyHorsePipeline.describe(resolved.checkpoint_dir)
+        fingerprint, sizes = described["fingerprint"], described["size_for"]
+    return ModelInfo(fingerprint, resolved.profile, sizes)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_description():
+    from model import HappyHorsePipeline
+
+    pipe = HappyHorsePipeline.tiny()
+    return pipe.fingerprint, pipe.size_for
+
+
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(), input_roots: list[str] | None = None) -> Plan:
     """Expand every shot, then ask the catalog once which render keys already exist."""
     jobs: list[PlannedJob] = []
@@ -204,7 +230,22 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
     jobs.sort(key=lambda job: -job.priority)
     cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
-    return Plan(jobs=jobs, cached=cached, errors=errors)
+    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
+
+
+def recover_unindexed(store: Store, todo: list[PlannedJob], run_id: str) -> dict[str, dict]:
+    """Receipts written by an interrupted run whose index commit never happened: commit them now
+    so they count as rendered. One listing of receipts/, then reads only for the matches."""
+    if not todo:
+        return {}
+    present = set(store.root.list_files("receipts"))
+    wanted = [key for key in (receipt_key(job.render_key) for job in todo) if key in present]
+    if not wanted:
+        return {}
+    # Only successful renders have receipts under these keys (failures are `.failed.json`).
+    receipts = [parse_receipt(data) for data in store.root.read_many(wanted).values()]
+    store.index.commit(receipts, run_id=run_id, metadata={"operation_reason": "recover-interrupted-run"})
+    return {r["render_key"]: r for r in receipts}
 
 
 def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:

@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from catalog import Store
 from flows.manifest import write_manifest
 from flows.nightly import backfill_variants, nightly_campaign_render
+from flows.progress import progress_listener
 
 from .conftest import shot
 
@@ -47,10 +48,15 @@ def artifacts_of(flow_run_id) -> dict[str, object]:
 def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
     manifest = write_manifest([shot("s100", "A cyclist stops at a red light and waves.", aspect_ratios=["16:9"])], tmp_path / "m.parquet")
     config = settings_file(tmp_path)
-    first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
+    done_counts = []
+    with progress_listener(lambda totals: done_counts.append(totals.done)):
+        first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
     assert first["rendered"] == 2 and first["versions"] == {"spring-launch": 1}
+    assert done_counts[0] == 0 and 1 in done_counts and done_counts[-1] == 2, "the listener in scope sees each shot finish"
 
+    heard = len(done_counts)
     state = backfill_variants("spring-launch", languages=["ja"], store_url=tmp_store, config_file=config, return_state=True)
+    assert len(done_counts) == heard, "a run outside the block has no listener"
     result = state.result()
     assert result["rendered"] == 1 and result["cached"] == 0
     version = Store(tmp_store).versions.read("spring-launch", 2)

@@ -121,7 +121,7 @@ def test_reference_audio_becomes_planar_float_audio(tmp_path, tmp_store):
     import av
     import numpy as np
 
-    from flows.jobs import to_render_job
+    from flows.render_stream import to_render_job
 
     wav = tmp_path / "refs" / "voice.wav"
     wav.parent.mkdir()

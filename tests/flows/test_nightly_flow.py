@@ -7,11 +7,6 @@ import pytest
 
 from catalog import Store
 from flows.manifest import write_manifest
-from flows.nightly import nightly_campaign_render
-
-
-def run_nightly(manifest, settings):
-    return nightly_campaign_render.with_options(validate_parameters=False).fn  # placeholder replaced below
 
 
 def render(manifest, settings):

@@ -8,7 +8,7 @@ import pytest
 import s3fs
 
 from catalog import Store, public_options
-from flows.jobs import pool_config
+from flows.render_stream import pool_config
 from flows.manifest import write_manifest
 from flows.nightly import nightly_campaign_render
 from flows.settings import load_settings
