@@ -67,7 +67,7 @@ def _logger():
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
-    manifest = read_manifest(manifest_uri, settings.storage_options or None)
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -79,7 +79,7 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
 @task(name="plan-variants", cache_policy=NO_CACHE)
 def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters, settings.render.input_roots)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters)
     if force:
         plan.cached = {}
     else:

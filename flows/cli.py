@@ -155,7 +155,7 @@ def manifest_validate(file: Annotated[str, typer.Argument(help="Parquet manifest
 
     def body() -> int:
         try:
-            manifest = read_manifest(file, settings.storage_options or None)
+            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots)
         except ManifestError as exc:
             fail(str(exc), as_json)
         if as_json:
@@ -175,13 +175,17 @@ def manifest_build(
     brief: Annotated[Path, typer.Argument(help="CSV or YAML brief", exists=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Parquet file to write")],
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Convert a CSV/YAML brief into a Parquet manifest (valid rows only; problems are listed)."""
-    from flows.manifest import ManifestError, build_manifest
+    from flows.briefs import build_manifest
+    from flows.manifest import ManifestError
+
+    settings = settings_from(config, None, None, None, as_json)
 
     def body() -> int:
         try:
-            manifest, path = build_manifest(brief, output)
+            manifest, path = build_manifest(brief, output, settings.render.input_roots)
         except (ManifestError, OSError) as exc:
             fail(f"{exc}", as_json)
         if as_json:
@@ -215,11 +219,11 @@ def plan(
 
     def body() -> int:
         try:
-            parsed = read_manifest(manifest, settings.storage_options or None)
+            parsed = read_manifest(manifest, settings.storage_options or None, settings.render.input_roots)
         except ManifestError as exc:
             fail(str(exc), as_json)
         catalog = Store(settings.store_url, settings.storage_options)
-        result = make_plan(parsed.shots, model_info(settings), catalog, input_roots=settings.render.input_roots)
+        result = make_plan(parsed.shots, model_info(settings), catalog)
         gpu_seconds, basis = quote_gpu_seconds(result, catalog, settings.render.gpu_seconds_per_clip_second)
         jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
                  "height": job.height, "cached": job.render_key in result.cached} for job in result.jobs]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import Store
-from flows.manifest import build_manifest
+from flows.briefs import build_manifest
 from configs import CONFIG_DIR
 
 BRIEF = CONFIG_DIR / "campaigns" / "aurora-tea-launch.yaml"

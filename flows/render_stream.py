@@ -59,8 +59,9 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
         "horse_variant": job.variant,
         "horse_seed": str(job.seed),
         "horse_model_fingerprint": model_fingerprint,
-        "language": job.language,
     }
+    if job.language:
+        metadata["language"] = job.language
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
 
 

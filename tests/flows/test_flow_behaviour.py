@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 from catalog import Store
 from flows.manifest import write_manifest
@@ -43,6 +44,20 @@ def artifacts_of(flow_run_id) -> dict[str, object]:
             return await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
     return {a.type: a for a in asyncio.run(read())}
+
+
+def log_messages(flow_run_id, containing: str) -> list[str]:
+    """The run's log lines that contain `containing` (logs reach the API in batches: wait a little)."""
+    async def read():
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = [log.message for log in asyncio.run(read()) if containing in log.message]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
@@ -77,6 +92,9 @@ def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray
     summary = artifacts["markdown"].data
     assert "spring-launch: version 2" in summary and "| 1 | 0 | 1 | 0 | 0 | 0 |" in summary
     assert "data:image/jpeg;base64," in summary, "the contact sheet is inlined in the summary"
+
+    [ready] = log_messages(state.state_details.flow_run_id, "render pool ready")
+    assert re.fullmatch(r"render pool ready in [\d.]+s: 2 actors on cpu, model loaded in [\d.]+s \(slowest actor\)", ready), ready
 
 
 def horse_cli(*args, timeout=600) -> subprocess.CompletedProcess:
