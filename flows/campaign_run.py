@@ -182,8 +182,8 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     try:
         outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress)
         progress.update(totals, force=True)
-        result = RunResult(run_id, {}, totals, row_errors)
-        result.failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
+        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
+        result = RunResult(run_id, {}, totals, row_errors, failures)
         summaries = {}
         for campaign_id, entries in version_entries(plan, outcomes).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
@@ -202,11 +202,11 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
                            error_message=f"{type(exc).__name__}: {exc}")
         raise
 
-    rendered = len(plan.todo)
-    failed_fraction = totals.failed / max(rendered, 1)
+    attempted = len(plan.todo)
+    failed_fraction = totals.failed / max(attempted, 1)
     if totals.failed and failed_fraction > settings.render.failure_threshold:
         raise RunFailed(
-            f"{totals.failed} of {rendered} shots failed ({failed_fraction:.0%} > threshold "
+            f"{totals.failed} of {attempted} shots failed ({failed_fraction:.0%} > threshold "
             f"{settings.render.failure_threshold:.0%}); version(s) {result.campaigns} published with them marked failed"
         )
     return result

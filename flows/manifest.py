@@ -1,10 +1,11 @@
 """Campaign manifests: the Parquet schema of DESIGN.md §6, validated row by row.
 
 A manifest is one row per shot. Bad rows never stop good ones: each problem becomes a
-`RowError` (row number, column, reason) and the row is skipped. This is the one validator: what
-`horse manifest validate` accepts, planning and rendering accept too; that includes reference
-files, which must exist under the configured input roots (`render.input_roots`). Only a file that cannot be read
+`RowError` (row number, column, reason) and the row is skipped. Only a file that cannot be read
 at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
+
+This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
+too, reference files included (they must exist under the configured `render.input_roots`).
 CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 """
 

@@ -93,6 +93,12 @@ def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray
     assert "spring-launch: version 2" in summary and "| 1 | 0 | 1 | 0 | 0 | 0 |" in summary
     assert "data:image/jpeg;base64," in summary, "the contact sheet is inlined in the summary"
 
+    async def task_run_names():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return sorted(run.name.rsplit("-", 1)[0] for run in runs)
+
+    assert asyncio.run(task_run_names()) == ["index-chunk-1", "plan-variants", "publish-version", "read-manifest", "report-run"]
     [ready] = log_messages(state.state_details.flow_run_id, "render pool ready")
     assert re.fullmatch(r"render pool ready in [\d.]+s: 2 actors on cpu, model loaded in [\d.]+s \(slowest actor\)", ready), ready
 
