@@ -155,7 +155,7 @@ def manifest_validate(file: Annotated[str, typer.Argument(help="Parquet manifest
 
     def body() -> int:
         try:
-            manifest = read_manifest(file, settings.storage_options or None)
+            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots)
         except ManifestError as exc:
             fail(str(exc), as_json)
         if as_json:
@@ -175,13 +175,17 @@ def manifest_build(
     brief: Annotated[Path, typer.Argument(help="CSV or YAML brief", exists=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Parquet file to write")],
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Convert a CSV/YAML brief into a Parquet manifest (valid rows only; problems are listed)."""
-    from flows.manifest import ManifestError, build_manifest
+    from flows.briefs import build_manifest
+    from flows.manifest import ManifestError
+
+    settings = settings_from(config, None, None, None, as_json)
 
     def body() -> int:
         try:
-            manifest, path = build_manifest(brief, output)
+            manifest, path = build_manifest(brief, output, settings.render.input_roots)
         except (ManifestError, OSError) as exc:
             fail(f"{exc}", as_json)
         if as_json:
@@ -209,18 +213,17 @@ def plan(
     """Dry run: the jobs, which are already rendered, and a GPU-time quote for the rest."""
     from catalog import Store
     from flows.manifest import ManifestError, read_manifest
-    from flows.jobs import model_info
-    from flows.plan import make_plan, quote_gpu_seconds
+    from flows.plan import make_plan, model_info, quote_gpu_seconds
 
     settings = settings_from(config, store, model, None, as_json)
 
     def body() -> int:
         try:
-            parsed = read_manifest(manifest, settings.storage_options or None)
+            parsed = read_manifest(manifest, settings.storage_options or None, settings.render.input_roots)
         except ManifestError as exc:
             fail(str(exc), as_json)
         catalog = Store(settings.store_url, settings.storage_options)
-        result = make_plan(parsed.shots, model_info(settings), catalog, input_roots=settings.render.input_roots)
+        result = make_plan(parsed.shots, model_info(settings), catalog)
         gpu_seconds, basis = quote_gpu_seconds(result, catalog, settings.render.gpu_seconds_per_clip_second)
         jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
                  "height": job.height, "cached": job.render_key in result.cached} for job in result.jobs]
@@ -258,7 +261,7 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.manifest import ManifestError
-    from flows.nightly import set_progress_listener
+    from flows.progress import progress_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, disable=as_json)
@@ -268,12 +271,8 @@ def _run_flow(run: Callable[[], Any], total_hint: str, as_json: bool) -> int:
         progress.update(bar, total=totals.planned, completed=totals.done,
                         description=f"{total_hint}: {totals.rendered} rendered, {totals.cached} cached, {totals.failed} failed")
 
-    set_progress_listener(listener)
-    try:
-        with progress:
-            state = run()
-    finally:
-        set_progress_listener(None)
+    with progress, progress_listener(listener):
+        state = run()
     if state.is_completed():
         document = state.result()
         code = EXIT_FAILED if document["failed"] or document["row_errors"] else EXIT_OK

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog import Store
-from flows.manifest import build_manifest
-from flows.settings import CONFIG_DIR
+from configs import CONFIG_DIR
+from flows.briefs import build_manifest
 
 BRIEF = CONFIG_DIR / "campaigns" / "aurora-tea-launch.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"

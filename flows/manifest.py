@@ -3,24 +3,24 @@
 A manifest is one row per shot. Bad rows never stop good ones: each problem becomes a
 `RowError` (row number, column, reason) and the row is skipped. Only a file that cannot be read
 at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
-CSV and YAML briefs convert to the same Parquet schema (`build_manifest`).
+
+This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
+too, reference files included (they must exist under the configured `render.input_roots`).
+CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from catalog.ids import InvalidId, validate_id
 from model.geometry import ASPECT_RATIOS, RESOLUTIONS
@@ -82,8 +82,22 @@ class DialogueLine(BaseModel):
         return normalize_language(value)
 
 
+def reference_path(uri: str, input_roots: Sequence[str]) -> str:
+    """The resolved local path of a reference file, which must exist under one of the input
+    roots (never ../ out of them)."""
+    path = Path(uri.removeprefix("file://")).resolve()
+    allowed = [Path(root).resolve() for root in input_roots]
+    if not any(path.is_relative_to(root) for root in allowed):
+        where = ", ".join(map(str, allowed)) or "none configured (render.input_roots)"
+        raise ValueError(f"{uri} is outside the allowed input roots ({where})")
+    if not path.is_file():
+        raise ValueError(f"{uri} does not exist")
+    return str(path)
+
+
 class Shot(BaseModel):
-    """One validated manifest row."""
+    """One validated manifest row. A shot without dialogue may have no languages: it then has no
+    language axis and renders once per aspect ratio and take (B-roll)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,14 +106,14 @@ class Shot(BaseModel):
     shot_id: str
     scene: str = Field(min_length=1, max_length=4000)
     dialogue: tuple[DialogueLine, ...] = ()
-    languages: tuple[str, ...]
+    languages: tuple[str, ...] = ()
     aspect_ratios: tuple[str, ...]
     resolution: str
     duration_s: float = Field(ge=MIN_DURATION_S, le=MAX_DURATION_S)
     takes: int = Field(ge=1, le=MAX_TAKES)
     seed: int = Field(ge=0, lt=2**31)
     background_sound: str | None = Field(None, max_length=1000)
-    reference_image_uri: str | None = None
+    reference_image_uri: str | None = None  # validated: a resolved path under the input roots
     reference_audio_uri: str | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
@@ -120,8 +134,6 @@ class Shot(BaseModel):
     @field_validator("languages")
     @classmethod
     def _languages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("needs at least one language")
         return _unique(normalize_language(code) for code in value)
 
     @field_validator("aspect_ratios")
@@ -141,9 +153,16 @@ class Shot(BaseModel):
             raise ValueError(f"unknown resolution {value!r}: expected one of {', '.join(RESOLUTIONS)}")
         return value
 
+    @field_validator("reference_image_uri", "reference_audio_uri")
+    @classmethod
+    def _under_input_roots(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else reference_path(value, (info.context or {}).get("input_roots", ()))
+
     @model_validator(mode="after")
     def _dialogue_covers_languages(self) -> "Shot":
         if self.dialogue:
+            if not self.languages:
+                raise ValueError("languages: needs at least one language for its dialogue lines")
             spoken = {line.language for line in self.dialogue}
             missing = [code for code in self.languages if code not in spoken]
             if missing:
@@ -186,8 +205,9 @@ def _reason(error: dict) -> str:
     return message
 
 
-def validate_rows(records: list[dict[str, Any]]) -> tuple[list[Shot], list[RowError]]:
-    """Validate manifest rows (dicts keyed by column) into Shots and per-row errors."""
+def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = ()) -> tuple[list[Shot], list[RowError]]:
+    """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
+    files are accepted only under `input_roots`."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -196,7 +216,7 @@ def validate_rows(records: list[dict[str, Any]]) -> tuple[list[Shot], list[RowEr
         extra = {k: v for k, v in record.items() if k not in KNOWN_COLUMNS}
         shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
         try:
-            shot = Shot(row=number, extra=extra, **known)
+            shot = Shot.model_validate({**known, "row": number, "extra": extra}, context={"input_roots": input_roots})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
@@ -229,12 +249,12 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
         raise ManifestError(f"manifest {uri}: cannot be read ({type(exc).__name__})") from None
 
 
-def read_manifest(uri: str, storage_options: dict | None = None) -> Manifest:
+def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = ()) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots)
 
 
-def parse_manifest(data: bytes, uri: str) -> Manifest:
+def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(io.BytesIO(data))
@@ -244,88 +264,8 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     records = table.to_pylist()
-    shots, errors = validate_rows(records)
+    shots, errors = validate_rows(records, input_roots)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
-
-
-# ---- briefs (CSV / YAML) -> Parquet ---------------------------------------------------------
-
-_LIST_COLUMNS = ("languages", "aspect_ratios", "tags")
-_INT_COLUMNS = ("takes", "seed", "priority")
-
-
-def _brief_records(path: Path) -> list[dict[str, Any]]:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(path.read_text())
-        shots = data.get("shots") if isinstance(data, dict) else data
-        if not isinstance(shots, list):
-            raise ManifestError(f"brief {path}: expected a list of shots (or a mapping with 'shots:')")
-        defaults = {k: v for k, v in data.items() if k != "shots"} if isinstance(data, dict) else {}
-        return [{**defaults, **shot} if isinstance(shot, dict) else {"_invalid": shot} for shot in shots]
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            return [_csv_record(row) for row in csv.DictReader(f)]
-    raise ManifestError(f"brief {path}: expected a .csv, .yaml or .yml file")
-
-
-def _csv_record(row: dict[str, str]) -> dict[str, Any]:
-    """CSV cells are text: lists are ';'- or ','-separated, dialogue is JSON, numbers are parsed."""
-    record: dict[str, Any] = {}
-    for key, value in row.items():
-        value = (value or "").strip()
-        if value == "":
-            continue
-        if key in _LIST_COLUMNS:
-            record[key] = [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
-        elif key == "dialogue":
-            try:
-                record[key] = json.loads(value)
-            except json.JSONDecodeError:
-                record[key] = value  # left for validation to report
-        else:
-            record[key] = value
-    return record
-
-
-def _coerce(record: dict[str, Any]) -> dict[str, Any]:
-    """Best-effort typing so that the Parquet columns have the schema's types; anything that
-    does not convert is kept as-is and reported by validation."""
-    out = dict(record)
-    for key in _INT_COLUMNS:
-        if isinstance(out.get(key), str):
-            try:
-                out[key] = int(out[key])
-            except ValueError:
-                pass
-    if isinstance(out.get("duration_s"), (str, int)):
-        try:
-            out["duration_s"] = float(out["duration_s"])
-        except ValueError:
-            pass
-    for key in _LIST_COLUMNS:
-        if isinstance(out.get(key), str):
-            out[key] = [out[key]]
-    return out
-
-
-def build_manifest(brief: Path, output: Path) -> tuple[Manifest, Path]:
-    """Convert a CSV/YAML brief to a Parquet manifest; only valid rows are written."""
-    records = [_coerce(r) for r in _brief_records(brief)]
-    shots, errors = validate_rows(records)
-    rows = [shot_to_record(shot) for shot in shots]
-    table = pa.Table.from_pylist(rows, schema=SCHEMA) if rows else SCHEMA.empty_table()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, output)
-    manifest = Manifest(uri=str(output), sha256=hashlib.sha256(output.read_bytes()).hexdigest(), shots=shots, errors=errors, rows=len(records))
-    return manifest, output
-
-
-def shot_to_record(shot: Shot) -> dict[str, Any]:
-    record = shot.model_dump(exclude={"row", "extra"})
-    record["dialogue"] = [line.model_dump() for line in shot.dialogue]
-    for key in ("languages", "aspect_ratios", "tags"):
-        record[key] = list(record[key])
-    return record
 
 
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:

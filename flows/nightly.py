@@ -1,10 +1,11 @@
 """The two flows the studio runs: `nightly_campaign_render` (a manifest, on a schedule) and
 `backfill_variants` (more languages, aspect ratios or takes of a published campaign). Both are
-thin: parameters carry URIs and options, never shot lists, and `render_campaign` does the work."""
+thin: parameters carry URIs and options, never shot lists, and `render_campaign` does the work.
+Progress reaches a caller in this process through `flows.progress.progress_listener`."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow
 
@@ -12,7 +13,6 @@ from catalog import Store
 from flows.campaign_run import RunResult, render_campaign
 from flows.manifest import ManifestError
 from flows.plan import Filters
-from flows.report import RunTotals
 from flows.settings import HorseSettings, load_settings
 
 
@@ -28,7 +28,7 @@ def nightly_campaign_render(
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
     publish the campaign's next version. Parameters carry URIs and options, never shot lists."""
     settings = flow_settings(config_file, store_url, model, ray_address)
-    return render_campaign(manifest_uri, settings, force=force, on_progress=_progress_listener).as_dict()
+    return render_campaign(manifest_uri, settings, force=force).as_dict()
 
 
 @flow(name="backfill-variants", log_prints=True)
@@ -48,21 +48,12 @@ def backfill_variants(
     manifest its latest version was made from; the new version keeps every earlier variant."""
     settings = flow_settings(config_file, store_url, model, ray_address)
     filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
-    return run_backfill(campaign_id, settings, filters, force, on_progress=_progress_listener).as_dict()
+    return run_backfill(campaign_id, settings, filters, force).as_dict()
 
 
 def flow_settings(config_file, store_url, model, ray_address) -> HorseSettings:
     return load_settings(config_file, store_url=store_url, model=model,
                          ray={"address": ray_address} if ray_address else None)
-
-
-# The CLI draws a progress bar from the flow's progress; a flow parameter cannot carry a callback.
-_progress_listener: Callable[[RunTotals], None] | None = None
-
-
-def set_progress_listener(listener: Callable[[RunTotals], None] | None) -> None:
-    global _progress_listener
-    _progress_listener = listener
 
 
 def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:
@@ -76,12 +67,11 @@ def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:
     )
 
 
-def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False,
-                 on_progress: Callable[[RunTotals], None] | None = None) -> RunResult:
+def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False) -> RunResult:
     store = Store(settings.store_url, settings.storage_options)
     latest = store.versions.latest(campaign_id)
     if latest is None:
         raise ManifestError(f"campaign {campaign_id!r} has no published version to backfill; render its manifest first")
     manifest_uri = store.versions.read(campaign_id, latest)["manifest_uri"]
-    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True, on_progress=on_progress)
+    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True)
 

@@ -1,6 +1,7 @@
 """Planning: shots → variants → render jobs with render keys, and what is already in the catalog.
 
-A variant is one (language, aspect ratio, take) of a shot. Its `render_key` hashes every input
+A variant is one (language, aspect ratio, take) of a shot; a shot without dialogue and without
+languages (B-roll) has no language axis: one variant per (aspect ratio, take). Its `render_key` hashes every input
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
 """
 
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
-from catalog import Store, render_key
+from catalog import Store, render_key, sha256_file
 from catalog.ids import validate_id
 from flows.manifest import Shot
+from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 
 # Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
@@ -23,7 +24,7 @@ FPS = 25
 
 
 class PlanError(ValueError):
-    """A shot that cannot be planned (e.g. a reference file outside the allowed roots)."""
+    """A shot that cannot be planned (e.g. a backfill language it has no dialogue lines for)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class PlannedJob:
     campaign_id: str
     shot_id: str
     variant: str
-    language: str
+    language: str | None  # None: a shot without dialogue, rendered once (no language axis)
     aspect_ratio: str
     take: int
     seed: int
@@ -73,7 +74,8 @@ class PlannedJob:
 @dataclass
 class Plan:
     jobs: list[PlannedJob]
-    cached: dict[str, dict]  # render_key -> index row of a finished render
+    cached: dict[str, dict]  # render_key -> index row (or receipt) of a finished render
+    model_fingerprint: str
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -85,8 +87,10 @@ class Plan:
         return sum(job.seconds for job in self.todo)
 
 
-def variant_id(language: str, aspect_ratio: str, take: int) -> str:
-    return validate_id(f"{language}-{aspect_ratio.replace(':', 'x')}-t{take}", "variant")
+def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
+    """`en-16x9-t1`; without a language axis just `16x9-t1`."""
+    axes = [language] if language else []
+    return validate_id("-".join([*axes, aspect_ratio.replace(":", "x"), f"t{take}"]), "variant")
 
 
 def take_seed(seed: int, take: int) -> int:
@@ -98,42 +102,25 @@ def take_seed(seed: int, take: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _reference_path(uri: str | None, roots: list[str], column: str) -> str | None:
-    """A reference file is only read from under a configured input root (never ../ out of it)."""
-    if uri is None:
-        return None
-    path = Path(uri.removeprefix("file://")).resolve()
-    allowed = [Path(root).resolve() for root in roots]
-    if not any(path.is_relative_to(root) for root in allowed):
-        where = ", ".join(map(str, allowed)) or "none configured (render.input_roots)"
-        raise PlanError(f"{column}: {uri} is outside the allowed input roots ({where})")
-    if not path.is_file():
-        raise PlanError(f"{column}: {uri} does not exist")
-    return str(path)
-
-
-def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(), input_roots: list[str] | None = None) -> list[PlannedJob]:
-    languages = filters.languages or shot.languages
+def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) -> list[PlannedJob]:
+    """Every variant of a validated shot (its reference files are already checked paths)."""
+    # A shot without languages has no language axis, so a backfill's languages leave it alone.
+    languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
     takes = filters.takes or shot.takes
     if shot.dialogue:
         missing = [code for code in languages if not shot.lines_for(code)]
         if missing:
             raise PlanError(f"languages: no dialogue lines for {', '.join(missing)}")
-    image = _reference_path(shot.reference_image_uri, input_roots or [], "reference_image_uri")
-    audio = _reference_path(shot.reference_audio_uri, input_roots or [], "reference_audio_uri")
-    refs = {"image_sha256": file_sha256(image) if image else None, "audio_sha256": file_sha256(audio) if audio else None}
+    image, audio = shot.reference_image_uri, shot.reference_audio_uri
+    try:
+        refs = {"image_sha256": sha256_file(image)[0] if image else None,
+                "audio_sha256": sha256_file(audio)[0] if audio else None}
+    except OSError as exc:  # validated at intake, gone since
+        raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
     jobs = []
     for language in languages:
-        lines = [line.model_dump() for line in shot.lines_for(language)]
+        lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
         for aspect in aspects:
             width, height = model.size_for(shot.resolution, aspect)
@@ -190,7 +177,20 @@ class ModelInfo:
         return self.sizes(resolution, aspect_ratio)
 
 
-def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(), input_roots: list[str] | None = None) -> Plan:
+def model_info(settings: HorseSettings) -> ModelInfo:
+    """Fingerprint and output sizes of the configured model, without torch or any weights (file
+    digests of a checkpoint are cached per machine, so this is cheap after the first time)."""
+    from model import describe_checkpoint, describe_tiny
+
+    resolved = settings.resolved_model()
+    if resolved.checkpoint_dir is None:
+        described = describe_tiny()
+    else:
+        described = describe_checkpoint(resolved.checkpoint_dir)
+    return ModelInfo(described.fingerprint, resolved.profile, described.size_for)
+
+
+def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters()) -> Plan:
     """Expand every shot, then ask the catalog once which render keys already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
@@ -198,13 +198,13 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, input_roots))
+            jobs.extend(expand_shot(shot, model, filters))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
     jobs.sort(key=lambda job: -job.priority)
     cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
-    return Plan(jobs=jobs, cached=cached, errors=errors)
+    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
 
 
 def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:

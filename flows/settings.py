@@ -1,8 +1,13 @@
 """One validated settings object for Horse.
 
-Sources, later ones winning: the pydantic defaults below, `configs/defaults.yaml`, the file named
-by `--config` or `HORSE_CONFIG`, then `HORSE_*` environment variables (nested keys with `__`,
-e.g. `HORSE_RAY__ADDRESS=auto`). Model presets (`configs/models/<name>.yaml`) resolve `model`.
+Sources, later ones winning: `configs/defaults.yaml`, the file named by `--config` or
+`HORSE_CONFIG`, `HORSE_*` environment variables (nested keys with `__`, e.g.
+`HORSE_RAY__ADDRESS=auto`), then command-line flags. Model presets (`configs/models/<name>.yaml`)
+resolve `model`.
+
+Every default lives in `configs/defaults.yaml`, the file users read and copy (its comments say
+what each key means); the models below only hold types, bounds and checks, so a field has no
+default here to drift from it.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from configs import CONFIG_DIR
+
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+PRESETS_DIR = CONFIG_DIR / "models"
 
 
 class ConfigError(ValueError):
@@ -30,30 +37,26 @@ class _Section(BaseModel):
 
 
 class RaySettings(_Section):
-    address: str | None = Field(
-        None, description="None: a private local cluster on 127.0.0.1; 'auto' or host:port: join one"
-    )
-    num_actors: int | None = Field(None, ge=1, description="render actors; None = one per GPU")
-    gpus_per_actor: float = Field(1.0, ge=0)
-    cpus_per_actor: float = Field(1.0, ge=0)
-    cpu_mode: bool = Field(False, description="render on CPU actors (tiny preset, laptops, CI)")
-    max_in_flight_per_actor: int = Field(2, ge=1, le=8)
-    job_deadline_s: float = Field(1800.0, gt=0)
-    max_retries: int = Field(2, ge=0)
+    address: str | None
+    num_actors: int | None = Field(ge=1)
+    gpus_per_actor: float = Field(ge=0)
+    cpus_per_actor: float = Field(ge=0)
+    cpu_mode: bool
+    max_in_flight_per_actor: int = Field(ge=1, le=8)
+    job_deadline_s: float = Field(gt=0)
+    max_retries: int = Field(ge=0)
 
 
 class PrefectSettings(_Section):
-    api_url: str | None = Field(None, description="None: the embedded (ephemeral) Prefect API")
-    work_pool: str = "horse-gpu"
-    concurrency_limit: int = Field(1, ge=1, description="flow runs at once per deployment")
+    api_url: str | None
+    work_pool: str
+    concurrency_limit: int = Field(ge=1)
 
 
 class ScheduleSettings(_Section):
-    cron: str = "30 1 * * *"
-    timezone: str = "Europe/Berlin"
-    manifest_uri: str | None = Field(
-        None, description="the manifest the nightly deployment renders (e.g. s3://briefs/nightly.parquet)"
-    )
+    cron: str
+    timezone: str
+    manifest_uri: str | None
 
     @field_validator("timezone")
     @classmethod
@@ -73,20 +76,14 @@ class ScheduleSettings(_Section):
 
 
 class RenderSettings(_Section):
-    chunk_size: int = Field(24, ge=1, le=1000, description="jobs per Prefect task run")
-    failure_threshold: float = Field(
-        0.0, ge=0, le=1, description="fraction of failed shots above which the run ends Failed"
-    )
-    gpu_seconds_per_clip_second: float = Field(
-        8.0, gt=0, description="GPU-time quote when the index has no past timings"
-    )
-    input_roots: list[str] = Field(
-        default_factory=list, description="reference images/audio may only come from under these"
-    )
+    chunk_size: int = Field(ge=1, le=1000)
+    failure_threshold: float = Field(ge=0, le=1)
+    gpu_seconds_per_clip_second: float = Field(gt=0)
+    input_roots: list[str]
 
 
 class ModelSettings(_Section):
-    """A resolved model: the tiny preset or a checkpoint folder."""
+    """A resolved model: a preset from configs/models, or a checkpoint folder with these defaults."""
 
     name: str = "tiny"
     checkpoint_dir: str | None = None
@@ -97,17 +94,15 @@ class ModelSettings(_Section):
 
 
 class HorseSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="HORSE_", env_nested_delimiter="__", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix="HORSE_", env_nested_delimiter="__", extra="forbid")
 
-    store_url: str = Field("./horse-store", description="catalog root: path, file://, s3://, gs://")
-    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
-    model: str = Field("tiny", description="preset name from configs/models or a checkpoint dir")
-    ray: RaySettings = Field(default_factory=RaySettings)
-    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
-    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
-    render: RenderSettings = Field(default_factory=RenderSettings)
+    store_url: str
+    storage_options: dict[str, Any] = Field(repr=False)
+    model: str
+    ray: RaySettings
+    prefect: PrefectSettings
+    schedule: ScheduleSettings
+    render: RenderSettings
 
     @classmethod
     def settings_customise_sources(
@@ -118,8 +113,8 @@ class HorseSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Explicit overrides (CLI flags) > HORSE_* environment > YAML files.
-        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_data.get()))
+        # Explicit overrides (CLI flags) > HORSE_* environment > YAML files (defaults, then --config).
+        return (init_settings, env_settings, _YamlFiles(settings_cls, [DEFAULTS_FILE, *_user_files.get()]))
 
     def __repr_args__(self):  # never show credentials, wherever the object is printed
         for name, value in super().__repr_args__():
@@ -127,37 +122,29 @@ class HorseSettings(BaseSettings):
 
     def resolved_model(self) -> ModelSettings:
         """Turn `model` (preset name or folder) into concrete loading settings."""
-        preset_file = CONFIG_DIR / "models" / f"{self.model}.yaml"
+        preset_file = PRESETS_DIR / f"{self.model}.yaml"
         if preset_file.is_file():
-            data = _read_yaml(preset_file)
             try:
-                return ModelSettings(name=self.model, **data)
+                return ModelSettings(name=self.model, **_read_yaml(preset_file))
             except ValidationError as exc:
                 raise ConfigError(_describe(exc, prefix=f"{preset_file.name}: ")) from None
-        if self.model == "tiny":
-            return ModelSettings()
         if Path(self.model).expanduser().is_dir():
             return ModelSettings(name=Path(self.model).name, checkpoint_dir=str(Path(self.model).expanduser()))
-        raise ConfigError(
-            f"model: {self.model!r} is neither a preset in {CONFIG_DIR / 'models'} nor a checkpoint folder"
-        )
+        raise ConfigError(f"model: {self.model!r} is neither a preset in {PRESETS_DIR} nor a checkpoint folder")
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """The merged YAML files, as the lowest-priority settings source."""
+class _YamlFiles(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, deep-merging the files in order, with our error messages."""
 
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
-        super().__init__(settings_cls)
-        self._data = data
+    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]):
+        super().__init__(settings_cls, yaml_file=files, deep_merge=True)
 
-    def get_field_value(self, field, field_name):  # unused: __call__ returns the whole mapping
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self._data
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        return _read_yaml(file_path)
 
 
-_yaml_data: ContextVar[dict[str, Any]] = ContextVar("horse_yaml_settings", default={})
+# The user's config file for one load_settings call (settings sources are chosen per class).
+_user_files: ContextVar[list[Path]] = ContextVar("horse_config_files", default=[])
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -170,16 +157,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> str:
@@ -199,17 +176,19 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Ho
     `overrides` are CLI flags (None values are ignored); nested keys use dicts.
     Raises ConfigError naming the key and the problem.
     """
-    data: dict[str, Any] = _read_yaml(DEFAULTS_FILE) if DEFAULTS_FILE.is_file() else {}
+    if not DEFAULTS_FILE.is_file():
+        raise ConfigError(f"{DEFAULTS_FILE} is missing: the installation is incomplete (reinstall horse)")
+    files = []
     config_file = config_file or os.environ.get("HORSE_CONFIG")
     if config_file:
         path = Path(config_file).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file {path}: no such file")
-        data = _deep_merge(data, _read_yaml(path))
-    token = _yaml_data.set(data)
+        files.append(path)
+    token = _user_files.set(files)
     try:
         return HorseSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     finally:
-        _yaml_data.reset(token)
+        _user_files.reset(token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 from catalog import Store
 from flows.manifest import write_manifest
 from flows.nightly import backfill_variants, nightly_campaign_render
+from flows.progress import progress_listener
 
 from .conftest import shot
 
@@ -44,13 +46,32 @@ def artifacts_of(flow_run_id) -> dict[str, object]:
     return {a.type: a for a in asyncio.run(read())}
 
 
+def log_messages(flow_run_id, containing: str) -> list[str]:
+    """The run's log lines that contain `containing` (logs reach the API in batches: wait a little)."""
+    async def read():
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = [log.message for log in asyncio.run(read()) if containing in log.message]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
     manifest = write_manifest([shot("s100", "A cyclist stops at a red light and waves.", aspect_ratios=["16:9"])], tmp_path / "m.parquet")
     config = settings_file(tmp_path)
-    first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
+    done_counts = []
+    with progress_listener(lambda totals: done_counts.append(totals.done)):
+        first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
     assert first["rendered"] == 2 and first["versions"] == {"spring-launch": 1}
+    assert done_counts[0] == 0 and 1 in done_counts and done_counts[-1] == 2, "the listener in scope sees each shot finish"
 
+    heard = len(done_counts)
     state = backfill_variants("spring-launch", languages=["ja"], store_url=tmp_store, config_file=config, return_state=True)
+    assert len(done_counts) == heard, "a run outside the block has no listener"
     result = state.result()
     assert result["rendered"] == 1 and result["cached"] == 0
     version = Store(tmp_store).versions.read("spring-launch", 2)
@@ -71,6 +92,15 @@ def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray
     summary = artifacts["markdown"].data
     assert "spring-launch: version 2" in summary and "| 1 | 0 | 1 | 0 | 0 | 0 |" in summary
     assert "data:image/jpeg;base64," in summary, "the contact sheet is inlined in the summary"
+
+    async def task_run_names():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return sorted(run.name.rsplit("-", 1)[0] for run in runs)
+
+    assert asyncio.run(task_run_names()) == ["index-chunk-1", "plan-variants", "publish-version", "read-manifest", "report-run"]
+    [ready] = log_messages(state.state_details.flow_run_id, "render pool ready")
+    assert re.fullmatch(r"render pool ready in [\d.]+s: 2 actors on cpu, model loaded in [\d.]+s \(slowest actor\)", ready), ready
 
 
 def horse_cli(*args, timeout=600) -> subprocess.CompletedProcess:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from catalog import Store
-from flows.manifest import ManifestError, build_manifest, read_manifest, write_manifest
+from flows.briefs import build_manifest
+from flows.manifest import ManifestError, read_manifest, write_manifest
 from flows.plan import Filters, ModelInfo, PlanError, expand_shot, make_plan, take_seed
 from media import contact_sheet
 
@@ -104,10 +105,57 @@ def test_reference_files_only_from_input_roots(tmp_path, tmp_store):
     outside = tmp_path / "elsewhere.png"
     Image.new("RGB", (8, 8)).save(outside)
     rows = [shot("s1", "A.", reference_image_uri=str(inside)), shot("s2", "B.", reference_image_uri=str(tmp_path / "refs" / ".." / "elsewhere.png"))]
-    manifest = read_manifest(str(write_manifest(rows, tmp_path / "m.parquet")))
-    plan = make_plan(manifest.shots, MODEL, Store(tmp_store), input_roots=[str(tmp_path / "refs")])
+    # Intake is the one validator of reference files: what it refuses never reaches the plan.
+    manifest = read_manifest(str(write_manifest(rows, tmp_path / "m.parquet")), input_roots=[str(tmp_path / "refs")])
+    plan = make_plan(manifest.shots, MODEL, Store(tmp_store))
     assert {j.shot_id for j in plan.jobs} == {"s1"} and plan.jobs[0].key_inputs["image_sha256"]
-    assert len(plan.errors) == 1 and "row 2 (shot s2), reference_image_uri:" in plan.errors[0] and "outside the allowed input roots" in plan.errors[0]
+    errors = [str(e) for e in manifest.errors]
+    assert len(errors) == 1 and "row 2 (shot s2), column reference_image_uri:" in errors[0] and "outside the allowed input roots" in errors[0]
+
+
+def horse_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_validate_refuses_what_plan_refuses(tmp_path, tmp_store):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (8, 8)).save(refs / "face.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    rows = [shot("s1", "A.", reference_image_uri=str(refs / "face.png")),
+            shot("s2", "B.", reference_image_uri=str(tmp_path / "outside.png")),
+            shot("s3", "C.", reference_audio_uri=str(refs / "missing.wav"))]
+    manifest = str(write_manifest(rows, tmp_path / "m.parquet"))
+    config = tmp_path / "horse.yaml"
+    config.write_text(f"render: {{input_roots: ['{refs}']}}\n")
+
+    validated = horse_cli("manifest", "validate", manifest, "--json", "--config", str(config))
+    document = json.loads(validated.stdout)
+    assert validated.returncode == 1 and document["valid"] == 1
+    assert [(e["row"], e["column"]) for e in document["errors"]] == [(2, "reference_image_uri"), (3, "reference_audio_uri")]
+    assert "outside the allowed input roots" in document["errors"][0]["reason"]
+    assert "does not exist" in document["errors"][1]["reason"]
+
+    planned = json.loads(horse_cli("plan", manifest, "--json", "--config", str(config), "--store", tmp_store).stdout)
+    assert {job["shot_id"] for job in planned["plan"]} == {"s1"}
+    assert planned["row_errors"] == [f"row {e['row']} (shot {e['shot_id']}), column {e['column']}: {e['reason']}"
+                                     for e in document["errors"]], "one validator: the same rows, the same reasons"
+
+
+def test_a_shot_without_dialogue_has_no_language_axis(tmp_path):
+    rows = [shot("b1", "Rain runs down a window.", dialogue=[], languages=[]),
+            shot("b2", "Steam rises from a cup.", dialogue=[], languages=None, aspect_ratios=["1:1"]),
+            shot("d1", "A woman speaks.", languages=[])]
+    manifest = read_manifest(str(write_manifest(rows, tmp_path / "m.parquet")))
+    assert [s.shot_id for s in manifest.shots] == ["b1", "b2"]
+    assert [str(e) for e in manifest.errors] == ["row 3 (shot d1), column languages: needs at least one language for its dialogue lines"]
+
+    jobs = expand_shot(manifest.shots[0], MODEL)
+    assert [(j.variant, j.language) for j in jobs] == [("16x9-t1", None), ("9x16-t1", None)]
+    assert all(j.key_inputs["language"] is None and "<No dialogue>" in j.prompt for j in jobs)
+    assert [j.variant for j in expand_shot(manifest.shots[1], MODEL)] == ["1x1-t1"]
+    backfill = expand_shot(manifest.shots[0], MODEL, Filters(languages=("ja",)))
+    assert [j.render_key for j in backfill] == [j.render_key for j in jobs], "a backfill's languages leave B-roll alone"
 
 
 def test_contact_sheet_is_a_grid_of_posters():
@@ -121,7 +169,7 @@ def test_reference_audio_becomes_planar_float_audio(tmp_path, tmp_store):
     import av
     import numpy as np
 
-    from flows.jobs import to_render_job
+    from flows.render_stream import to_render_job
 
     wav = tmp_path / "refs" / "voice.wav"
     wav.parent.mkdir()
@@ -134,8 +182,9 @@ def test_reference_audio_becomes_planar_float_audio(tmp_path, tmp_store):
             out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    manifest = read_manifest(str(write_manifest([shot("s1", "A.", reference_audio_uri=str(wav))], tmp_path / "m.parquet")))
-    plan = make_plan(manifest.shots, MODEL, Store(tmp_store), input_roots=[str(tmp_path / "refs")])
+    manifest = read_manifest(str(write_manifest([shot("s1", "A.", reference_audio_uri=str(wav))], tmp_path / "m.parquet")),
+                             input_roots=[str(tmp_path / "refs")])
+    plan = make_plan(manifest.shots, MODEL, Store(tmp_store))
     request = to_render_job(plan.jobs[0], MODEL.fingerprint).request
     assert request.audio.dtype == np.float32 and request.audio.shape == (2, 16000)
     assert request.audio_sample_rate == 16000 and 0.2 < float(np.abs(request.audio).max()) < 0.3

@@ -7,11 +7,8 @@ import pytest
 
 from catalog import Store
 from flows.manifest import write_manifest
-from flows.nightly import nightly_campaign_render
 
-
-def run_nightly(manifest, settings):
-    return nightly_campaign_render.with_options(validate_parameters=False).fn  # placeholder replaced below
+from .conftest import shot
 
 
 def render(manifest, settings):
@@ -51,3 +48,19 @@ def test_three_shots_two_languages_two_aspects(prefect_api, ray_cluster, manifes
     changed_path = write_manifest(changed, tmp_path / "spring-v2.parquet")
     third = render(changed_path, settings)
     assert third["rendered"] == 4 and third["cached"] == 8
+
+
+@pytest.mark.slow
+def test_a_shot_without_dialogue_renders_once_without_a_language(prefect_api, ray_cluster, settings, tmp_path):
+    manifest = write_manifest([shot("b010", "Rain runs down a window at dusk.", dialogue=[], languages=[], aspect_ratios=["1:1"])],
+                              tmp_path / "broll.parquet")
+    result = render(manifest, settings)
+    assert result["rendered"] == 1 and result["failed"] == 0 and not result["row_errors"]
+
+    store = Store(settings.store_url)
+    [entry] = store.versions.read("spring-launch", 1)["entries"]
+    assert (entry["variant"], entry["language"], entry["status"]) == ("1x1-t1", None, "ok")
+    assert store.read_receipt(entry["render_key"])["language"] is None
+    assert store.index.existing([entry["render_key"]])[entry["render_key"]]["language"] is None
+    with store.open_blob(entry["blob_uri"]) as f, av.open(f) as container:
+        assert container.metadata["horse_variant"] == "1x1-t1" and "language" not in container.metadata

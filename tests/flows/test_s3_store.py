@@ -14,7 +14,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
 from catalog import Store, public_options
-from flows.jobs import pool_config
+from flows.render_stream import pool_config
 from flows.manifest import write_manifest
 from flows.nightly import nightly_campaign_render
 from flows.settings import load_settings
@@ -76,9 +76,9 @@ def test_nightly_flow_on_s3(prefect_api, ray_cluster, s3_server, tmp_path, monke
     pool_configs = []
     start_pool = RenderPool.__init__
 
-    def record_config(self, config):
+    def record_config(self, config, *args, **kwargs):
         pool_configs.append(config)
-        start_pool(self, config)
+        start_pool(self, config, *args, **kwargs)
 
     monkeypatch.setattr(RenderPool, "__init__", record_config)
     records, root = _Records(), logging.getLogger()
@@ -106,7 +106,7 @@ def test_nightly_flow_on_s3(prefect_api, ray_cluster, s3_server, tmp_path, monke
         assert b"horse-test-secret" not in fs.cat(path), f"a credential leaked into {path}"
 
     [pool_config_used] = pool_configs
-    assert pool_config_used.storage_options == {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"], "region_name": "us-east-1"}}
+    assert pool_config_used.store.options == {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"], "region_name": "us-east-1"}}
     stored = {path: fs.cat(path) for path in fs.find(url)}  # receipts, versions, lineage, Delta logs and data
     assert any("_delta_log" in p for p in stored) and any("/receipts/" in p for p in stored)
     assert len(records.messages) > 100, "expected log records to check"

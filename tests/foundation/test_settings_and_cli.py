@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import re
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from flows.settings import ConfigError, load_settings
+from flows.settings import DEFAULTS_FILE, ConfigError, HorseSettings, load_settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_work_on_a_laptop():
@@ -17,6 +22,33 @@ def test_defaults_work_on_a_laptop():
     assert settings.model == "tiny"
     assert settings.ray.address is None
     assert settings.resolved_model().device == "cpu"
+
+
+def test_every_default_is_written_once_in_defaults_yaml():
+    """The settings models carry types and bounds only; a default added to a field would be a
+    second home for it, drifting from configs/defaults.yaml."""
+    sections = [HorseSettings] + [field.annotation for field in HorseSettings.model_fields.values()
+                                  if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields")]
+    with_default = [f"{model.__name__}.{name}" for model in sections for name, field in model.model_fields.items()
+                    if not field.is_required()]
+    assert with_default == [], "defaults belong in configs/defaults.yaml"
+
+
+def test_readme_configuration_table_shows_the_defaults():
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    table = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 6
+    for keys_cell, defaults_cell in rows:
+        keys = re.findall(r"`([^`]+)`", keys_cell)
+        shown = [part.strip().strip("`") for part in defaults_cell.split(",")]
+        assert len(keys) == len(shown), keys_cell
+        for key, text in zip(keys, shown):
+            value = defaults
+            for part in key.split("."):
+                value = value[part]
+            expected = "null" if value is None else str(value)
+            assert text == expected or (value is None and text == "one per GPU"), f"README says {key} = {text}, defaults.yaml {expected}"
 
 
 def test_yaml_then_env_then_flags(tmp_path, monkeypatch):

@@ -1,0 +1,94 @@
+"""Collecting renders into the catalog as they arrive: a receipt and a lineage event per shot
+variant (the receipt is the durable mark that the render exists: a rerun that finds it, indexed
+or not, skips the shot), then one index commit per chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from catalog import Store
+from flows.plan import PlannedJob
+from horse_actors import RenderOutcome
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What every record of one run carries: its id, the job it runs as, its inputs."""
+
+    run_id: str
+    job_name: str  # the flow's name, or render_campaign outside a flow
+    model_fingerprint: str
+    lineage_inputs: tuple[dict, ...]  # the manifest blob and the model, with their versions
+    campaigns: tuple[str, ...]
+
+    @property
+    def lineage_tags(self) -> dict[str, str]:
+        return {"campaigns": ",".join(self.campaigns), "model_fingerprint": self.model_fingerprint}
+
+
+def delivered(job: PlannedJob, outcome: RenderOutcome) -> dict[str, Any]:
+    """What the record says of a finished render: `ok` only when it honoured every input of its
+    render key; a clip the OOM ladder rendered at a lower tier is `degraded`, with what was asked
+    for and what was delivered, so it is never cached under the requested key."""
+    status = outcome.status if outcome.status in ("ok", "degraded") else "failed"
+    return {"status": status, "resolution": job.resolution, "rendered_resolution": outcome.rendered_resolution,
+            "fallback": "+".join(outcome.fallback) or None}
+
+
+def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict[str, Any]:
+    return {
+        **job.entry(),
+        **delivered(job, outcome),
+        "blob_uri": outcome.blob_uri,
+        "sha256": outcome.sha256,
+        "bytes": outcome.bytes,
+        "poster_uri": outcome.poster_uri,
+        "error_class": outcome.error_class,
+        "error_message": outcome.error_message,
+        "model_fingerprint": run.model_fingerprint,
+        "timings": outcome.timings,
+        "gpu_seconds": outcome.duration_s,  # actor wall time: what the shot cost in GPU time
+        "duration_s": job.seconds,  # clip length, for GPU-seconds-per-clip-second quotes
+        "actor_id": outcome.actor_id,
+        "node_id": outcome.node_id,
+        "attempt": outcome.attempt,
+        "width": outcome.width,
+        "height": outcome.height,
+        "frames": outcome.frames,
+        "run_id": run.run_id,
+    }
+
+
+def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: RenderOutcome) -> dict | None:
+    """Receipt and lineage event of one finished render; None for a cancelled one (nothing to
+    record: it is simply still missing)."""
+    if outcome.status == "cancelled":
+        return None
+    receipt = store.write_receipt(receipt_for(job, outcome, run))
+    # One OpenLineage run per shot variant, parented to the flow run: inputs (manifest, model) to
+    # output (the clip and its content hash), with where and how it rendered.
+    stored = outcome.blob_uri is not None
+    event = store.lineage.complete if stored else store.lineage.fail
+    event(
+        job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
+        inputs=list(run.lineage_inputs),
+        outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
+        runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
+                 "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings},
+        tags={"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key,
+              **{k: v for k, v in delivered(job, outcome).items() if v is not None}},
+        error_message=None if stored else f"{outcome.error_class}: {outcome.error_message}",
+    )
+    return receipt
+
+
+def describe(job: PlannedJob, outcome: RenderOutcome) -> str:
+    """One log line per finished shot."""
+    if outcome.ok:
+        return (f"rendered {job.campaign_id}/{job.shot_id} {job.variant} in {outcome.duration_s or 0:.1f}s "
+                f"(attempt {outcome.attempt}) -> {outcome.blob_uri}")
+    if outcome.status == "degraded":
+        return (f"degraded {job.campaign_id}/{job.shot_id} {job.variant}: rendered at {outcome.rendered_resolution} "
+                f"instead of {job.resolution} (fallback {'+'.join(outcome.fallback)}) -> {outcome.blob_uri}")
+    return f"{outcome.status} {job.campaign_id}/{job.shot_id} {job.variant}: {outcome.error_class}: {outcome.error_message}"

@@ -1,0 +1,117 @@
+"""A run's progress: its running totals, the progress artifact in the Prefect UI, and whoever else
+listens in this process (the CLI's progress bar).
+
+A flow parameter cannot carry a callback, so a listener is scoped to a block of code instead:
+
+    with progress_listener(bar_update):
+        nightly_campaign_render(manifest_uri)   # runs in this thread, so it sees the listener
+
+A sync flow (and each task it calls directly) runs in the calling thread, inside a copy of its
+context, so the ContextVar below reaches it; another thread or process never sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from horse_actors import RenderOutcome
+
+STAGES = ("queue", "text_encode", "denoise", "sr", "decode", "encode", "upload")
+
+Listener = Callable[["RunTotals"], None]
+_listener: ContextVar[Listener | None] = ContextVar("horse_progress_listener", default=None)
+
+
+@contextmanager
+def progress_listener(listener: Listener) -> Iterator[None]:
+    """Call `listener(totals)` as every run started in this block makes progress."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+@dataclass
+class RunTotals:
+    planned: int = 0
+    cached: int = 0
+    rendered: int = 0
+    degraded: int = 0  # rendered, but not as requested (an OOM fallback): not cached, counted against the run
+    failed: int = 0
+    cancelled: int = 0
+    invalid_rows: int = 0
+    gpu_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+
+    def add(self, outcome: RenderOutcome) -> None:
+        if outcome.ok:
+            self.rendered += 1
+        elif outcome.status == "degraded":
+            self.degraded += 1
+        elif outcome.status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        self.gpu_seconds += outcome.duration_s or 0.0
+        for stage, seconds in (outcome.timings or {}).items():
+            if stage in self.stage_seconds:
+                self.stage_seconds[stage] += seconds
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.rendered + self.degraded + self.failed + self.cancelled
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "cached": self.cached,
+            "rendered": self.rendered,
+            "degraded": self.degraded,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "invalid_rows": self.invalid_rows,
+            "gpu_seconds": round(self.gpu_seconds, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+class Progress:
+    """Shows a run's totals: to the listener in scope at every update, and as a Prefect progress
+    artifact (only inside a flow run; throttled, so a 10k-shot night does not flood the API)."""
+
+    def __init__(self, artifact_key: str | None, description: str, min_interval_s: float = 2.0):
+        self.listener = _listener.get()
+        self.artifact_key = artifact_key
+        self.description = description
+        self.min_interval_s = min_interval_s
+        self._artifact_id = None
+        self._last = 0.0
+
+    def start(self, totals: RunTotals) -> None:
+        if self.artifact_key:
+            from prefect.artifacts import create_progress_artifact
+
+            self._artifact_id = create_progress_artifact(progress=_percent(totals), key=self.artifact_key,
+                                                         description=self.description)
+        if self.listener:
+            self.listener(totals)
+
+    def update(self, totals: RunTotals, force: bool = False) -> None:
+        if self.listener:
+            self.listener(totals)
+        now = time.monotonic()
+        if self._artifact_id is None or (not force and now - self._last < self.min_interval_s):
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self._artifact_id, _percent(totals))
+        self._last = now
+
+
+def _percent(totals: RunTotals) -> float:
+    return round(100.0 * totals.done / max(totals.planned, 1), 1)

@@ -1,0 +1,83 @@
+"""Publishing a run: every planned variant of a campaign, with its file or its failure, becomes the
+campaign's next immutable version, with a contact sheet of its posters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version as package_version
+
+from catalog import Store
+from flows.collect import delivered
+from flows.plan import Plan, PlannedJob
+from horse_actors import RenderOutcome
+from media import contact_sheet
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    campaign_id: str
+    number: int
+    uri: str
+    contact_sheet_uri: str | None = None
+    contact_sheet: bytes | None = None  # the JPEG itself, inlined in the run summary
+
+
+def code_version() -> str:
+    try:
+        return f"horse {package_version('horse')}"
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "horse (source)"
+
+
+def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict[str, list[dict]]:
+    """Version entries per campaign: every planned variant with its file or its failure."""
+    per_campaign: dict[str, list[dict]] = {}
+    for job in plan.jobs:
+        entry = job.entry()
+        cached = plan.cached.get(job.render_key)
+        if cached is not None:
+            entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri")}
+        elif job.render_key in outcomes:
+            outcome = outcomes[job.render_key][1]
+            entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
+                      "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
+                      "error_message": outcome.error_message}
+        else:  # the run was cancelled before this variant was rendered
+            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
+        per_campaign.setdefault(job.campaign_id, []).append(entry)
+    return per_campaign
+
+
+def merge_with_previous(store: Store, campaign_id: str, entries: list[dict]) -> list[dict]:
+    """A backfill adds variants: the new version keeps every variant of the previous one."""
+    latest = store.versions.latest(campaign_id)
+    if latest is None:
+        return entries
+    previous = store.versions.read(campaign_id, latest)["entries"]
+    merged = {(e["shot_id"], e["variant"]): e for e in previous}
+    merged.update({(e["shot_id"], e["variant"]): e for e in entries})
+    return list(merged.values())
+
+
+def publish_contact_sheet(store: Store, entries: list[dict]) -> tuple[str | None, bytes | None]:
+    posters = []
+    for entry in entries[:48]:
+        if entry.get("status") == "ok" and entry.get("poster_uri"):
+            with store.open_blob(entry["poster_uri"]) as f:
+                posters.append((f"{entry['shot_id']}\n{entry['variant']}", f.read()))
+    if not posters:
+        return None, None
+    jpeg = contact_sheet(posters)
+    return store.put_blob(jpeg, ext="jpg").uri, jpeg
+
+
+def publish_version(store: Store, campaign_id: str, entries: list[dict], *, manifest_uri: str, manifest_sha256: str,
+                    model_fingerprint: str, run_id: str, merge_previous: bool) -> PublishedVersion:
+    if merge_previous:
+        entries = merge_with_previous(store, campaign_id, entries)
+    sheet_uri, sheet = publish_contact_sheet(store, entries)  # first, so the version can name it
+    number = store.versions.publish(
+        campaign_id, entries, manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,
+        model_fingerprint=model_fingerprint, code_version=code_version(), run_id=run_id, contact_sheet_uri=sheet_uri,
+    )
+    return PublishedVersion(campaign_id, number, store.version_uri(campaign_id, number), sheet_uri, sheet)

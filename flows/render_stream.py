@@ -1,0 +1,151 @@
+"""The render stage of a run: settings become a RenderPool, planned variants become render jobs,
+and the pool renders them all as one continuous stream whose outcomes the flow takes as they
+arrive."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+from catalog import public_options
+from flows.plan import PlannedJob
+from flows.settings import HorseSettings
+from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
+from media import load_audio, load_image
+
+
+def pool_config(settings: HorseSettings) -> PoolConfig:
+    resolved = settings.resolved_model()
+    ray = settings.ray
+    return PoolConfig(
+        model=ModelSpec(
+            name=resolved.checkpoint_dir or "tiny",
+            device=None if resolved.device == "auto" else resolved.device,
+            dtype=resolved.dtype,
+            offload=resolved.offload,
+        ),
+        # Credentials never travel as Ray arguments: actors read them from their environment.
+        store=StoreTarget(settings.store_url, public_options(settings.storage_options) or None),
+        scheduling=Scheduling(
+            ray_address=ray.address,
+            num_actors=ray.num_actors,
+            gpus_per_actor=ray.gpus_per_actor,
+            cpus_per_actor=ray.cpus_per_actor,
+            cpu_mode=ray.cpu_mode or resolved.device == "cpu",
+            max_in_flight_per_actor=ray.max_in_flight_per_actor,
+            job_deadline_s=ray.job_deadline_s,
+            max_retries=ray.max_retries,
+        ),
+    )
+
+
+def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
+    from model import RenderRequest
+
+    request = RenderRequest(
+        prompt=job.prompt,
+        resolution=job.resolution,
+        aspect_ratio=job.aspect_ratio,
+        seconds=job.seconds,
+        seed=job.seed,
+        profile=job.key_inputs["profile"],
+        image=load_image(job.image_path) if job.image_path else None,
+        **_load_audio(job.audio_path),
+    )
+    metadata = {
+        "horse_render_key": job.render_key,
+        "horse_campaign": job.campaign_id,
+        "horse_shot": job.shot_id,
+        "horse_variant": job.variant,
+        "horse_seed": str(job.seed),
+        "horse_model_fingerprint": model_fingerprint,
+    }
+    if job.language:
+        metadata["language"] = job.language
+    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
+
+
+def _load_audio(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    audio, rate = load_audio(path)
+    return {"audio": audio, "audio_sample_rate": rate}
+
+
+def start_pool(pool: RenderPool) -> str:
+    """Start the pool's actors; say in one sentence what is ready (per-actor details stay in the
+    outcome records: actor, node and GPU ids, attempts, timings)."""
+    started = time.perf_counter()
+    actors = pool.start()
+    devices = sorted({str(actor.get("device")) for actor in actors})
+    slowest = max((actor.get("load_s") or 0.0 for actor in actors), default=0.0)
+    return (f"render pool ready in {time.perf_counter() - started:.1f}s: {len(actors)} "
+            f"actor{'s' if len(actors) != 1 else ''} on {', '.join(devices)}, model loaded in {slowest:.1f}s"
+            f"{' (slowest actor)' if len(actors) > 1 else ''}")
+
+
+class RenderStream:
+    """The pool renders every job as one continuous stream on a background thread, so no GPU
+    idles at a chunk boundary; outcomes reach the flow's thread through a queue, and the flow
+    takes them chunk by chunk (outcomes of later chunks wait in `_early`).
+
+        with RenderStream(pool, jobs) as stream:
+            for job, outcome in stream.outcomes_for(chunk): ...
+    """
+
+    _END = object()
+
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob]):
+        self.pool = pool
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._early: dict[str, RenderOutcome] = {}
+        self._ended = False
+        self._thread = threading.Thread(target=self._render, args=(jobs,), name="horse-render-stream", daemon=True)
+        self._thread.start()
+
+    def _render(self, jobs: list[RenderJob]) -> None:
+        try:
+            self.pool.run(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
+        except BaseException as exc:  # handed to the flow thread, which raises it
+            self.error = exc
+        finally:
+            self._queue.put(self._END)
+
+    def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
+        """Each of `jobs` with its outcome, in the order they finish; ends early only if the
+        stream was stopped before rendering the rest."""
+        pending = {job.render_key: job for job in jobs}
+        while pending:
+            outcome = self._take(set(pending))
+            if outcome is None:
+                return
+            yield pending.pop(outcome.render_key), outcome
+
+    def _take(self, wanted: set[str]) -> RenderOutcome | None:
+        while True:
+            for key in wanted & self._early.keys():
+                return self._early.pop(key)
+            if self._ended:
+                if self.error is not None:
+                    raise self.error
+                return None
+            try:  # a short timeout keeps the flow's thread responsive to signals (cancel)
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                self._ended = True
+            else:
+                self._early[item.render_key] = item
+
+    def __enter__(self) -> "RenderStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Cancel what is still queued or running and wait for the pool to let go of it."""
+        self.cancel.set()
+        self._thread.join()
