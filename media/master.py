@@ -87,6 +87,7 @@ def make_masters(
     """A master per destination as `out_dir/<destination>.mp4`; the clip is measured once and a
     re-encoded picture is made once for all destinations that want the same one."""
     job = _Mastering(path, brief_seconds, expects_speech, source)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
         return {d.name: job.master(d, Path(out_dir) / f"{d.name}.mp4") for d in destinations}
     finally:

@@ -53,10 +53,11 @@ class PictureScan:
     def add(self, frame: av.VideoFrame) -> None:
         y, full = luma(frame)
         black_level = BLACK_PIXEL * 255 if full else 16 + BLACK_PIXEL * (235 - 16)
-        self.is_black.append(np.count_nonzero(y <= black_level) >= BLACK_PICTURE * y.size)
+        black = np.count_nonzero(y <= black_level) >= BLACK_PICTURE * y.size
+        self.is_black.append(black)
 
-        frozen = False
-        if self._still is not None and self._still.shape == y.shape:
+        frozen = False  # black pictures are reported as black, not also as frozen
+        if not black and self._still is not None and self._still.shape == y.shape:
             # |a - b| in uint8 without widening: one of the two wrapped differences is the true one.
             difference = np.minimum(y - self._still, self._still - y).sum(dtype=np.uint64)
             frozen = difference <= FREEZE_NOISE * 255 * y.size

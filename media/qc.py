@@ -44,7 +44,7 @@ class Destination:
     color_range: Literal["tv", "pc"] | None = None
     audio_codec: Literal["aac"] | None = None
     audio_layout: Literal["mono", "stereo"] | None = None
-    audio_rate: Literal[44100, 48000] | None = None
+    audio_rate: Literal[48000] | None = None  # masters are always made at 48 kHz
     faststart: bool = True
     description: str = ""
 
@@ -55,7 +55,7 @@ class Destination:
             "loudness_lufs": not -70 < self.loudness_lufs < 0,
             "loudness_tolerance_lu": not self.loudness_tolerance_lu > 0,
             "true_peak_dbtp": not -20 <= self.true_peak_dbtp <= 0,
-            "fps": self.fps is not None and not self.fps > 0,
+            "fps": self.fps is not None and not (self.fps > 0 and self.fps.denominator <= 1001),
             "width": self.width is not None and (self.width < 2 or self.width % 2),
             "height": self.height is not None and (self.height < 2 or self.height % 2),
         }
@@ -64,7 +64,8 @@ class Destination:
             "max_av_offset_seconds", "max_silence_seconds")})
         reasons = {
             "loudness_lufs": "must be between -70 and 0 LUFS", "loudness_tolerance_lu": "must be > 0 LU",
-            "true_peak_dbtp": "must be between -20 and 0 dBTP", "fps": "must be > 0",
+            "true_peak_dbtp": "must be between -20 and 0 dBTP",
+            "fps": "must be > 0, exact (write 29.97 as 30000/1001)",
             "width": "must be an even number >= 2", "height": "must be an even number >= 2",
         }
         for key, bad in problems.items():
