@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import av
 import numpy as np
@@ -42,6 +42,7 @@ from .qc import Destination, QCReport, brief_frames, check
 SETTLED_LU = 0.05  # stop re-gaining once the loudness is this close to the target
 FIRST_LIMIT_MARGIN_DB = 0.3  # AAC adds a little to the true peak; start the limiter this far under
 MAX_ATTEMPTS = 3
+MAX_MAKEUP_DB = 6.0  # gain beyond the plain level change, to win back what the limiter takes
 MAX_ASPECT_CHANGE = 0.01
 
 
@@ -127,7 +128,7 @@ class _Mastering:
             if over <= 0 and abs(miss) <= SETTLED_LU:
                 break
             limit -= max(0.0, over + 0.1)
-            aim += miss
+            aim += max(-0.5, min(0.5, miss))  # AAC moves loudness a little; a bigger miss is the limiter's
         if not reasons:  # the same video packets decode to the same pictures
             measured = dataclasses.replace(
                 measured, black=self.source.black, frozen=self.source.frozen, picture_from=self.source.picture_from)
@@ -222,21 +223,37 @@ class _Mastering:
             mux_audio(out, sound, audio, RATE)
 
 
+class _Gained(NamedTuple):
+    gain: float
+    sound: np.ndarray
+    limited: float
+    loudness: float
+
+
 def _normalised(sound: np.ndarray, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, float, float]:
     """(sound at `target_lufs` with its true peak at most `ceiling_dbtp`, gain dB, limiter reduction dB).
-    Limiting takes loudness away, and more the more gain goes in, so the gain is found by the
-    secant method on measured loudness; digital silence is returned as it is."""
-    measured = ffmpeg_loudness(sound).integrated_lufs
-    if measured is None:
+
+    The plain level change is target - measured. Where the limiter then has to act it takes some
+    loudness away, so up to MAX_MAKEUP_DB more gain is searched for (regula falsi on measured
+    loudness, which only rises with gain); past that the limiter would be squashing the sound, and
+    the master stays under its target for QC to report. Digital silence is returned as it is."""
+    before = ffmpeg_loudness(sound).integrated_lufs
+    if before is None:
         return sound, 0.0, 0.0
-    gain, slope, last = target_lufs - measured, 1.0, None
-    for _ in range(8):
+
+    def at(gain: float) -> _Gained:
         out, limited = limit_true_peak(sound * np.float32(10 ** (gain / 20)), ceiling_dbtp)
-        loudness = ffmpeg_loudness(out).integrated_lufs
-        if abs(target_lufs - loudness) <= SETTLED_LU / 2:
-            break
-        if last is not None and gain != last[0]:
-            slope = min(1.0, max(0.05, (loudness - last[1]) / (gain - last[0])))
-        last = (gain, loudness)
-        gain += (target_lufs - loudness) / slope
-    return out, round(gain, 3), limited
+        # Untouched by the limiter, loudness moves exactly with the gain: no need to measure it.
+        loudness = ffmpeg_loudness(out).integrated_lufs if limited else before + gain
+        return _Gained(gain, out, limited, loudness)
+
+    low = best = at(target_lufs - before)
+    if abs(target_lufs - low.loudness) > SETTLED_LU / 2:
+        high = best = at(low.gain + MAX_MAKEUP_DB)
+        for _ in range(6 if high.loudness > target_lufs else 0):
+            gain = low.gain + (target_lufs - low.loudness) * (high.gain - low.gain) / (high.loudness - low.loudness)
+            best = at(gain)
+            if abs(target_lufs - best.loudness) <= SETTLED_LU / 2:
+                break
+            low, high = (best, high) if best.loudness < target_lufs else (low, best)
+    return best.sound, round(best.gain, 3), best.limited

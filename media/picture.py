@@ -8,8 +8,9 @@
   Comparing with the first frame, not the previous one, keeps a slow drift from counting as a freeze.
   A frozen stretch starts at that first frame: it is how long a viewer sees one picture.
 
-Luma only and on every pixel: an 8-bit plane costs ~3 ms per 1080p frame in numpy, small next to
-decoding it. We keep our own loop instead of the FFmpeg filters because their stretches are only
+Luma only, on every second row and column: a quarter of the pixels gives the same black share and
+mean difference for any picture detail larger than 2 px, and keeps the scan (~1 ms per 1080p
+frame) well under the cost of decoding the frame. We keep our own loop instead of the FFmpeg filters because their stretches are only
 reported when they end, so a stretch running to the last frame would go unreported.
 """
 
@@ -31,13 +32,13 @@ _EIGHT_BIT_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj
 
 
 def luma(frame: av.VideoFrame) -> tuple[np.ndarray, bool]:
-    """(8-bit luma plane as a view, full_range) of a decoded frame."""
+    """(8-bit luma, every second row and column, contiguous; full_range) of a decoded frame."""
     if frame.format.name not in _EIGHT_BIT_YUV:
         frame = frame.reformat(format="yuv420p")
     plane = frame.planes[0]
-    y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: frame.height, : frame.width]
+    y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: frame.height : 2, : frame.width : 2]
     full = frame.color_range == FULL_RANGE or frame.format.name.startswith("yuvj")
-    return y, full
+    return np.ascontiguousarray(y), full
 
 
 class PictureScan:
@@ -67,7 +68,7 @@ class PictureScan:
         if frozen:
             self.is_frozen[self._still_index] = True
         else:
-            self._still, self._still_index = y.copy(), index
+            self._still, self._still_index = y, index
 
     def black(self, end: float) -> tuple[Stretch, ...]:
         return stretches(self.is_black, self.times, end)
