@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+import media.master
 from media.master import MasterError, make_master, make_masters
 from media.measure import measure
 from media.qc import Destination
@@ -70,18 +71,25 @@ def test_peaky_quiet_clip_is_limited_under_the_ceiling_at_social_loudness(clips,
     assert report.passed, report.failures()
 
 
-def test_destination_rate_and_size_are_made_by_reencoding_once_for_all(clips, tmp_path):
+def test_destination_rate_and_size_are_made_by_reencoding_once_for_all(clips, tmp_path, monkeypatch):
     sound = clips.tone(0.1, 2.0)
     clip = clips.write("c.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound]))
+    encodes = []
+    real = media.master.add_video_stream
+    monkeypatch.setattr(media.master, "add_video_stream", lambda *a, **k: encodes.append(a) or real(*a, **k))
     us = Destination(name="us", loudness_lufs=-24.0, loudness_tolerance_lu=2.0, true_peak_dbtp=-2.0,
                      fps=Fraction(30000, 1001), width=96, height=72)
-    us_too = Destination(name="us-too", loudness_lufs=-24.0, true_peak_dbtp=-2.0, fps=Fraction(30000, 1001), width=96, height=72)
+    us_too = Destination(name="us-too", loudness_lufs=-23.0, true_peak_dbtp=-2.0, fps=Fraction(30000, 1001), width=96, height=72)
+
     masters = make_masters(clip, [us, us_too], tmp_path / "out", brief_seconds=2.0)
     info, report = masters["us"]
-    v = measure(info.path).video
+    after = measure(info.path)
+    v = after.video
     assert (v.fps, v.frames, v.width, v.height) == ("30000/1001", 60, 96, 72)
+    # 25 -> 29.97 repeats one frame in six, spread out: no run of one picture long enough to be a freeze
+    assert after.frozen == ()
     assert report.passed, report.failures()
-    assert video_packets(info.path) == video_packets(masters["us-too"][0].path)  # one re-encode, shared
+    assert len(encodes) == 1 and video_packets(info.path) == video_packets(masters["us-too"][0].path)
 
 
 def test_masters_refuse_what_they_cannot_honestly_make(clips, tmp_path):
