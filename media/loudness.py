@@ -50,15 +50,13 @@ def _db(linear: float) -> float | None:
     return round(float(20 * np.log10(linear)), 3) if linear > 0 else None
 
 
-def _layout(channels: int) -> str:
-    return {1: "mono", 2: "stereo"}.get(channels) or f"{channels}c"
-
-
-def ffmpeg_loudness(audio: np.ndarray, rate: int = RATE) -> Loudness:
-    """Integrated loudness, loudness range and true peak from FFmpeg's ebur128 filter."""
+def ffmpeg_loudness(audio: np.ndarray, rate: int = RATE, layout: str | None = None) -> Loudness:
+    """Integrated loudness, loudness range and true peak from FFmpeg's ebur128 filter. `layout`
+    (e.g. "5.1") tells it which channels are surrounds (weighted 1.41) and LFE (left out)."""
     channels, samples = audio.shape
+    layout = layout or {1: "mono", 2: "stereo"}.get(channels) or f"{channels}c"
     graph = av.filter.Graph()
-    source = graph.add_abuffer(format="fltp", sample_rate=rate, layout=_layout(channels), time_base=Fraction(1, rate))
+    source = graph.add_abuffer(format="fltp", sample_rate=rate, layout=layout, time_base=Fraction(1, rate))
     meter = graph.add("ebur128", "peak=true:metadata=1")
     sink = graph.add("abuffersink")
     source.link_to(meter)
@@ -79,7 +77,7 @@ def ffmpeg_loudness(audio: np.ndarray, rate: int = RATE) -> Loudness:
     chunk = rate // 10
     for start in range(0, samples, chunk):
         frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(audio[:, start : start + chunk], dtype=np.float32), format="fltp", layout=_layout(channels)
+            np.ascontiguousarray(audio[:, start : start + chunk], dtype=np.float32), format="fltp", layout=layout
         )
         frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
         source.push(frame)

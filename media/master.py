@@ -57,8 +57,8 @@ class MasterInfo:
     source: str
     video: str  # "copied" or "re-encoded"
     reencode_reasons: tuple[str, ...]
-    frames_held: int  # pictures added by holding the clip's last one
-    frames_cut: int
+    frames_held: int  # pictures added by holding the clip's last one (0 when the rate changes)
+    frames_cut: int  # pictures cut off the clip's tail (0 when the rate changes)
     gain_db: float  # overall gain before the limiter
     limited_db: float  # largest gain reduction by the true-peak limiter
     measurements: Measurements  # of the master as written
@@ -77,7 +77,8 @@ def make_master(
     path: str | os.PathLike, destination: Destination, out_path: str | os.PathLike, *,
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
 ) -> tuple[MasterInfo, QCReport]:
-    """One master of `path` for `destination` at `out_path`, and its QC report."""
+    """One master of `path` for `destination` at `out_path`, and its QC report. `source`: the clip's
+    measurements if already taken with its picture (saves decoding it again)."""
     return _Mastering(path, brief_seconds, expects_speech, source).master(destination, out_path)
 
 
@@ -102,6 +103,8 @@ class _Mastering:
         self.source = source if source is not None and source.black is not None else measure(self.path)
         if self.source.video is None:
             raise MasterError(f"{self.path}: no video stream")
+        with av.open(self.path) as clip:
+            self._tags = dict(clip.metadata)  # render key, campaign, shot...: the master keeps them
         self._pictures: dict[_Picture, str] = {}  # re-encoded pictures, shared between destinations
         self._tmp = None
 
@@ -132,11 +135,10 @@ class _Mastering:
         if not reasons:  # the same video packets decode to the same pictures
             measured = dataclasses.replace(
                 measured, black=self.source.black, frozen=self.source.frozen, picture_from=self.source.picture_from)
-        have = self.source.video.frames
+        added = picture.frames - self.source.video.frames if picture.fps == self._fps else 0
         info = MasterInfo(
             path=out_path, destination=d.name, source=self.path, video="re-encoded" if reasons else "copied",
-            reencode_reasons=reasons, frames_held=max(0, picture.frames - have) if picture.fps == self._fps else 0,
-            frames_cut=max(0, have - picture.frames) if picture.fps == self._fps else 0,
+            reencode_reasons=reasons, frames_held=max(0, added), frames_cut=max(0, -added),
             gain_db=gain, limited_db=limited, measurements=measured,
         )
         return info, check(measured, d, brief_seconds=self.brief_seconds, expects_speech=self.expects_speech)
@@ -209,9 +211,7 @@ class _Mastering:
 
     def _write(self, out_path: str, video_from: str, audio: np.ndarray, d: Destination) -> None:
         with av.open(video_from) as box, av.open(out_path, "w", format="mp4", options=MP4_OPTIONS) as out:
-            with av.open(self.path) as clip:
-                out.metadata.update(clip.metadata)
-            out.metadata["horse_destination"] = d.name
+            out.metadata.update({**self._tags, "horse_destination": d.name})
             source = box.streams.video[0]
             video = out.add_stream_from_template(source)
             sound = add_audio_stream(out, "mono" if audio.shape[0] == 1 else "stereo")

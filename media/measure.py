@@ -6,7 +6,8 @@
 
 Picture and sound are decoded from one demux loop; sound is resampled to 48 kHz float for the
 meters (both BS.1770 meters and the silence scan work on the same samples). The decoded AAC
-tail carries encoder padding past the stream's duration; it is cut off before measuring.
+tail carries encoder padding past the stream's duration (up to ~700 samples); it is cut off
+before measuring.
 """
 
 from __future__ import annotations
@@ -97,8 +98,7 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
         decode = [s for s in (video if scan else None, audio) if s is not None]
         if video is not None:
             video.thread_type = "AUTO"
-        if audio is not None:
-            to_float = av.AudioResampler(format="fltp", layout=audio.layout.name, rate=RATE)
+        to_float = av.AudioResampler(format="fltp", layout=audio.layout.name, rate=RATE) if audio else None
         chunks: list[np.ndarray] = []
         audio_start = None
         for packet in box.demux(*decode):
@@ -107,12 +107,12 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
                     scan.add(frame)
                 else:
                     audio_start = float(frame.time) if audio_start is None else audio_start
-                    chunks += [f.to_ndarray() for f in to_float.resample(frame)]
-        if audio is not None:
-            chunks += [f.to_ndarray() for f in to_float.resample(None)]
+                    chunks += _float(to_float, frame)
 
         video_facts = _video_facts(video, scan) if video is not None else None
-        audio_facts = _audio_facts(audio, chunks, audio_start) if audio is not None else None
+        audio_facts = None
+        if audio is not None:
+            audio_facts = _audio_facts(audio, _joined(audio, chunks + _float(to_float, None)), audio_start)
         end = video_facts.start + video_facts.seconds if video_facts else 0.0
         return Measurements(
             path=path,
@@ -152,19 +152,27 @@ def _video_facts(stream, scan: PictureScan | None) -> VideoFacts:
     )
 
 
-def _audio_facts(stream, chunks: list[np.ndarray], start: float | None) -> AudioFacts:
+def _float(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
+    return [f.to_ndarray() for f in resampler.resample(frame)]
+
+
+def _joined(stream, chunks: list[np.ndarray]) -> np.ndarray:
+    """One (channels, samples) array, without the encoder's padding past the stream's duration."""
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((stream.codec_context.channels, 0), np.float32)
+    seconds = _seconds(stream)
+    return samples if seconds is None else samples[:, : round(seconds * RATE)]
+
+
+def _audio_facts(stream, samples: np.ndarray, start: float | None) -> AudioFacts:
     cc = stream.codec_context
-    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((cc.channels, 0), np.float32)
-    seconds = _seconds(stream) or samples.shape[1] / RATE
-    samples = samples[:, : round(seconds * RATE)]  # drop the encoder's padding
     return AudioFacts(
         codec=cc.name,
         sample_rate=cc.sample_rate,
         channels=cc.channels,
         layout=stream.layout.name,
         start=round(start or 0.0, 6),
-        seconds=round(seconds, 6),
-        loudness=ffmpeg_loudness(samples),
+        seconds=round(_seconds(stream) or samples.shape[1] / RATE, 6),
+        loudness=ffmpeg_loudness(samples, layout=stream.layout.name),
         loudness_reference=reference_loudness(samples),
         silences=silences(samples),
     )
@@ -176,8 +184,5 @@ def decode_audio(path: str | os.PathLike, layout: str | None = None) -> np.ndarr
     with av.open(os.fspath(path)) as box:
         stream = box.streams.audio[0]
         to_float = av.AudioResampler(format="fltp", layout=layout or stream.layout.name, rate=RATE)
-        chunks = [f.to_ndarray() for frame in box.decode(stream) for f in to_float.resample(frame)]
-        chunks += [f.to_ndarray() for f in to_float.resample(None)]
-        seconds = _seconds(stream)
-    samples = np.concatenate(chunks, axis=1)
-    return samples if seconds is None else samples[:, : round(seconds * RATE)]
+        chunks = [chunk for frame in [*box.decode(stream), None] for chunk in _float(to_float, frame)]
+        return _joined(stream, chunks)
