@@ -6,12 +6,13 @@
 - Frozen (freezedetect's default noise, -60 dB = 0.001): a frame is frozen when its mean absolute
   luma difference to the first frame of the current still is at most 0.1 % of full scale.
   Comparing with the first frame, not the previous one, keeps a slow drift from counting as a freeze.
-  A frozen stretch starts at that first frame: it is how long a viewer sees one picture.
+  A frozen stretch starts at that first frame: it is how long a viewer sees one picture (two
+  stills back to back make one stretch without motion). Black frames count as black only.
 
 Luma only, on every second row and column: a quarter of the pixels gives the same black share and
-mean difference for any picture detail larger than 2 px, and keeps the scan (~1 ms per 1080p
-frame) well under the cost of decoding the frame. We keep our own loop instead of the FFmpeg filters because their stretches are only
-reported when they end, so a stretch running to the last frame would go unreported.
+mean difference for any picture detail larger than 2 px, and keeps the scan (~1-2 ms per 1080p
+frame) well under the cost of decoding the frame. Our own loop rather than FFmpeg's filters:
+those report a stretch when it ends, so one running to the last frame would go unreported.
 """
 
 from __future__ import annotations

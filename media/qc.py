@@ -51,26 +51,21 @@ class Destination:
     __pydantic_config__ = {"extra": "forbid"}  # read by flows.destinations; media never imports pydantic
 
     def __post_init__(self) -> None:
-        problems = {
-            "loudness_lufs": not -70 < self.loudness_lufs < 0,
-            "loudness_tolerance_lu": not self.loudness_tolerance_lu > 0,
-            "true_peak_dbtp": not -20 <= self.true_peak_dbtp <= 0,
-            "fps": self.fps is not None and not (self.fps > 0 and self.fps.denominator <= 1001),
-            "width": self.width is not None and (self.width < 2 or self.width % 2),
-            "height": self.height is not None and (self.height < 2 or self.height % 2),
-        }
-        problems.update({key: getattr(self, key) < 0 for key in (
-            "max_black_seconds", "max_frozen_seconds", "duration_tolerance_frames",
-            "max_av_offset_seconds", "max_silence_seconds")})
-        reasons = {
-            "loudness_lufs": "must be between -70 and 0 LUFS", "loudness_tolerance_lu": "must be > 0 LU",
-            "true_peak_dbtp": "must be between -20 and 0 dBTP",
-            "fps": "must be > 0, exact (write 29.97 as 30000/1001)",
-            "width": "must be an even number >= 2", "height": "must be an even number >= 2",
-        }
-        for key, bad in problems.items():
+        rules = [
+            ("loudness_lufs", not -70 < self.loudness_lufs < 0, "must be between -70 and 0 LUFS"),
+            ("loudness_tolerance_lu", not self.loudness_tolerance_lu > 0, "must be > 0 LU"),
+            ("true_peak_dbtp", not -20 <= self.true_peak_dbtp <= 0, "must be between -20 and 0 dBTP"),
+            ("fps", self.fps is not None and not (self.fps > 0 and self.fps.denominator <= 1001),
+             "must be > 0, exact (write 29.97 as 30000/1001)"),
+            ("width", self.width is not None and (self.width < 2 or self.width % 2), "must be an even number >= 2"),
+            ("height", self.height is not None and (self.height < 2 or self.height % 2), "must be an even number >= 2"),
+            *((key, getattr(self, key) < 0, "must be >= 0") for key in (
+                "max_black_seconds", "max_frozen_seconds", "duration_tolerance_frames",
+                "max_av_offset_seconds", "max_silence_seconds")),
+        ]
+        for key, bad, reason in rules:
             if bad:
-                raise ValueError(f"{key}: {reasons.get(key, 'must be >= 0')} (got {getattr(self, key)})")
+                raise ValueError(f"{key}: {reason} (got {getattr(self, key)})")
 
 
 @dataclass(frozen=True)
