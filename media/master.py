@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import av
 import numpy as np
@@ -62,6 +62,9 @@ class MasterInfo:
     gain_db: float  # overall gain before the limiter
     limited_db: float  # largest gain reduction by the true-peak limiter
     measurements: Measurements  # of the master as written
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ under its true-peak ceiling, and re-measured from the written file."""
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import av
@@ -42,6 +43,7 @@ def test_hot_clip_becomes_a_23_lufs_master_conformed_to_the_brief(clips, tmp_pat
     assert report.passed, report.failures()
     assert info.video == "re-encoded" and info.reencode_reasons == ("frames 49 -> 50",) and info.frames_held == 1
     assert after.frozen == () and after.black == ()  # one held frame is not a freeze
+    assert json.loads(json.dumps(info.to_dict(), allow_nan=False))["measurements"]["video"]["frames"] == 50
 
 
 def test_a_clip_of_the_right_length_keeps_its_video_packets_and_its_sound_is_cut_to_the_picture(clips, tmp_path):
