@@ -1,5 +1,6 @@
 """Delivery QC: a clip's measurements checked against a destination's spec.
 
+    from media.qc import check, measure
     m = measure("clip.mp4")
     report = check(m, destination, brief_seconds=5.0, expects_speech=True)
     report.passed, report.failures(), report.to_dict()   # plain data, JSON-ready
@@ -16,7 +17,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from .loudness import METERS_AGREE_LU
-from .measure import Measurements
+from .measure import Measurements, measure  # noqa: F401  (media.qc.measure: the QC entry point)
 from .stretch import Stretch, longest
 
 
