@@ -4,6 +4,10 @@ PyAV, numpy and Pillow only (no torch, Ray or Prefect), so it is usable alone in
 
     from media import encode_mp4, probe_mp4
     info = encode_mp4(clip, "out.mp4", {"campaign": "spring"})
+
+Delivery QC and destination masters live in submodules (they load scipy and pyloudnorm, which
+encoding alone does not need): `media.qc` (measure, check, Destination), `media.master`
+(make_master, make_masters).
 """
 
 from .images import contact_sheet, poster_jpeg

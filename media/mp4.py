@@ -24,6 +24,7 @@ AUDIO_BIT_RATE = 192_000
 MAX_AV_DRIFT_S = 0.05
 BT709 = 1  # AVCOL_PRI_BT709 == AVCOL_TRC_BT709 == AVCOL_SPC_BT709 == 1
 LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
+MP4_OPTIONS = {"movflags": "faststart+use_metadata_tags"}
 
 
 class EncodeCheckError(RuntimeError):
@@ -81,22 +82,10 @@ def encode_mp4(
     tags = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None}
     t, h, w, _ = frames.shape
 
-    with av.open(
-        os.fspath(path), "w", format="mp4",
-        options={"movflags": "faststart+use_metadata_tags"},
-    ) as out:
+    with av.open(os.fspath(path), "w", format="mp4", options=MP4_OPTIONS) as out:
         out.metadata.update(tags)
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        video.options = {"crf": str(crf), "preset": preset}
-        cc = video.codec_context
-        cc.colorspace = cc.color_primaries = cc.color_trc = BT709
-        cc.color_range = LIMITED_RANGE
-        if audio is not None:
-            sound = out.add_stream("aac", rate=AUDIO_RATE)
-            sound.layout = "stereo"
-            sound.bit_rate = AUDIO_BIT_RATE
-
+        video = add_video_stream(out, w, h, fps, crf=crf, preset=preset)
+        sound = add_audio_stream(out) if audio is not None else None
         for i in range(t):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame = frame.reformat(
@@ -106,21 +95,44 @@ def encode_mp4(
             frame.pts, frame.time_base = i, Fraction(1, fps)
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-
-        if audio is not None:
-            rate = int(clip.sample_rate)
-            chunk = rate // 10  # any size works: the encoder re-chunks to 1024-sample frames
-            for start in range(0, audio.shape[1], chunk):
-                piece = np.ascontiguousarray(audio[:, start : start + chunk])
-                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
-                frame.sample_rate = rate
-                frame.pts, frame.time_base = start, Fraction(1, rate)
-                out.mux(sound.encode(frame))
-            out.mux(sound.encode(None))
+        if sound is not None:
+            mux_audio(out, sound, audio, int(clip.sample_rate))
 
     expected_audio = None if audio is None else audio.shape[1] / float(clip.sample_rate)
     return check_mp4(path, frames=t, width=w, height=h, fps=fps,
                      audio_seconds=expected_audio, metadata=tags)
+
+
+def add_video_stream(out, width: int, height: int, fps, *, crf: int = 18, preset: str = "veryfast", pix_fmt: str = "yuv420p"):
+    """A libx264 stream tagged BT.709 limited range (frames must already be converted that way)."""
+    video = out.add_stream("libx264", rate=fps)
+    video.width, video.height, video.pix_fmt = width, height, pix_fmt
+    video.options = {"crf": str(crf), "preset": preset}
+    cc = video.codec_context
+    cc.colorspace = cc.color_primaries = cc.color_trc = BT709
+    cc.color_range = LIMITED_RANGE
+    return video
+
+
+def add_audio_stream(out, layout: str = "stereo"):
+    sound = out.add_stream("aac", rate=AUDIO_RATE)
+    sound.layout = layout
+    sound.bit_rate = AUDIO_BIT_RATE
+    return sound
+
+
+def mux_audio(out, sound, audio: np.ndarray, rate: int) -> None:
+    """Encode float32 (channels, samples) at `rate` into `sound`, with explicit pts (without them the
+    track ends one AAC frame late), and flush it."""
+    layout = sound.layout.name
+    chunk = rate // 10  # any size works: the encoder re-chunks to 1024-sample frames
+    for start in range(0, audio.shape[1], chunk):
+        piece = np.ascontiguousarray(audio[:, start : start + chunk], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
+        frame.sample_rate = rate
+        frame.pts, frame.time_base = start, Fraction(1, rate)
+        out.mux(sound.encode(frame))
+    out.mux(sound.encode(None))
 
 
 def _stereo_float(audio: np.ndarray) -> np.ndarray:
@@ -153,7 +165,7 @@ def probe_mp4(path: str | os.PathLike) -> EncodeInfo:
             audio_seconds=adur,
             audio_rate=audio.codec_context.sample_rate if audio else None,
             audio_channels=audio.codec_context.channels if audio else None,
-            faststart=_moov_first(path),
+            faststart=moov_first(path),
             colorspace=int(cc.colorspace),
             metadata=dict(box.metadata),
         )
@@ -200,7 +212,7 @@ def check_mp4(
     return info
 
 
-def _moov_first(path: str) -> bool:
+def moov_first(path: str) -> bool:
     """True when the first top-level box after `ftyp` (skipping `free`) is `moov`."""
     with open(path, "rb") as f:
         while True:

@@ -1,0 +1,121 @@
+"""Delivery QC and destination masters per clip, next to what the clip cost to render and encode.
+
+Two clips, measured side by side in one run, CPU seconds of this process (all threads):
+- the tiny preset: a 2 s 256p render (CPU) + its encode, then QC and a master per shipped destination;
+- a 5 s 1080p clip of synthetic frames (moving gradients + grain, roughly real footage): its
+  encode, then the same. Target: QC and masters add at most 20 % to the encode.
+
+    .venv/bin/python benchmarks/qc.py [--repeats 1] [--skip-tiny]
+
+Masters whose picture already fits are copied: their cost is the AAC encode and re-measure of
+the sound. One that needs a new frame rate (broadcast-us at 29.97) or new frames re-encodes the
+picture, about one encode; `make_masters` does that once for destinations wanting the same picture.
+The tiny model's random-weight sound is full-band noise that starts at full level: AAC overshoots
+its first 20 ms by ~4.5 dB, so its social master can fail true peak, and QC says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.destinations import load_destinations  # noqa: E402
+from media import encode_mp4  # noqa: E402
+from media.master import make_master, make_masters  # noqa: E402
+from media.measure import measure  # noqa: E402
+
+
+def cpu_time(fn, repeats: int) -> tuple[float, object]:
+    """Median process CPU seconds (every thread) of `fn()`, and its last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.process_time()
+        result = fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times), result
+
+
+def synthetic_1080p(seconds: float) -> SimpleNamespace:
+    rng = np.random.default_rng(0)
+    count, (h, w) = round(25 * seconds), (1080, 1920)
+    y, x = np.mgrid[0:h, 0:w]
+    base = ((x // 2 + y // 3) % 256).astype(np.int16)
+    frames = np.empty((count, h, w, 3), np.uint8)
+    for i in range(count):
+        luma = np.clip(np.roll(base, 4 * i, axis=1) + rng.normal(0, 3, (h, w)).astype(np.int16), 0, 255)
+        frames[i] = np.stack([luma, np.roll(luma, 9, axis=0), 255 - luma], axis=-1)
+    s = np.arange(round(48_000 * seconds)) / 48_000
+    voice = 0.3 * np.sin(2 * np.pi * 180 * s) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * s))
+    return SimpleNamespace(frames=frames, audio=np.stack([voice, voice]).astype(np.float32), fps=25, sample_rate=48_000)
+
+
+def tiny_render(seconds: float):
+    from model import HappyHorsePipeline, RenderRequest
+
+    pipe = HappyHorsePipeline.tiny(seed=0)
+    request = RenderRequest(prompt="A horse speaks to camera in warm light.", seconds=seconds, seed=1)
+    pipe(request)  # warm-up
+    return lambda: pipe(request)
+
+
+def qc_and_masters(label: str, clip_path: Path, before: float, brief_seconds: float, repeats: int, workdir: Path) -> None:
+    destinations = load_destinations()
+    rows = [(label, before)]
+    qc, measured = cpu_time(lambda: measure(clip_path), repeats)
+    rows.append(("QC measure (decode picture + sound once)", qc))
+    total = qc
+    for name, destination in destinations.items():
+        seconds, (info, report) = cpu_time(
+            lambda d=destination: make_master(clip_path, d, workdir / f"{d.name}.mp4", brief_seconds=brief_seconds,
+                                              source=measured), repeats)
+        how = info.video if not info.reencode_reasons else f"re-encoded: {', '.join(info.reencode_reasons)}"
+        rows.append((f"master {name} ({how}; {'pass' if report.passed else 'FAIL'})", seconds))
+        total += seconds
+    together, _ = cpu_time(lambda: make_masters(clip_path, list(destinations.values()), workdir / "all",
+                                                brief_seconds=brief_seconds, source=measured), repeats)
+    copied = qc + sum(s for (n, s) in rows[2:] if "(copied" in n)
+    width = max(len(n) for n, _ in rows) + 2
+    for name, seconds in rows:
+        share = "" if name == label else f"{100 * seconds / before:6.1f} %"
+        print(f"  {name:<{width}}{seconds:8.3f} s {share}")
+    print(f"  {'QC + every master':<{width}}{total:8.3f} s {100 * total / before:6.1f} %")
+    print(f"  {'QC + every master by make_masters (shared re-encodes)':<{width}}{qc + together:8.3f} s "
+          f"{100 * (qc + together) / before:6.1f} %")
+    print(f"  {'QC + the masters that copy video':<{width}}{copied:8.3f} s {100 * copied / before:6.1f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-tiny", action="store_true", help="only the 1080p clip (no torch needed)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="horse-bench-qc-"))
+    try:
+        if not args.skip_tiny:
+            render = tiny_render(2.0)
+            render_s, clip = cpu_time(render, args.repeats)
+            encode_s, _ = cpu_time(lambda: encode_mp4(clip, workdir / "tiny.mp4"), args.repeats)
+            h, w = clip.frames.shape[1:3]
+            print(f"tiny preset, 2 s brief: {clip.frames.shape[0]} frames {w}x{h} (CPU seconds; % of render + encode)")
+            qc_and_masters(f"render {render_s:.3f} s + encode {encode_s:.3f} s", workdir / "tiny.mp4",
+                           render_s + encode_s, 2.0, args.repeats, workdir)
+        clip = synthetic_1080p(5.0)
+        encode_s, _ = cpu_time(lambda: encode_mp4(clip, workdir / "hd.mp4"), args.repeats)
+        print("\n5 s 1080p synthetic clip: 125 frames 1920x1080 (CPU seconds; % of its encode)")
+        qc_and_masters("encode (libx264 veryfast crf 18 + AAC)", workdir / "hd.mp4", encode_s, 5.0, args.repeats, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Delivery destinations: `configs/destinations/*.yaml`, then any folders the studio adds.
+
+Each file is one destination named after the file (`broadcast-eu.yaml` -> "broadcast-eu"); a file
+in a later folder replaces the same-named one from an earlier folder. The keys are the fields of
+`media.qc.Destination`; a bad file is refused with one line naming the file, the key and the reason.
+
+    destinations = load_destinations()                      # {"broadcast-eu": Destination(...), ...}
+    pick(destinations, ["social", "broadcast-eu"])          # ConfigError for an unknown name
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from media.qc import Destination
+
+from .settings import CONFIG_DIR, ConfigError
+
+DESTINATIONS_DIR = CONFIG_DIR / "destinations"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VALIDATE = TypeAdapter(Destination)
+
+
+def load_destination(path: str | Path) -> Destination:
+    path = Path(path)
+    name = path.stem
+    if not _NAME.match(name):
+        raise ConfigError(f"{path}: file name {name!r} is not a destination name ({_NAME.pattern})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    if "name" in data:
+        raise ConfigError(f"{path}: name: set by the file name ({name!r}); remove the key")
+    try:
+        return _VALIDATE.validate_python({**data, "name": name})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(_reason(e) for e in exc.errors())) from None
+
+
+def load_destinations(extra_folders: Iterable[str | Path] = ()) -> dict[str, Destination]:
+    found: dict[str, Destination] = {}
+    for folder in (DESTINATIONS_DIR, *map(Path, extra_folders)):
+        if not folder.is_dir():
+            raise ConfigError(f"destinations folder {folder}: no such folder")
+        for path in sorted(folder.glob("*.yaml")):
+            found[path.stem] = load_destination(path)
+    return found
+
+
+def pick(destinations: dict[str, Destination], names: Iterable[str]) -> list[Destination]:
+    unknown = [n for n in names if n not in destinations]
+    if unknown:
+        raise ConfigError(f"unknown destination {', '.join(map(repr, unknown))}; known: {', '.join(sorted(destinations))}")
+    return [destinations[n] for n in names]
+
+
+def _reason(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "unexpected_keyword_argument":
+        return f"{key}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")  # Destination's own checks name their key
+    return f"{key}: {message}" if key else message

@@ -1,0 +1,188 @@
+"""Everything delivery QC checks, measured from an encoded mp4 in one decoding pass.
+
+    from media.measure import measure
+    m = measure("clip.mp4")
+    m.audio.loudness.integrated_lufs, m.black, m.video.frames, m.to_dict()
+
+Picture and sound are decoded from one demux loop; sound is resampled to 48 kHz float for the
+meters (both BS.1770 meters and the silence scan work on the same samples). The decoded AAC
+tail carries encoder padding past the stream's duration (up to ~700 samples); it is cut off
+before measuring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from .loudness import RATE, Loudness, ffmpeg_loudness, reference_loudness, silences
+from .mp4 import moov_first
+from .picture import PictureScan
+from .stretch import Stretch
+
+# FFmpeg's names for the colour tags (what ffprobe prints); anything else reads as its number.
+PRIMARIES = {1: "bt709", 2: "unknown", 5: "bt470bg", 6: "smpte170m", 9: "bt2020"}
+TRANSFERS = {1: "bt709", 2: "unknown", 6: "smpte170m", 13: "iec61966-2-1", 14: "bt2020-10", 16: "smpte2084", 18: "arib-std-b67"}
+MATRICES = {0: "gbr", 1: "bt709", 2: "unknown", 5: "bt470bg", 6: "smpte170m", 9: "bt2020nc"}
+RANGES = {0: "unknown", 1: "tv", 2: "pc"}
+
+
+def _name(table: dict[int, str], value: Any) -> str:
+    return table.get(int(value), str(int(value)))
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    codec: str
+    width: int
+    height: int
+    fps: str  # exact rate: "25" or "30000/1001"
+    frames: int
+    pixel_format: str
+    color_primaries: str
+    color_transfer: str
+    color_matrix: str
+    color_range: str
+    start: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AudioFacts:
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    start: float
+    seconds: float
+    loudness: Loudness  # FFmpeg ebur128: the meter QC decides on
+    loudness_reference: Loudness | None  # the independent second meter (mono and stereo)
+    silences: tuple[Stretch, ...]
+
+
+@dataclass(frozen=True)
+class Measurements:
+    path: str
+    bytes: int
+    faststart: bool
+    video: VideoFacts | None
+    audio: AudioFacts | None
+    # None: not measured (never "nothing found"). `picture_from` names the file whose decoded
+    # frames gave them: a master that copies the clip's video packets inherits the clip's.
+    black: tuple[Stretch, ...] | None
+    frozen: tuple[Stretch, ...] | None
+    picture_from: str | None
+
+    @property
+    def av_offset(self) -> float | None:
+        """Audio start minus video start, seconds."""
+        return None if not (self.video and self.audio) else round(self.audio.start - self.video.start, 6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
+    """Measure `path`; with picture=False the video is not decoded (black/frozen stay None)."""
+    path = os.fspath(path)
+    with av.open(path) as box:
+        video = box.streams.video[0] if box.streams.video else None
+        audio = box.streams.audio[0] if box.streams.audio else None
+        scan = PictureScan() if video is not None and picture else None
+        decode = [s for s in (video if scan else None, audio) if s is not None]
+        if video is not None:
+            video.thread_type = "AUTO"
+        to_float = av.AudioResampler(format="fltp", layout=audio.layout.name, rate=RATE) if audio else None
+        chunks: list[np.ndarray] = []
+        audio_start = None
+        for packet in box.demux(*decode):
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    scan.add(frame)
+                else:
+                    audio_start = float(frame.time) if audio_start is None else audio_start
+                    chunks += _float(to_float, frame)
+
+        video_facts = _video_facts(video, scan) if video is not None else None
+        audio_facts = None
+        if audio is not None:
+            audio_facts = _audio_facts(audio, _joined(audio, chunks + _float(to_float, None)), audio_start)
+        end = video_facts.start + video_facts.seconds if video_facts else 0.0
+        return Measurements(
+            path=path,
+            bytes=os.path.getsize(path),
+            faststart=moov_first(path),
+            video=video_facts,
+            audio=audio_facts,
+            black=scan.black(end) if scan else None,
+            frozen=scan.frozen(end) if scan else None,
+            picture_from=path if scan else None,
+        )
+
+
+def _seconds(stream) -> float | None:
+    return float(stream.duration * stream.time_base) if stream.duration else None
+
+
+def _video_facts(stream, scan: PictureScan | None) -> VideoFacts:
+    cc = stream.codec_context
+    rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
+    frames = len(scan.times) if scan else stream.frames
+    start = scan.times[0] if scan and scan.times else float((stream.start_time or 0) * stream.time_base)
+    seconds = _seconds(stream) or (frames / rate if rate else 0.0)
+    return VideoFacts(
+        codec=cc.name,
+        width=cc.width,
+        height=cc.height,
+        fps=str(rate),
+        frames=frames,
+        pixel_format=cc.pix_fmt or "unknown",
+        color_primaries=_name(PRIMARIES, cc.color_primaries),
+        color_transfer=_name(TRANSFERS, cc.color_trc),
+        color_matrix=_name(MATRICES, cc.colorspace),
+        color_range=_name(RANGES, cc.color_range),
+        start=round(start, 6),
+        seconds=round(float(seconds), 6),
+    )
+
+
+def _float(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
+    return [f.to_ndarray() for f in resampler.resample(frame)]
+
+
+def _joined(stream, chunks: list[np.ndarray]) -> np.ndarray:
+    """One (channels, samples) array, without the encoder's padding past the stream's duration."""
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((stream.codec_context.channels, 0), np.float32)
+    seconds = _seconds(stream)
+    return samples if seconds is None else samples[:, : round(seconds * RATE)]
+
+
+def _audio_facts(stream, samples: np.ndarray, start: float | None) -> AudioFacts:
+    cc = stream.codec_context
+    return AudioFacts(
+        codec=cc.name,
+        sample_rate=cc.sample_rate,
+        channels=cc.channels,
+        layout=stream.layout.name,
+        start=round(start or 0.0, 6),
+        seconds=round(_seconds(stream) or samples.shape[1] / RATE, 6),
+        loudness=ffmpeg_loudness(samples, layout=stream.layout.name),
+        loudness_reference=reference_loudness(samples),
+        silences=silences(samples),
+    )
+
+
+def decode_audio(path: str | os.PathLike, layout: str | None = None) -> np.ndarray:
+    """The audio of `path` as float32 (channels, samples) at 48 kHz, trimmed to the stream's duration
+    (optionally remixed to `layout`, e.g. "stereo")."""
+    with av.open(os.fspath(path)) as box:
+        stream = box.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp", layout=layout or stream.layout.name, rate=RATE)
+        chunks = [chunk for frame in [*box.decode(stream), None] for chunk in _float(to_float, frame)]
+        return _joined(stream, chunks)

@@ -1,0 +1,80 @@
+"""Delivery QC on synthetic clips: black and frozen stretches with their times, the length against
+the brief, silence where the brief has dialogue, and a report that is plain JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from media.measure import measure
+from media.qc import Destination, check
+from media.stretch import Stretch
+
+SPEC = Destination(name="test", loudness_lufs=-20.0, loudness_tolerance_lu=1.0, true_peak_dbtp=-1.0,
+                   max_black_seconds=0.5, max_frozen_seconds=0.5, fps=25, video_codec="h264",
+                   audio_layout="stereo", audio_rate=48000)
+
+
+def by_name(report):
+    return {c.name: c for c in report.checks}
+
+
+@pytest.fixture
+def defects(clips):
+    """5 s at 25 fps: moving, 1 s black (1.0-2.0 s), moving, 1 s of one frozen picture (3.0-4.0 s), moving."""
+    frames = clips.moving_frames(125, 48, 64)
+    frames[25:50] = 0
+    frames[75:100] = frames[75]
+    sound = clips.tone(0.1, 5.0)
+    return clips.write("defects.mp4", frames, np.stack([sound, sound]))
+
+
+def test_black_gap_and_freeze_are_found_with_their_times(defects):
+    m = measure(defects)
+    assert m.black == (Stretch(1.0, 2.0),)
+    assert m.frozen == (Stretch(3.0, 4.0),)
+
+    checks = by_name(check(m, SPEC, brief_seconds=5.0))
+    assert not checks["black"].passed and checks["black"].measured == pytest.approx(1.0)
+    assert checks["black"].stretches == (Stretch(1.0, 2.0),)
+    assert not checks["frozen"].passed and checks["frozen"].stretches == (Stretch(3.0, 4.0),)
+    relaxed = Destination(name="relaxed", loudness_lufs=-20.0, max_black_seconds=1.0, max_frozen_seconds=1.0)
+    assert by_name(check(m, relaxed))["black"].passed and by_name(check(m, relaxed))["frozen"].passed
+
+
+def test_clean_clip_passes_and_the_report_is_plain_json(clips):
+    sound = clips.tone(0.1, 2.0)
+    m = measure(clips.write("clean.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound])))
+    report = check(m, SPEC, brief_seconds=2.0, expects_speech=True)
+    assert report.passed, report.failures()
+    assert m.black == () and m.frozen == ()
+    assert {"loudness", "true_peak", "loudness_meters_agree", "black", "frozen", "duration", "audio_length",
+            "av_offset", "speech_present", "fps", "video_codec", "audio_layout", "audio_rate", "faststart"} == set(by_name(report))
+    round_trip = json.loads(json.dumps({"qc": report.to_dict(), "measurements": m.to_dict()}, allow_nan=False))
+    assert round_trip["qc"]["checks"][0] == {"name": "loudness", "passed": True, "measured": pytest.approx(-20.0, abs=0.2),
+                                             "limit": "-20.0 ± 1 LUFS", "stretches": []}
+
+
+def test_a_clip_one_second_short_fails_duration(clips):
+    sound = clips.tone(0.1, 4.0)
+    m = measure(clips.write("short.mp4", clips.moving_frames(100, 48, 64), np.stack([sound, sound])), picture=False)
+    duration = by_name(check(m, SPEC, brief_seconds=5.0))["duration"]
+    assert not duration.passed and duration.measured == 100 and duration.limit.startswith("125 ± 1 frames")
+    assert by_name(check(m, SPEC, brief_seconds=4.04))["duration"].passed  # 101 frames: within one
+
+
+def test_silence_fails_only_where_the_brief_has_dialogue(clips):
+    sound = np.concatenate([clips.tone(0.1, 1.0), np.zeros(3 * 48_000, np.float32)])
+    m = measure(clips.write("mute.mp4", clips.moving_frames(100, 48, 64), np.stack([sound, sound])), picture=False)
+    speech = by_name(check(m, SPEC, expects_speech=True))["speech_present"]
+    assert not speech.passed and speech.stretches == (Stretch(1.0, 4.0),)
+    assert "speech_present" not in by_name(check(m, SPEC, expects_speech=False))
+
+
+def test_unmeasured_picture_fails_rather_than_passing(clips):
+    sound = clips.tone(0.1, 2.0)
+    m = measure(clips.write("p.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound])), picture=False)
+    assert m.black is None
+    assert by_name(check(m, SPEC))["black"].passed is False
