@@ -201,9 +201,9 @@ class HappyHorsePipeline:
                                           given_audio is not None, should_stop)
         _sync(dev)
         timings["denoise"] = time.perf_counter() - t0
-        # the audio sr and decode use: TA2V keeps the given audio unless distill re-noised it
-        final_audio = given_audio if (given_audio is not None and (r.keep_audio_fixed or r.profile == "base")) else audio
-        return StageResult(BASE, stage_key_inputs(r, BASE, self.stage_fingerprints), video, final_audio, text,
+        # `audio` is what sr and decode use: with TA2V the loops return the given audio untouched,
+        # unless the distill loop re-noised it (keep_audio_fixed=False, the upstream behaviour)
+        return StageResult(BASE, stage_key_inputs(r, BASE, self.stage_fingerprints), video, audio, text,
                            gen.get_state(), dev.type)
 
     def _super_resolve(self, r: RenderRequest, base: StageResult, timings: dict, should_stop) -> StageResult:
