@@ -22,6 +22,7 @@ from model import HappyHorsePipeline, RenderRequest, StageResult  # noqa: E402
 from model.config import PipelineConfig, full_dit_config  # noqa: E402
 from model.geometry import FULL_TIERS, output_size  # noqa: E402
 from model.request import latent_lengths  # noqa: E402
+from model.stages import check_fits  # noqa: E402
 
 PROMPT = "A horse speaks to camera in warm light. Dialogue: <Ann, English>: \"We ride at dawn.\""
 # Published per-stage H100 seconds for a 5 s clip (issue 13; benchmarks/model_gpu.py checks the DiT parts).
@@ -51,7 +52,7 @@ def measure(pipe: HappyHorsePipeline, request: RenderRequest, repeats: int) -> l
 
         def load():
             loaded = StageResult.from_bytes(data)
-            pipe._check_start(request, loaded)          # what a resume checks before it computes
+            check_fits(loaded, request, pipe.stage_fingerprints, pipe.device.type)   # what a resume checks
             return loaded
 
         load_s, _ = median_time(load, repeats)
@@ -97,9 +98,11 @@ def main(argv=None) -> int:
         result = full_size_result(stage, 5.0)
         store_s, data = median_time(result.to_bytes, args.repeats)
         load_s, _ = median_time(lambda: StageResult.from_bytes(data), args.repeats)
+        copy_s, _ = median_time(lambda: bytearray(data), args.repeats)     # this machine's memory speed
         io = store_s + load_s
         print(f"{stage:14s}{len(data):12,d} bytes  store {store_s:.3f} s + load {load_s:.3f} s "
-              f"({len(data) / io / 1e6:.0f} MB/s) = {100 * io / published:.2f}% of the published {published:g} s H100 stage")
+              f"({len(data) / io / 1e6:.0f} MB/s; x{io / copy_s:.1f} one memory copy of the bytes) "
+              f"= {100 * io / published:.2f}% of the published {published:g} s H100 stage")
     return 0
 
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidRequest
 from .geometry import BASE_TIER, SR_STAGE, output_size
 from .loading import WEIGHTS_SHARE_OF_GPU, Stack, build_tiny, load_stack, save_stack
 from .offload import StageOffload
 from .prompt import NEGATIVE_PROMPT
-from .errors import InvalidRequest, StageResultError
 from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
 from .stages import BASE, DECODE, SR, STORED_STAGES, StageResult, check_fits, render_stages, stage_key_inputs
@@ -141,7 +141,7 @@ class HappyHorsePipeline:
             raise InvalidRequest(f"a {r.resolution} render has no {stop_after!r} stage (it has {stages})")
         todo = stages[: stages.index(stop_after) + 1]
         if start is not None:
-            self._check_start(r, start)
+            check_fits(start, r, self.stage_fingerprints, self.device.type)
             todo = todo[stages.index(start.stage) + 1:]
             if not todo:
                 raise InvalidRequest(f"a {start.stage} stage result is already past {stop_after!r}")
@@ -239,28 +239,6 @@ class HappyHorsePipeline:
         timings["decode"] = time.perf_counter() - t0
         return Clip(frames=frames, audio=np.ascontiguousarray(wave[:, :n_samples].numpy(), dtype=np.float32),
                     fps=cfg.fps, sample_rate=cfg.sample_rate)
-
-    def _check_start(self, r: RenderRequest, start: StageResult) -> None:
-        """A stage result may start this render only if it was made from the same inputs by the
-        same stack stages on this device type, and its latents have this model's shapes."""
-        if not isinstance(start, StageResult):
-            raise InvalidRequest(f"start must be a StageResult, got {type(start).__name__}")
-        if start.stage not in STORED_STAGES or start.stage not in render_stages(r):
-            raise StageResultError(f"a {start.stage!r} stage result cannot start a {r.resolution} render")
-        check_fits(start, stage_key_inputs(r, start.stage, self.stage_fingerprints), self.device.type)
-        cfg = self.config
-        width, height = self.size_for(BASE_TIER if start.stage == BASE else r.resolution, r.aspect_ratio)
-        grid = (cfg.z_dim, height // cfg.vae_stride[1], width // cfg.vae_stride[2])
-        audio_channels = self.dits[r.profile].cfg.audio_in_channels
-        problems = []
-        if (start.video.shape[1], *start.video.shape[3:]) != grid:
-            problems.append(f"video latent {list(start.video.shape)} is not (1, {grid[0]}, T, {grid[1]}, {grid[2]})")
-        if start.audio.shape[-1] != audio_channels:
-            problems.append(f"audio latent {list(start.audio.shape)} does not have {audio_channels} channels")
-        if start.stage == BASE and start.text.shape[-1] != self.dits[r.profile].cfg.text_in_channels:
-            problems.append(f"text embeddings {list(start.text.shape)} do not fit the DiT")
-        if problems:
-            raise StageResultError(f"the {start.stage} stage result does not fit this model: " + "; ".join(problems))
 
     # ------------------------------------------------------------------------------ helpers
     def _on_device(self, *modules):

@@ -194,11 +194,17 @@ def _metadata(data: bytes) -> dict[str, str]:
         raise StageResultError(f"not a Horse stage result: not safetensors bytes ({e})") from None
 
 
-def check_fits(result: StageResult, expected: dict, device_type: str) -> None:
-    """Raise StageResultError naming what differs between a stage result and the key inputs this
-    request and model give for its stage: another model (the fingerprints of which stack stages),
-    another request (which fields), or another device type (its generator state cannot be restored)."""
-    got = result.key_inputs
+def check_fits(result: StageResult, request: RenderRequest, stage_fingerprints: Mapping[str, str],
+               device_type: str) -> None:
+    """Raise StageResultError unless `result` can start `request` on a model with these stage
+    fingerprints and device type, naming what differs: another model (which stack stages'
+    fingerprints), another request (which fields), or another device type (a generator state
+    restores only on its own)."""
+    if not isinstance(result, StageResult):
+        raise StageResultError(f"start must be a StageResult, got {type(result).__name__}")
+    if result.stage not in STORED_STAGES or result.stage not in render_stages(request):
+        raise StageResultError(f"a {result.stage!r} stage result cannot start a {request.resolution} render")
+    expected, got = stage_key_inputs(request, result.stage, stage_fingerprints), result.key_inputs
     where = f"the {result.stage} stage result"
     theirs, ours = got.get("fingerprints") or {}, expected["fingerprints"]
     if theirs != ours:
