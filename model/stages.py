@@ -151,7 +151,8 @@ class StageResult:
         if meta.get("format") != _FORMAT:
             raise StageResultError("not a Horse stage result (no 'format: horse-stage-result' in its metadata)")
         if meta.get("version") != str(STAGE_RESULT_VERSION):
-            raise StageResultError(f"stage result version {meta.get('version')!r}; this code reads {STAGE_RESULT_VERSION}")
+            raise StageResultError(f"stage result version {meta.get('version')!r}; "
+                                   f"this code reads {STAGE_RESULT_VERSION}")
         if stage not in STORED_STAGES:
             raise StageResultError(f"stage result: stage {stage!r} is not one of {STORED_STAGES}")
         try:
@@ -213,7 +214,8 @@ def check_fits(result: StageResult, request: RenderRequest, stage_fingerprints: 
         raise StageResultError(f"{where} was made with another model: stage fingerprint(s) differ: {detail}")
     fields = [k for k in sorted(set(got) | set(expected)) if k != "fingerprints" and got.get(k) != expected.get(k)]
     if fields:
-        detail = "; ".join(f"{k} is {reprlib.repr(got.get(k))} there, {reprlib.repr(expected.get(k))} here" for k in fields)
+        detail = "; ".join(f"{k} is {reprlib.repr(got.get(k))} there, {reprlib.repr(expected.get(k))} here"
+                           for k in fields)
         raise StageResultError(f"{where} was made for another request: {detail}")
     if result.device_type != device_type:
         raise StageResultError(f"{where} was made on {result.device_type or 'an unknown device'}; this pipeline "

@@ -11,14 +11,14 @@ from model import (HappyHorsePipeline, InvalidRequest, StageResult, StageResultE
 
 from .test_pipeline import req
 
-SR = 16000
+AUDIO_RATE = 16000
 IMAGE = np.random.default_rng(0).integers(0, 255, (90, 200, 3), dtype=np.uint8)
-AUDIO = (0.1 * np.sin(np.arange(int(1.5 * SR)) / 10)).astype(np.float32)[None]
+AUDIO = (0.1 * np.sin(np.arange(int(1.5 * AUDIO_RATE)) / 10)).astype(np.float32)[None]
 MODES = {
     "distill": {},
     "base+cfg": {"profile": "base", "negative_prompt": "blurry"},
     "ti2v": {"image": IMAGE},
-    "ta2v": {"audio": AUDIO, "audio_sample_rate": SR, "keep_audio_fixed": True},
+    "ta2v": {"audio": AUDIO, "audio_sample_rate": AUDIO_RATE, "keep_audio_fixed": True},
 }
 
 
@@ -59,7 +59,7 @@ def test_ta2v_base_result_keeps_the_given_audio(tiny_pipe):
     """With keep_audio_fixed the stored audio latent is the encoded reference, not a denoised one."""
     fixed = tiny_pipe.render_until(req(**MODES["ta2v"]), "base")
     other = tiny_pipe.render_until(req(**MODES["ta2v"], prompt="Another scene."), "base")
-    moving = tiny_pipe.render_until(req(audio=AUDIO, audio_sample_rate=SR), "base")
+    moving = tiny_pipe.render_until(req(audio=AUDIO, audio_sample_rate=AUDIO_RATE), "base")
     assert fixed.audio.equal(other.audio) and not fixed.audio.equal(moving.audio)
     assert not fixed.video.equal(other.video)
 
@@ -82,7 +82,8 @@ def test_sr_draws_from_the_generator_state_after_base(tiny_pipe):
         noise(base.audio.shape, gen)
     assert torch.equal(base.generator_state, gen.get_state())
     reseeded = dataclasses.replace(base, generator_state=torch.Generator().manual_seed(r.seed).get_state())
-    assert not tiny_pipe.render_until(r, "sr", start=reseeded).video.equal(tiny_pipe.render_until(r, "sr", start=base).video)
+    from_state_after_base = tiny_pipe.render_until(r, "sr", start=base).video
+    assert not tiny_pipe.render_until(r, "sr", start=reseeded).video.equal(from_state_after_base)
 
 
 def test_stage_keys_name_only_the_stages_used(tiny_pipe):
@@ -168,7 +169,8 @@ def test_from_bytes_names_what_is_wrong(base_bytes):
         (save({k: v for k, v in tensors.items() if k != "generator_state"}, metadata=meta),
          r"holds tensors \['audio', 'text', 'video'\], expected"),
         (save({**tensors, "video": tensors["video"].double()}, metadata=meta), "video is torch.float64"),
-        (save({**tensors, "text": tensors["text"].float()}, metadata=meta), "text is torch.float32 .* expected torch.float16"),
+        (save({**tensors, "text": tensors["text"].float()}, metadata=meta),
+         "text is torch.float32 .* expected torch.float16"),
         (save({**tensors, "audio": tensors["audio"][:, :5]}, metadata=meta), "do not belong to one clip"),
     ]
     for data, message in cases:
