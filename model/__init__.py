@@ -9,11 +9,12 @@ planner and the CLI's light commands rely on that.
 from importlib import import_module
 
 _EXPORTS = {
-    "CheckpointError": "errors", "InvalidRequest": "errors", "RenderCancelled": "errors",
+    "CheckpointError": "errors", "InvalidRequest": "errors", "RenderCancelled": "errors", "StageResultError": "errors",
     "DiTConfig": "config", "PipelineConfig": "config", "full_dit_config": "config", "tiny_dit_config": "config",
     "ASPECT_RATIOS": "geometry", "RESOLUTIONS": "geometry", "output_size": "geometry",
     "Clip": "request", "RenderRequest": "request", "frame_count": "request", "latent_lengths": "request",
     "ModelDescription": "stack", "describe_checkpoint": "stack", "describe_tiny": "stack",
+    "StageResult": "stages", "render_stages": "stages", "stage_key_inputs": "stages",
     "DiT": "dit",
     "HappyHorsePipeline": "pipeline",
     "LANGUAGES": "prompt", "NEGATIVE_PROMPT": "prompt", "compose_prompt": "prompt", "normalize_language": "prompt",

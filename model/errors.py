@@ -6,6 +6,11 @@ class InvalidRequest(ValueError):
     """The request cannot be rendered as given; retrying will not help."""
 
 
+class StageResultError(InvalidRequest):
+    """Bytes that are not a stage result, or a stage result that does not fit the request or model
+    it should start (`model.stages`). Retrying will not help; rendering that stage again will."""
+
+
 class RenderCancelled(RuntimeError):
     """should_stop() returned True between two steps."""
 

@@ -16,7 +16,7 @@ from .config import TINY_AUDIO_LATENT, DiTConfig, PipelineConfig, full_dit_confi
 from .dit import DiT, ExpertLinear, build_dit, init_random_
 from .offload import module_bytes
 from .stack import (DIT_STAGES, FORMAT_VERSION, present_stages, read_pipeline_config, stack_files,
-                    tiny_fingerprint)
+                    stage_fingerprints, tiny_fingerprint)
 
 # Share of the GPU's memory the weights may take; the rest is for activations.
 WEIGHTS_SHARE_OF_GPU = 0.7
@@ -32,6 +32,7 @@ class Stack:
     config: PipelineConfig
     fingerprint: str
     weight_hashes: dict[str, str] = field(default_factory=dict)    # relative path -> sha256
+    stage_fingerprints: dict[str, str] = field(default_factory=dict)   # model.stack.stage_fingerprints
 
 
 def build_tiny(seed: int) -> Stack:
@@ -41,11 +42,12 @@ def build_tiny(seed: int) -> Stack:
     for k, stage in enumerate(DIT_STAGES):
         dits[stage] = init_random_(build_dit(tiny_dit_config(stage, TINY_AUDIO_LATENT)), seed * 1000 + k).eval()
     te_model, tok = tiny_text_encoder(dits["distill"].cfg.text_in_channels, seed * 1000 + 11)
+    fingerprint = tiny_fingerprint(seed, cfg, {stage: dit.cfg for stage, dit in dits.items()})
     return Stack(dits, TextEncoder(te_model, tok, cfg.text_max_tokens),
                  VideoCodec(tiny_video_vae(cfg.z_dim, seed * 1000 + 12)),
                  AudioCodec(tiny_audio_vae(dits["distill"].cfg.audio_in_channels, seed * 1000 + 13),
                             cfg.audio_model_rate, cfg.sample_rate),
-                 cfg, tiny_fingerprint(seed, cfg, {stage: dit.cfg for stage, dit in dits.items()}))
+                 cfg, fingerprint, stage_fingerprints=stage_fingerprints(fingerprint, {}, cfg))
 
 
 def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, offload: bool, allow_pickle: bool,
@@ -94,7 +96,7 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
     fingerprint, hashes = ckpt.fingerprint_files(folder, files)
     return Stack(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
                  AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fingerprint,
-                 hashes), offload
+                 hashes, stage_fingerprints(fingerprint, hashes, config)), offload
 
 
 def meta_dit(cfg: DiTConfig, dtype: torch.dtype) -> DiT:

@@ -1,8 +1,9 @@
 """HappyHorsePipeline: text -> (video, audio) clip with the daVinci-MagiHuman stack (spec §4).
 
-Stages: text encode (T5Gemma) -> noise -> [TI2V image / TA2V audio encode] -> distilled (8 steps,
-re-noising) or base (32 UniPC steps, CFG vs the negative prompt) loop at 256p -> optional SR loop
-(540p, or 1080p with local attention; 5 UniPC steps) -> Wan2.2 VAE decode + Oobleck decode.
+Stages (`model.stages`): base = text encode (T5Gemma) -> noise -> [TI2V image / TA2V audio
+encode] -> distilled (8 steps, re-noising) or base (32 UniPC steps, CFG vs the negative prompt)
+loop at 256p; sr = optional SR loop (540p, or 1080p with local attention; 5 UniPC steps); decode =
+Wan2.2 VAE decode + Oobleck decode. A render can stop after base or sr and start from the result.
 Decoded audio (Ta * 1764 samples at 44.1 kHz) is trimmed to round(seconds * 44100) samples.
 
 Where the parts live: requests and clip lengths `model.request`, frame sizes `model.geometry`,
@@ -20,12 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidRequest
 from .geometry import BASE_TIER, SR_STAGE, output_size
 from .loading import WEIGHTS_SHARE_OF_GPU, Stack, build_tiny, load_stack, save_stack
 from .offload import StageOffload
 from .prompt import NEGATIVE_PROMPT
 from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
+from .stages import BASE, DECODE, SR, STORED_STAGES, StageResult, check_fits, render_stages, stage_key_inputs
 
 
 @contextlib.contextmanager
@@ -66,6 +69,7 @@ class HappyHorsePipeline:
         self.config = stack.config
         self.fingerprint = stack.fingerprint
         self.weight_hashes = stack.weight_hashes
+        self.stage_fingerprints = stack.stage_fingerprints     # per stack stage: what stage keys name
         self.device = torch.device(device)
         self.cpu_threads = cpu_threads
         self.offload: StageOffload | None = None
@@ -114,16 +118,50 @@ class HappyHorsePipeline:
         return output_size(self.config.tiers, resolution, aspect_ratio)
 
     # ------------------------------------------------------------------------------ render
-    def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None) -> Clip:
-        """Render one clip. should_stop is polled between steps; True raises RenderCancelled."""
-        validate_request(request, self.config.tiers, self.dits)
+    def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None,
+                 start: StageResult | None = None) -> Clip:
+        """Render one clip, from noise or from `start`, a stage result of this request and model
+        (`model.stages`). should_stop is polled between steps; True raises RenderCancelled."""
+        return self._run(request, start, DECODE, should_stop)
+
+    def render_until(self, request: RenderRequest, stop_after: str, start: StageResult | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> StageResult:
+        """Run the request's stages up to and including `stop_after` ("base", or "sr" for a
+        540p/1080p request), from noise or from `start`, and return that stage's result. Finish
+        with `pipe(request, start=result)`; a 256p result finishes any resolution."""
+        if stop_after not in STORED_STAGES:
+            raise InvalidRequest(f"stop_after must be one of {STORED_STAGES} (the decoded clip is pipe(request)), "
+                                 f"got {stop_after!r}")
+        return self._run(request, start, stop_after, should_stop)
+
+    def _run(self, r: RenderRequest, start: StageResult | None, stop_after: str, should_stop):
+        validate_request(r, self.config.tiers, self.dits)
+        stages = render_stages(r)
+        if stop_after not in stages:
+            raise InvalidRequest(f"a {r.resolution} render has no {stop_after!r} stage (it has {stages})")
+        todo = stages[: stages.index(stop_after) + 1]
+        if start is not None:
+            check_fits(start, r, self.stage_fingerprints, self.device.type)
+            todo = todo[stages.index(start.stage) + 1:]
+            if not todo:
+                raise InvalidRequest(f"a {start.stage} stage result is already past {stop_after!r}")
+        timings = {"text_encode": 0.0, "denoise": 0.0, "sr": 0.0, "decode": 0.0}
+        result = start
         threads = self.cpu_threads if self.device.type == "cpu" else None
         with torch_threads(threads), torch.no_grad():
-            return self._render(request, should_stop)
+            for stage in todo:
+                if stage == BASE:
+                    result = self._base(r, timings, should_stop)
+                elif stage == SR:
+                    result = self._super_resolve(r, result, timings, should_stop)
+                else:
+                    result = self._decode(r, result, timings, should_stop)
+        result.timings, result.stages_run = timings, todo
+        return result
 
-    def _render(self, r: RenderRequest, should_stop) -> Clip:
+    def _base(self, r: RenderRequest, timings: dict, should_stop) -> StageResult:
+        """Text encoding, [image/audio encode], noise and the distill or base loop at 256p."""
         cfg, dev = self.config, self.device
-        timings = {"text_encode": 0.0, "denoise": 0.0, "sr": 0.0, "decode": 0.0}
         gen = torch.Generator(device=dev).manual_seed(int(r.seed))
         width, height = self.size_for(BASE_TIER, r.aspect_ratio)
         h, w = height // cfg.vae_stride[1], width // cfg.vae_stride[2]
@@ -163,32 +201,44 @@ class HappyHorsePipeline:
                                           given_audio is not None, should_stop)
         _sync(dev)
         timings["denoise"] = time.perf_counter() - t0
-        final_audio = given_audio if (given_audio is not None and (r.keep_audio_fixed or r.profile == "base")) else audio
+        # `audio` is what sr and decode use: with TA2V the loops return the given audio untouched,
+        # unless the distill loop re-noised it (keep_audio_fixed=False, the upstream behaviour)
+        return StageResult(BASE, stage_key_inputs(r, BASE, self.stage_fingerprints), video, audio, text,
+                           gen.get_state(), dev.type)
 
-        if r.resolution in SR_STAGE:
-            t0 = time.perf_counter()
-            sr_dit = self.dits[SR_STAGE[r.resolution]]
-            width, height = self.size_for(r.resolution, r.aspect_ratio)
-            image_latent = None
-            if r.image is not None:
-                with self._on_device(self.video_codec.vae):
-                    image_latent = self._encode_image(r.image, width, height)
-            with self._on_device(sr_dit):
-                video = super_resolve(sr_dit, video, final_audio, text, (height // cfg.vae_stride[1], width // cfg.vae_stride[2]),
-                                      gen, cfg, image_latent, given_audio is not None, should_stop)
-            _sync(dev)
-            timings["sr"] = time.perf_counter() - t0
+    def _super_resolve(self, r: RenderRequest, base: StageResult, timings: dict, should_stop) -> StageResult:
+        """The SR loop to the request's tier, drawing its noise from the generator state after base."""
+        cfg, dev = self.config, self.device
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=dev)
+        gen.set_state(base.generator_state)
+        sr_dit = self.dits[SR_STAGE[r.resolution]]
+        width, height = self.size_for(r.resolution, r.aspect_ratio)
+        image_latent = None
+        if r.image is not None:
+            with self._on_device(self.video_codec.vae):
+                image_latent = self._encode_image(r.image, width, height)
+        with self._on_device(sr_dit):
+            video = super_resolve(sr_dit, base.video.to(dev), base.audio.to(dev), base.text.to(dev),
+                                  (height // cfg.vae_stride[1], width // cfg.vae_stride[2]), gen, cfg, image_latent,
+                                  r.audio is not None, should_stop)
+        _sync(dev)
+        timings["sr"] = time.perf_counter() - t0
+        return StageResult(SR, stage_key_inputs(r, SR, self.stage_fingerprints), video, base.audio,
+                           device_type=dev.type)
 
+    def _decode(self, r: RenderRequest, latent: StageResult, timings: dict, should_stop) -> Clip:
+        cfg, dev = self.config, self.device
         t0 = time.perf_counter()
         check_stop(should_stop)
         with self._on_device(self.video_codec.vae, self.audio_codec.vae):
-            pixels = self.video_codec.decode(video)[0]                          # (3, F, H, W)
-            wave = self.audio_codec.decode(final_audio)
+            pixels = self.video_codec.decode(latent.video.to(dev))[0]              # (3, F, H, W)
+            wave = self.audio_codec.decode(latent.audio.to(dev))
         frames = ((pixels.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         n_samples = min(wave.shape[1], int(round(r.seconds * cfg.sample_rate)))
         timings["decode"] = time.perf_counter() - t0
         return Clip(frames=frames, audio=np.ascontiguousarray(wave[:, :n_samples].numpy(), dtype=np.float32),
-                    fps=cfg.fps, sample_rate=cfg.sample_rate, timings=timings)
+                    fps=cfg.fps, sample_rate=cfg.sample_rate)
 
     # ------------------------------------------------------------------------------ helpers
     def _on_device(self, *modules):

@@ -43,6 +43,7 @@ class Clip:
     fps: int = 25
     sample_rate: int = 44100
     timings: dict[str, float] = field(default_factory=dict)   # text_encode, denoise, sr, decode (s)
+    stages_run: tuple[str, ...] = ()            # the stages this call ran ("base", "sr", "decode"; model.stages)
 
 
 def latent_lengths(seconds: float, fps: int = 25) -> tuple[int, int]:

@@ -7,6 +7,10 @@ decoder renders instead (the spec's §3.2 fallback), so it is neither checked no
 
 No torch here: planning describes a stack (fingerprint, output sizes) without loading it, and
 the description of the tiny preset is computed from its configs alone.
+
+Stage fingerprints: one sha256 per stage of the stack (each DiT, each library folder, and
+"pipeline" for the sampler/geometry config), so that a stage result's key names only the stages
+it was made with (`model.stages`) and changing one stage does not invalidate the others.
 """
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class ModelDescription:
     """What a planner needs without loading any tensor: the fingerprint the loaded pipeline will
-    report, the DiT stages it will have, and its sampler/geometry config."""
+    report, the DiT stages it will have, its sampler/geometry config and the fingerprint of each
+    stage (`stage_fingerprints`, the same as the loaded pipeline's)."""
     fingerprint: str
     stages: tuple[str, ...]
     config: PipelineConfig
+    stage_fingerprints: dict[str, str]
 
     def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
         """(width, height) of a tier and aspect ratio; see `model.geometry.output_size`."""
@@ -89,8 +95,9 @@ def describe_checkpoint(folder: str | Path, stages: tuple[str, ...] | None = Non
     with the same arguments; reads headers and hashes files (digests are cached), no tensors."""
     folder = Path(folder)
     present = present_stages(folder, stages)
-    fingerprint, _ = ckpt.fingerprint_files(folder, stack_files(folder, present, allow_pickle))
-    return ModelDescription(fingerprint, present, read_pipeline_config(folder))
+    fingerprint, hashes = ckpt.fingerprint_files(folder, stack_files(folder, present, allow_pickle))
+    config = read_pipeline_config(folder)
+    return ModelDescription(fingerprint, present, config, stage_fingerprints(fingerprint, hashes, config))
 
 
 def tiny_fingerprint(seed: int, config: PipelineConfig, dit_configs: dict) -> str:
@@ -104,4 +111,25 @@ def describe_tiny(seed: int = 0) -> ModelDescription:
     """The description of `HappyHorsePipeline.tiny(seed)`, without building it."""
     config = tiny_pipeline_config()
     dit_configs = {stage: tiny_dit_config(stage, TINY_AUDIO_LATENT) for stage in DIT_STAGES}
-    return ModelDescription(tiny_fingerprint(seed, config, dit_configs), DIT_STAGES, config)
+    fingerprint = tiny_fingerprint(seed, config, dit_configs)
+    return ModelDescription(fingerprint, DIT_STAGES, config, stage_fingerprints(fingerprint, {}, config))
+
+
+def stage_fingerprints(stack_fingerprint: str, weight_hashes: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """sha256 per stage: over the digests of the files under its folder (`weight_hashes`: path
+    relative to the stack folder -> sha256, the same `name\0digest\n` lines as the stack
+    fingerprint); for the tiny preset, which has no files, over the stack fingerprint and the
+    stage name. "pipeline" is the sampler/geometry config itself, so a stack without a
+    pipeline.json (defaults) has one too."""
+    per_stage: dict[str, list[str]] = {}
+    for name in sorted(weight_hashes):
+        stage, sep, _ = name.partition("/")
+        if sep:                                       # top-level files: pipeline.json, covered below
+            per_stage.setdefault(stage, []).append(f"{name}\0{weight_hashes[name]}\n")
+    if weight_hashes:
+        digests = {stage: hashlib.sha256("".join(lines).encode()).hexdigest() for stage, lines in per_stage.items()}
+    else:
+        digests = {stage: hashlib.sha256(f"{stack_fingerprint}\0{stage}".encode()).hexdigest()
+                   for stage in (*DIT_STAGES, *LIBRARY_STAGES)}
+    digests["pipeline"] = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    return digests

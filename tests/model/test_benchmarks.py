@@ -53,3 +53,9 @@ def test_offload_benchmark_replays_real_renders():
     assert bench.stage_lru(clips, sizes, budget=60) == [52, 0, 86]
     assert bench.model_offload(clips, sizes) == [104, 104, 164]          # everything in and out, every clip
     assert bench.sequential_offload(clips, sizes) == [262, 262, 412]     # weights streamed per forward
+
+
+def test_staged_benchmark_smoke(capsys):
+    assert load("staged").main(["--seconds", "0.4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "store+load" in out and "of the published 31 s H100 stage" in out

@@ -15,6 +15,8 @@ def test_geometry_prompt_and_descriptions_load_no_torch(saved):
     code = ("import sys, model.geometry; from model import compose_prompt, describe_checkpoint, describe_tiny"
             f"; d = describe_checkpoint({str(saved)!r}); d.size_for('1080p', '9:16'); describe_tiny(3).size_for('256p', '4:5')"
             "; compose_prompt('A horse.', [{'speaker': 'Ann', 'language': 'ja', 'line': 'hi'}])"
+            "; from model import RenderRequest, stage_key_inputs"
+            "; stage_key_inputs(RenderRequest('A horse.', 1.0, 1, resolution='540p'), 'sr', d.stage_fingerprints)"
             "; print(sorted({'torch', 'diffusers', 'transformers', 'ray', 'prefect'} & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
