@@ -5,9 +5,13 @@ Every command prints human output by default and exactly one JSON document on st
 configuration. Commands live in modules by group; `command.py` holds what they share.
 """
 
-import typer
+from flows.cli.command import set_library_defaults
 
-from flows.cli import campaigns, demo, manifests, operations, runs
+set_library_defaults()  # before any command imports Prefect or Ray
+
+import typer  # noqa: E402
+
+from flows.cli import campaigns, demo, manifests, operations, runs  # noqa: E402
 
 app = typer.Typer(
     name="horse",

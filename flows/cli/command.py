@@ -33,6 +33,23 @@ StoreOpt = Annotated[Optional[str], typer.Option("--store", help="store root URL
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="model preset (tiny, ...) or checkpoint folder")]
 RayOpt = Annotated[Optional[str], typer.Option("--ray-address", help="'auto' or host:port; default: private local cluster")]
 
+# Defaults for the libraries' own settings, unless the user set them. Prefect's embedded
+# ("ephemeral") API server must start within 20 s by default, but its first start on a new
+# machine migrates a fresh database: about 23 s on 2 idle cores, more on a loaded machine.
+LIBRARY_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's usage report at start-up
+    "DO_NOT_TRACK": "1",  # Prefect's client-side (SDK) analytics
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def set_library_defaults() -> None:
+    """Call before Prefect or Ray is imported: both read these once, on import."""
+    for name, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 class InvalidInput(Exception):
     """The user's input (a manifest, an id, a file) cannot be used: exit 2 with this message."""
 

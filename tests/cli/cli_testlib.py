@@ -12,10 +12,12 @@ from typing import Any
 from flows.manifest import write_manifest
 
 
-def horse(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+def horse(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (), cwd: str | Path | None = None,
           timeout: float = 300) -> subprocess.CompletedProcess:
+    """`horse ARGS` with this environment, plus `env`, less the variables named in `unset`."""
+    environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env=environment, timeout=timeout)
 
 
 def one_json_document(result: subprocess.CompletedProcess) -> dict[str, Any]:
