@@ -90,6 +90,7 @@ def run_command(
     """Run one command: settings from the config file, environment and flags, then the body.
     Configuration and input errors exit 2, any other error 1, each with a one-line message
     (HORSE_DEBUG=1 raises instead, to show the traceback)."""
+    emit = claim_stdout_for_json() if as_json else None
     try:
         outcome = body(cli_settings(config, store, model, ray_address))
     except (ConfigError, InvalidInput) as exc:
@@ -100,8 +101,8 @@ def run_command(
         if os.environ.get("HORSE_DEBUG"):
             raise
         outcome = _error(f"{type(exc).__name__}: {exc} (set HORSE_DEBUG=1 for the traceback)", EXIT_FAILED)
-    if as_json:
-        sys.stdout.write(json.dumps(outcome.document, indent=2, default=str) + "\n")
+    if emit:
+        emit(outcome.document)
     else:
         outcome.show()
     raise typer.Exit(outcome.exit_code)
@@ -116,3 +117,22 @@ def cli_settings(config: Path | None, store: str | None, model: str | None, ray_
     if settings.prefect.api_url and "PREFECT_API_URL" not in os.environ:
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url  # read by Prefect on import
     return settings
+
+
+def claim_stdout_for_json() -> Callable[[dict[str, Any]], None]:
+    """Keep stdout for the one JSON document: from here on file descriptor 1 is stderr.
+
+    Not only Python prints: Ray's log monitor ("(raylet) A worker died ..."), native libraries
+    and child processes (Ray workers, Prefect's server) write to fd 1 directly. So fd 1 itself
+    becomes a copy of stderr, which children inherit, and the real stdout lives on only in a
+    private descriptor (not inherited) that the returned function writes the document to, once.
+    """
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+
+    def emit(document: dict[str, Any]) -> None:
+        with open(stdout, "w", encoding="utf-8") as out:  # closing it: nothing can follow
+            out.write(json.dumps(document, indent=2, default=str) + "\n")
+
+    return emit
