@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from catalog import Store
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,8 +63,12 @@ def horse_ui(tmp_path):
         process.kill()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
-def test_demo_then_prefect_ui_in_a_browser(horse_ui, tmp_path, artifacts_dir):
+@pytest.fixture
+def chromium_installed() -> None:
+    require(CHROMIUM, "Debian's chromium (apt-get install -y chromium)")
+
+
+def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_path, artifacts_dir):
     base_url, ui_process = horse_ui
     env = {**os.environ, "PREFECT_API_URL": f"{base_url}/api"}
     demo = subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
