@@ -54,21 +54,21 @@ def show(campaign: CampaignArg,
         with invalid_input(InvalidId, VersionNotFound):
             document = Store(settings.store_url, settings.storage_options).versions.read(campaign, version)
 
-        def show() -> None:
+        def show_version() -> None:
             console.print(f"[bold]{campaign}[/bold] version {document['version']} ({document['created_at']}), "
                           f"manifest sha256 {str(document.get('manifest_sha256'))[:12]}")
             show_entries(document["entries"])
 
-        return Outcome({"ok": True, **document}, show)
+        return Outcome({"ok": True, **document}, show_version)
 
     run_command(as_json, body, config, store)
 
 
-def show_entries(entries: list[dict], title: str | None = None, file=lambda entry: entry.get("blob_uri")) -> None:
+def show_entries(entries: list[dict], title: str | None = None) -> None:
     """A version's entries as a table: shot, variant, status and its file (or why it failed)."""
     table = Table(title=title, header_style="bold")
     for column in ("shot", "variant", "status", "file"):
         table.add_column(column, overflow="fold")
     for e in entries:
-        table.add_row(e["shot_id"], e["variant"], e["status"], file(e) or e.get("error_class") or "")
+        table.add_row(e["shot_id"], e["variant"], e["status"], e.get("blob_uri") or e.get("error_class") or "")
     console.print(table)

@@ -92,7 +92,7 @@ def run_command(
     (HORSE_DEBUG=1 raises instead, to show the traceback)."""
     emit = claim_stdout_for_json() if as_json else None
     try:
-        outcome = body(cli_settings(config, store, model, ray_address))
+        outcome = body(_load_settings(config, store, model, ray_address))
     except (ConfigError, InvalidInput) as exc:
         outcome = _error(str(exc), EXIT_INVALID)
     except (typer.Exit, KeyboardInterrupt):
@@ -112,7 +112,7 @@ def _error(message: str, code: int) -> Outcome:
     return Outcome({"ok": False, "error": message}, lambda: err_console.print(f"[red]error:[/red] {message}", highlight=False), code)
 
 
-def cli_settings(config: Path | None, store: str | None, model: str | None, ray_address: str | None) -> HorseSettings:
+def _load_settings(config: Path | None, store: str | None, model: str | None, ray_address: str | None) -> HorseSettings:
     settings = load_settings(config, store_url=store, model=model, ray={"address": ray_address} if ray_address else None)
     if settings.prefect.api_url and "PREFECT_API_URL" not in os.environ:
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url  # read by Prefect on import
@@ -122,7 +122,7 @@ def cli_settings(config: Path | None, store: str | None, model: str | None, ray_
 def claim_stdout_for_json() -> Callable[[dict[str, Any]], None]:
     """Keep stdout for the one JSON document: from here on file descriptor 1 is stderr.
 
-    Not only Python prints: Ray's log monitor ("(raylet) A worker died ..."), native libraries
+    Not only Python prints: Ray's driver ("(raylet) A worker died ..."), native libraries
     and child processes (Ray workers, Prefect's server) write to fd 1 directly. So fd 1 itself
     becomes a copy of stderr, which children inherit, and the real stdout lives on only in a
     private descriptor (not inherited) that the returned function writes the document to, once.

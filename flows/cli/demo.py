@@ -43,7 +43,7 @@ def demo(as_json: JsonOpt = False, store: StoreOpt = None) -> None:
                                                            config_file=str(DEMO_CONFIG), return_state=True),
                            "rendering", as_json)
         run = outcome.document
-        if "versions" not in run:  # the run failed: its error is all there is to show
+        if "error" in run:  # the run failed: its error is all there is to show
             return outcome
 
         def show() -> None:
@@ -51,8 +51,8 @@ def demo(as_json: JsonOpt = False, store: StoreOpt = None) -> None:
 
             outcome.show()
             for campaign, number in run["versions"].items():
-                version = Store(store_url).versions.read(campaign, number)
-                show_entries(version["entries"], f"{campaign} version {number}", lambda e: _local(e.get("blob_uri")))
+                entries = Store(store_url).versions.read(campaign, number)["entries"]
+                show_entries([{**e, "blob_uri": _local(e.get("blob_uri"))} for e in entries], f"{campaign} version {number}")
             if run["rendered"] == 0 and run["cached"]:
                 console.print("[green]everything was already rendered[/green]: nothing to do (delete the store to start over)")
             console.print(f"done in {time.perf_counter() - started:.0f}s. Next:")

@@ -75,7 +75,7 @@ def backfill(
     aspect_ratios: Annotated[Optional[str], typer.Option("--aspect-ratios", help="comma-separated, e.g. 9:16,1:1")] = None,
     takes: Annotated[Optional[int], typer.Option("--takes", min=1, help="takes per variant")] = None,
     shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids")] = None,
-    force: Annotated[bool, typer.Option("--force")] = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,

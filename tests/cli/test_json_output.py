@@ -102,3 +102,7 @@ def test_render_json_is_one_document_when_an_actor_is_killed_mid_run(tmp_path, t
     assert result.returncode == 0, (document, result.stderr[-3000:])
     assert document["rendered"] + document["cached"] == 8 and document["failed"] == 0
     assert "worker died" in result.stderr.lower(), "Ray reported the killed worker, on stderr"
+
+    again = horse("backfill", "cli-spring", "--json", "--store", tmp_store, "--config", config)
+    document = one_json_document(again)
+    assert again.returncode == 0 and (document["rendered"], document["cached"]) == (0, 8)

@@ -7,6 +7,7 @@ test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,6 +91,10 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
 
     again = subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "everything was already rendered" in again.stdout
+    as_json = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    document = json.loads(as_json.stdout)  # one JSON document and nothing else
+    assert as_json.returncode == 0 and (document["rendered"], document["cached"]) == (0, 14)
 
     runs = httpx.post(f"{base_url}/api/flow_runs/filter", json={"limit": 10}).json()
     run = min((r for r in runs if r["state_type"] == "COMPLETED"), key=lambda r: r["start_time"])  # the run that rendered
