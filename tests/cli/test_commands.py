@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from importlib.metadata import entry_points
 
+import pytest
+
 from tests.cli.cli_testlib import horse, manifest, one_json_document
 
 COMMANDS = ("demo", "manifest", "plan", "render", "backfill", "versions", "show", "deploy", "serve", "ui", "doctor")
@@ -23,6 +25,7 @@ def test_console_script_and_python_m_run_the_same_app():
     assert horse("manifest", "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_plan_is_a_dry_run_with_a_quote(tmp_path, tmp_store):
     path = manifest(tmp_path / "m.parquet", shots=3, languages=["en", "de"], aspect_ratios=["16:9", "9:16"])
     result = horse("plan", str(path), "--json", "--store", tmp_store)
@@ -45,6 +48,7 @@ def test_plan_is_a_dry_run_with_a_quote(tmp_path, tmp_store):
     assert "reference_image_uri: /etc/hostname is outside the allowed input roots" in document["row_errors"][0]
 
 
+@pytest.mark.slow
 def test_invalid_input_is_one_line_and_exit_2_in_every_group(tmp_path, tmp_store, prefect_api):
     missing = str(tmp_path / "missing.parquet")
     human = horse("manifest", "validate", missing)

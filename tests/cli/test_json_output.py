@@ -39,6 +39,7 @@ def test_arrow_keeps_no_python_memory_after_a_manifest_is_read(tmp_path):
     assert held == [0] * 50
 
 
+@pytest.mark.slow
 def test_light_json_commands_print_one_document_and_exit_cleanly(tmp_path, tmp_store):
     valid = manifest(tmp_path / "valid.parquet")
     brief = tmp_path / "brief.yaml"
