@@ -12,7 +12,6 @@ CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -254,10 +253,24 @@ def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Se
     return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots)
 
 
+def arrow_owned_copy(data: bytes) -> pa.Buffer:
+    """`data` copied into memory that Arrow owns.
+
+    `read_table` returns before its readers are torn down: the last references to them are
+    dropped on Arrow's IO threads. A reader over Python memory (a bytes object, a BytesIO) then
+    needs the GIL to let go of it, and if the interpreter is exiting by then, Python ends that
+    thread inside a C++ destructor: std::terminate, SIGABRT, exit 134 after the command's output
+    (apache/arrow#33975). Over Arrow's own memory the teardown never touches Python.
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return sink.getvalue()
+
+
 def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"manifest {uri}: not a Parquet file ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]

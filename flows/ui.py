@@ -24,7 +24,6 @@ def server_env(port: int) -> dict[str, str]:
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
 
 
@@ -38,7 +37,7 @@ def start_server(port: int, env: dict[str, str] | None = None) -> subprocess.Pop
     )
 
 
-def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 120.0) -> bool:
+def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 180.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -53,15 +52,20 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 120.0)
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    """Stop the server and anything it started (its own process group)."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def run_ui(port: int, console: Console) -> int:
+    # A service manager or a container runtime stops us with SIGTERM: stop the server as on Ctrl-C
+    # (the server runs in its own session, so no signal reaches it unless we send one).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     console.print(f"starting the Prefect server on 127.0.0.1:{port} ...")
     process = start_server(port)
     try:
@@ -79,4 +83,6 @@ def run_ui(port: int, console: Console) -> int:
         console.print("stopping ...")
         return 0
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         stop_server(process)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="horse-tests-"))
+# Set by .ci/run, which installs the system packages some tests need: there, a missing one fails.
+IN_CI = os.environ.get("HORSE_CI") == "1"
 
 os.environ.update(
     {
@@ -47,6 +49,16 @@ import pytest  # noqa: E402
 # Golden vectors of the reference DiT (data, in the repo so every clone runs the parity tests).
 GOLDEN_DIR = Path(os.environ.get("HORSE_GOLDEN_DIR", Path(__file__).resolve().parent / "fixtures" / "golden"))
 ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def require(found: object, what: str) -> None:
+    """A test that needs a system package (Chromium, PostgreSQL): in CI it fails without it;
+    in a user's clone it is skipped, saying what to install."""
+    if not found:
+        message = f"needs {what}"
+        if IN_CI:
+            pytest.fail(f"{message}, which .ci/run installs: see its apt-get output above", pytrace=False)
+        pytest.skip(message)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from catalog import Store
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,8 +64,12 @@ def horse_ui(tmp_path):
         process.kill()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
-def test_demo_then_prefect_ui_in_a_browser(horse_ui, tmp_path, artifacts_dir):
+@pytest.fixture
+def chromium_installed() -> None:
+    require(CHROMIUM, "Debian's chromium (apt-get install -y chromium)")
+
+
+def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_path, artifacts_dir):
     base_url, ui_process = horse_ui
     env = {**os.environ, "PREFECT_API_URL": f"{base_url}/api"}
     demo = subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -86,6 +91,10 @@ def test_demo_then_prefect_ui_in_a_browser(horse_ui, tmp_path, artifacts_dir):
 
     again = subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "everything was already rendered" in again.stdout
+    as_json = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    document = json.loads(as_json.stdout)  # one JSON document and nothing else
+    assert as_json.returncode == 0 and (document["rendered"], document["cached"]) == (0, 14)
 
     runs = httpx.post(f"{base_url}/api/flow_runs/filter", json={"limit": 10}).json()
     run = min((r for r in runs if r["state_type"] == "COMPLETED"), key=lambda r: r["start_time"])  # the run that rendered

@@ -68,3 +68,22 @@ def test_tmp_store_is_an_empty_file_url(tmp_store):
 
     assert tmp_store.startswith("file://")
     assert list(Path(urlparse(tmp_store).path).iterdir()) == []
+
+
+def test_missing_system_packages_fail_in_ci_and_skip_in_a_clone(monkeypatch):
+    import re
+    from pathlib import Path
+
+    import pytest
+
+    import tests.conftest as conftest
+
+    ci_script = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    assert re.search(r"^export HORSE_CI=1\b", ci_script, re.MULTILINE), ".ci/run says it is CI"
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="needs chromium, which .ci/run installs"):
+        conftest.require(None, "chromium")
+    conftest.require("/usr/bin/chromium", "chromium")  # found: nothing to say
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="needs chromium"):
+        conftest.require(None, "chromium")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install -y postgresql)")
+    require(found, "the PostgreSQL server (apt-get install -y postgresql)")
     return Path(found[-1]).parent
 
 

@@ -1,0 +1,151 @@
+"""`horse plan`, `horse render`, `horse backfill`, and how a flow run becomes command output."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli.command import (
+    EXIT_FAILED, ConfigOpt, InvalidInput, JsonOpt, ModelOpt, Outcome, RayOpt, StoreOpt, console, err_console,
+    invalid_input, run_command,
+)
+
+app = typer.Typer()
+ManifestArg = Annotated[str, typer.Argument(help="Parquet manifest (path or URL)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="render again even what the catalog has")]
+
+
+@app.command()
+def plan(manifest: ManifestArg, as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None,
+         model: ModelOpt = None) -> None:
+    """Dry run: the jobs, which are already rendered, and a GPU-time quote for the rest."""
+
+    def body(settings) -> Outcome:
+        from flows.dry_run import dry_run
+        from flows.manifest import ManifestError
+
+        with invalid_input(ManifestError):
+            document = dry_run(manifest, settings)
+        return Outcome(document, lambda: show_plan(document))
+
+    run_command(as_json, body, config, store, model)
+
+
+def show_plan(document: dict[str, Any]) -> None:
+    jobs = document["plan"]
+    table = Table(header_style="bold")
+    for column in ("campaign", "shot", "variant", "size", "s", "seed", "status"):
+        table.add_column(column)
+    for job in jobs[:200]:
+        table.add_row(job["campaign_id"], job["shot_id"], job["variant"], f"{job['width']}x{job['height']}",
+                      f"{job['seconds']:g}", str(job["seed"]), "[dim]cached[/dim]" if job["cached"] else "render")
+    console.print(table)
+    if len(jobs) > 200:
+        console.print(f"... and {len(jobs) - 200} more")
+    console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, [bold]{document['to_render']} "
+                  f"to render[/bold], about {document['gpu_seconds_quote'] / 3600:.2f} GPU-hours ({document['quote_basis']})")
+    show_skipped(document["row_errors"])
+
+
+@app.command()
+def render(manifest: ManifestArg, force: ForceOpt = False, as_json: JsonOpt = False, config: ConfigOpt = None,
+           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+    """Run the nightly flow for a manifest now."""
+
+    def body(settings) -> Outcome:
+        from flows.nightly import nightly_campaign_render
+
+        return run_flow(lambda: nightly_campaign_render(
+            manifest_uri=manifest, store_url=store, model=model, config_file=str(config) if config else None,
+            ray_address=ray_address, force=force, return_state=True), "rendering", as_json)
+
+    run_command(as_json, body, config, store, model, ray_address)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+@app.command()
+def backfill(
+    campaign: Annotated[str, typer.Argument(help="campaign id")],
+    languages: Annotated[Optional[str], typer.Option("--languages", help="comma-separated, e.g. en,de,ja")] = None,
+    aspect_ratios: Annotated[Optional[str], typer.Option("--aspect-ratios", help="comma-separated, e.g. 9:16,1:1")] = None,
+    takes: Annotated[Optional[int], typer.Option("--takes", min=1, help="takes per variant")] = None,
+    shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids")] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Render the missing variants of a published campaign (new languages, aspect ratios, takes)."""
+
+    def body(settings) -> Outcome:
+        from flows.nightly import backfill_variants
+
+        return run_flow(lambda: backfill_variants(
+            campaign_id=campaign, languages=_split(languages), aspect_ratios=_split(aspect_ratios), takes=takes,
+            shot_ids=_split(shots), store_url=store, model=model, config_file=str(config) if config else None,
+            ray_address=ray_address, force=force, return_state=True), "backfilling", as_json)
+
+    run_command(as_json, body, config, store, model, ray_address)
+
+
+def run_flow(start: Callable[[], Any], label: str, as_json: bool) -> Outcome:
+    """Run a flow in this process with a progress bar (on stderr) and turn its end state into an
+    outcome: invalid input raises InvalidInput; a failed or crashed run is an error document."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.manifest import ManifestError
+    from flows.progress import progress_listener
+    from flows.settings import ConfigError
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, disable=as_json)
+    bar = progress.add_task(label, total=None)
+
+    def listener(totals) -> None:
+        progress.update(bar, total=totals.planned, completed=totals.done,
+                        description=f"{label}: {totals.rendered} rendered, {totals.cached} cached, "
+                                    f"{totals.degraded} degraded, {totals.failed} failed")
+
+    with progress, progress_listener(listener):
+        state = start()
+    if state.is_completed():
+        document = state.result()
+        ok = not (document["failed"] or document["degraded"] or document["row_errors"])
+        return Outcome({"ok": ok, **document}, lambda: show_run(document))
+    try:
+        state.result()
+    except (ManifestError, ConfigError, ValueError) as exc:  # invalid input: nothing was rendered
+        raise InvalidInput(str(exc)) from None
+    except Exception as exc:  # RunFailed (too many shots failed) or a crash: summarised, logged in Prefect
+        error = f"{type(exc).__name__}: {exc}"
+    return Outcome({"ok": False, "error": error},
+                   lambda: err_console.print(f"[red]run failed:[/red] {error}", highlight=False), EXIT_FAILED)
+
+
+def show_run(document: dict[str, Any]) -> None:
+    console.print(f"[bold]{document['rendered']} rendered[/bold], {document['cached']} already rendered, "
+                  f"{document['degraded']} degraded, {document['failed']} failed, {document['gpu_seconds']:.1f} GPU-seconds")
+    for campaign, number in document["versions"].items():
+        console.print(f"published [bold]{campaign}[/bold] version {number}")
+    for campaign, sheet in document["contact_sheets"].items():
+        console.print(f"contact sheet for {campaign}: {sheet}")
+    if document["failures"]:
+        table = Table(title="failed shots", header_style="bold red")
+        for column in ("shot", "variant", "error_class", "message", "retryable"):
+            table.add_column(column)
+        for row in document["failures"]:
+            table.add_row(row["shot"], row["variant"], row["error_class"], row["message"], str(row["retryable"]))
+        console.print(table)
+    show_skipped(document["row_errors"])
+
+
+def show_skipped(errors: list[str]) -> None:
+    for error in errors:
+        console.print(f"[red]skipped[/red] {error}", highlight=False)

@@ -1,0 +1,28 @@
+"""A dry run of a manifest: its render jobs, which the catalog already has, and a GPU-time quote
+for the rest. Nothing is rendered or written; `horse plan` prints this document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalog import Store
+from flows.manifest import read_manifest
+from flows.plan import make_plan, model_info, quote_gpu_seconds
+from flows.settings import HorseSettings
+
+
+def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
+    """Raises ManifestError when the manifest as a whole cannot be read."""
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
+    store = Store(settings.store_url, settings.storage_options)
+    plan = make_plan(manifest.shots, model_info(settings), store)
+    gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
+    jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
+             "height": job.height, "cached": job.render_key in plan.cached} for job in plan.jobs]
+    row_errors = [str(e) for e in manifest.errors] + plan.errors
+    return {
+        "ok": not row_errors,
+        "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
+        "gpu_seconds_quote": round(gpu_seconds, 1), "quote_basis": basis,
+        "row_errors": row_errors, "plan": jobs,
+    }
