@@ -56,7 +56,7 @@ def test_the_wheel_carries_the_configs_and_finds_them_where_it_is_installed(tmp_
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    probe = ("import flows.settings as s, flows.demo as d; st = s.load_settings(); "
+    probe = ("import flows.settings as s, flows.cli.demo as d; st = s.load_settings(); "
              "print(s.__file__, d.BRIEF.is_file(), st.render.chunk_size, st.resolved_model().device)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HORSE_")} | {"PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
