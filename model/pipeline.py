@@ -12,6 +12,7 @@ loading and saving `model.loading` (files and fingerprints: `model.stack`), the 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,12 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapters import Adapter
+from .errors import InvalidRequest
 from .geometry import BASE_TIER, SR_STAGE, output_size
 from .loading import WEIGHTS_SHARE_OF_GPU, Stack, build_tiny, load_stack, save_stack
 from .offload import StageOffload
 from .prompt import NEGATIVE_PROMPT
 from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
+from .stack import dit_fingerprint
 
 
 @contextlib.contextmanager
@@ -55,10 +59,12 @@ class HappyHorsePipeline:
     GPU's memory), so back-to-back clips of one profile do not reload (`model.offload`).
     cpu_threads: intra-op threads while rendering on CPU (None = leave torch's setting). The tiny
     preset uses 1: its ops are too small to gain from threads, and on a busy machine OpenMP
-    spin-waiting made renders 10-30x slower."""
+    spin-waiting made renders 10-30x slower.
+    adapter_capacity: brand adapters held on the DiTs at once (least recently used out); see
+    `use_adapter`."""
 
     def __init__(self, stack: Stack, device: str | torch.device = "cpu", offload: bool = False,
-                 cpu_threads: int | None = None, offload_budget_bytes: int | None = None):
+                 cpu_threads: int | None = None, offload_budget_bytes: int | None = None, adapter_capacity: int = 4):
         self.dits = stack.dits
         self.text_encoder = stack.text_encoder
         self.video_codec = stack.video_codec
@@ -66,6 +72,10 @@ class HappyHorsePipeline:
         self.config = stack.config
         self.fingerprint = stack.fingerprint
         self.weight_hashes = stack.weight_hashes
+        # what an adapter is trained against: one fingerprint per DiT stage
+        self.dit_fingerprints = {stage: dit_fingerprint(self.fingerprint, self.weight_hashes, stage) for stage in self.dits}
+        self.adapter_capacity = adapter_capacity
+        self._adapters = None                # model.lora.ResidentAdapters, made on first use (peft import)
         self.device = torch.device(device)
         self.cpu_threads = cpu_threads
         self.offload: StageOffload | None = None
@@ -113,12 +123,44 @@ class HappyHorsePipeline:
         """(width, height) of a tier and aspect ratio; see `model.geometry.output_size`."""
         return output_size(self.config.tiers, resolution, aspect_ratio)
 
+    # ------------------------------------------------------------------------------ adapters
+    def use_adapter(self, adapter: Adapter | None, strength: float = 1.0) -> None:
+        """Make `adapter` at `strength` (None: the base model) what the DiTs compute, without
+        reloading or writing any base weight: an adapter is loaded onto its stage's DiT the first
+        time (checked against that DiT's fingerprint and shapes) and held there, so switching back
+        is a flag flip. Every render calls this with its own adapter, so nothing carries over."""
+        if adapter is None and self._adapters is None:
+            return
+        if self._adapters is None:
+            from .lora import ResidentAdapters
+            self._adapters = ResidentAdapters(self.dits, self.dit_fingerprints, self.adapter_capacity)
+        self._adapters.activate(adapter, strength)
+
+    @property
+    def resident_adapters(self) -> tuple[str, ...]:
+        """sha256 of the adapters held on the DiTs (least recently used first): a pool can send a
+        job to the replica that already holds its adapter."""
+        return self._adapters.held if self._adapters is not None else ()
+
     # ------------------------------------------------------------------------------ render
-    def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None) -> Clip:
-        """Render one clip. should_stop is polled between steps; True raises RenderCancelled."""
+    def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None,
+                 adapter: Adapter | None = None, adapter_strength: float = 1.0) -> Clip:
+        """Render one clip, with a brand adapter at `adapter_strength` on the request's DiT (None:
+        the base model; the SR stage always runs the base SR model). should_stop is polled between
+        steps; True raises RenderCancelled."""
         validate_request(request, self.config.tiers, self.dits)
+        if adapter is not None:
+            if not isinstance(adapter, Adapter):
+                raise InvalidRequest(f"adapter must be a model.adapters.Adapter or None, got {type(adapter).__name__}")
+            if adapter.config.stage != request.profile:
+                raise InvalidRequest(f"adapter {adapter.sha256[:12]} was trained on the {adapter.config.stage} model; "
+                                     f"the request uses {request.profile}")
+            if isinstance(adapter_strength, bool) or not isinstance(adapter_strength, (int, float)) \
+                    or not math.isfinite(adapter_strength):
+                raise InvalidRequest(f"adapter_strength must be a finite number, got {adapter_strength!r}")
         threads = self.cpu_threads if self.device.type == "cpu" else None
         with torch_threads(threads), torch.no_grad():
+            self.use_adapter(adapter, float(adapter_strength))
             return self._render(request, should_stop)
 
     def _render(self, r: RenderRequest, should_stop) -> Clip:

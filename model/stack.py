@@ -68,11 +68,7 @@ def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = Fals
     """Every file a load of these DiT stages reads: the DiTs' weights, configs and indexes, the
     library stage folders, pipeline.json. Pickle files are refused in every one of them unless
     allow_pickle (the same rule `from_pretrained` applies, so a stack that describes also loads)."""
-    files: list[Path] = []
-    for stage in stages:
-        sub = folder / stage
-        files += ckpt.weight_files(sub, allow_pickle).values()
-        files += [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+    files = [f for stage in stages for f in dit_stage_files(folder, stage, allow_pickle)]
     for stage in LIBRARY_STAGES:
         sub = folder / stage
         if sub.is_dir():
@@ -81,6 +77,28 @@ def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = Fals
     if (folder / "pipeline.json").exists():
         files.append(folder / "pipeline.json")
     return sorted(set(files))
+
+
+def dit_stage_files(folder: Path, stage: str, allow_pickle: bool = False) -> list[Path]:
+    """The files of one DiT stage folder: its weights, config and index."""
+    sub = folder / stage
+    files = list(dict.fromkeys(ckpt.weight_files(sub, allow_pickle).values()))
+    return files + [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+
+
+def dit_fingerprint(stack_fingerprint: str, weight_hashes: dict[str, str], stage: str) -> str:
+    """The identity of one DiT stage, which is what an adapter is trained against: a sha256 over
+    the digests of that stage's files (a loaded checkpoint; `weight_hashes` maps paths relative to
+    the stack folder to sha256), or over the stack fingerprint and the stage name (the tiny
+    preset, whose weights follow from its seed). Loading fewer stages does not change it."""
+    h = hashlib.sha256()
+    files = sorted(name for name in weight_hashes if name.startswith(f"{stage}/"))
+    if files:
+        for name in files:
+            h.update(f"{name}\0{weight_hashes[name]}\n".encode())
+    else:
+        h.update(f"{stack_fingerprint}\0{stage}".encode())
+    return h.hexdigest()
 
 
 def describe_checkpoint(folder: str | Path, stages: tuple[str, ...] | None = None,
