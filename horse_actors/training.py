@@ -84,7 +84,7 @@ def train_adapter(encodings: list[str | Path], run_dir: str | Path, config: Adap
         state = json.loads((Path(ckpt) / "state.json").read_text())
     files = {"adapter": adapter.save(out / ADAPTER_DIR), "history": out / HISTORY_NAME, "plot": out / PLOT_NAME}
     summary = {k: state[k] for k in ("history", "initial_loss", "final_loss", "resumed_from")}
-    files["history"].write_text(json.dumps({"adapter_sha256": adapter.sha256, **summary}, indent=1))
+    files["history"].write_text(json.dumps({"adapter_sha256": adapter.sha256, **summary}))
     files["plot"].write_bytes(line_chart_png([h["loss"] for h in state["history"]], title=f"{name}: training loss"))
     return TrainingResult(adapter, state["history"], state["initial_loss"], state["final_loss"],
                           state["resumed_from"], out, files)

@@ -264,6 +264,12 @@ def _foreign_config(tensors: dict[str, torch.Tensor], alphas: dict[str, float], 
                          tuple(sorted(layers)) if layers else None)
 
 
+def base_state_dict(dit: DiT) -> dict[str, torch.Tensor]:
+    """The DiT's own weights under their checkpoint keys, without the adapters it holds (peft keeps
+    a wrapped linear's weight under `<module>.base_layer.weight` beside its `lora_*` tensors)."""
+    return {k.replace(".base_layer.", "."): v for k, v in dit.state_dict().items() if ".lora_" not in k}
+
+
 def linear_shape(dit: DiT, name: str) -> tuple[int, int, int]:
     """(in, out per expert, experts) of the linear at `name`, seen through any LoRA wrapper."""
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .adapters import base_state_dict
 from .codecs import (AudioCodec, TextEncoder, VideoCodec, load_text_encoder, tiny_audio_vae, tiny_text_encoder,
                      tiny_video_vae)
 from .config import TINY_AUDIO_LATENT, DiTConfig, PipelineConfig, full_dit_config, tiny_dit_config, tiny_pipeline_config
@@ -133,7 +134,7 @@ def save_stack(stack, folder: str | Path, max_shard_bytes: int) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stage, dit in stack.dits.items():
-        ckpt.save_sharded(dit.state_dict(), folder / stage, max_shard_bytes)
+        ckpt.save_sharded(base_state_dict(dit), folder / stage, max_shard_bytes)
         (folder / stage / "config.json").write_text(dit.cfg.to_json())
     stack.text_encoder.model.save_pretrained(folder / "text_encoder")
     stack.text_encoder.tokenizer.save_pretrained(folder / "tokenizer")

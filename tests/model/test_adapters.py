@@ -99,6 +99,12 @@ def test_capacity_evicts_least_recently_used_and_reloads_identically(adapters, a
     assert small.resident_adapters == (adapters["A"].sha256,)
 
 
+def test_saving_a_pipeline_that_holds_adapters_saves_the_base_model(tmp_path, pipe, adapters, alone):
+    pipe.use_adapter(adapters["A"])
+    pipe.save_pretrained(tmp_path / "stack")
+    assert same(HappyHorsePipeline.from_pretrained(tmp_path / "stack")(REQ), alone["none"])
+
+
 def test_saved_adapter_reads_back_under_one_address(tmp_path, pipe, adapters, alone):
     a = adapters["A"]
     folder = a.save(tmp_path / "a")
