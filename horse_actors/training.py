@@ -19,11 +19,11 @@ import dataclasses
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from media import line_chart_png
-from model.adapters import BLOCK_LINEARS, Adapter
+from model.adapters import BLOCK_LINEARS, Adapter, AdapterConfig
 
 HISTORY_NAME = "history.json"
 PLOT_NAME = "loss.png"
@@ -47,6 +47,14 @@ class AdapterTrainingConfig:
     seed: int = 0
     shift: float = 5.0                       # the sampler's sigma shift (PipelineConfig.shift)
 
+    def __post_init__(self):
+        for name in ("steps", "checkpoint_every", "clips_per_step"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+        # rank, alpha, stage, targets and layers: the adapter config's own rules (its fingerprint
+        # is only known on the workers)
+        AdapterConfig(self.rank, self.alpha, self.stage, "0" * 64, self.targets, self.layers)
+
 
 @dataclass
 class TrainingResult:
@@ -56,7 +64,7 @@ class TrainingResult:
     final_loss: float                        # ... and after
     resumed_from: list[int]                  # the checkpoint step of every (re)start that found one
     run_dir: Path                            # holds adapter/, history.json, loss.png and the checkpoints
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path]                   # adapter (folder), history, plot
 
 
 def train_adapter(encodings: list[str | Path], run_dir: str | Path, config: AdapterTrainingConfig,
@@ -98,7 +106,6 @@ def _train_loop(loop_config: dict) -> None:
     import torch.distributed as dist
 
     from model import adapter_training as at
-    from model.adapters import AdapterConfig
     from model.loading import load_dit
 
     cfg = AdapterTrainingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in loop_config["config"].items()})
@@ -112,22 +119,22 @@ def _train_loop(loop_config: dict) -> None:
     examples = [{k: v.to(device) for k, v in at.load_encoding(p).items()} for p in loop_config["encodings"]]
     mine = examples[rank::workers] or examples
 
+    objective = at.FlowMatchingObjective(dit)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = at.load_checkpoint(folder, dit, optimizer)
         state["resumed_from"].append(state["step"])
     else:
-        objective = at.FlowMatchingObjective(dit)
         state = {"step": 0, "history": [], "resumed_from": [], "final_loss": None,
                  "initial_loss": at.fixed_draw_loss(objective, examples, cfg.seed, cfg.shift)}
-    objective = ray.train.torch.prepare_model(at.FlowMatchingObjective(dit))     # DDP with 2+ workers
+    replica = ray.train.torch.prepare_model(objective)          # DistributedDataParallel with 2+ workers
 
     for step in range(state["step"], cfg.steps):
         started = time.perf_counter()
         gen = at.step_generator(cfg.seed, step, rank, device)
         batch = [mine[(step * cfg.clips_per_step + j) % len(mine)] for j in range(cfg.clips_per_step)]
-        loss = torch.tensor(at.train_step(objective, optimizer, batch, gen, cfg.shift))
+        loss = torch.tensor(at.train_step(replica, optimizer, batch, gen, cfg.shift), device=device)
         if workers > 1:
             dist.all_reduce(loss)
             loss /= workers
@@ -135,11 +142,11 @@ def _train_loop(loop_config: dict) -> None:
         state["step"] = step + 1
         if state["step"] % cfg.checkpoint_every and state["step"] != cfg.steps:
             continue
-        if state["step"] == cfg.steps:
-            state["final_loss"] = at.fixed_draw_loss(objective, examples, cfg.seed, cfg.shift)
         with tempfile.TemporaryDirectory() as tmp:
             report = None
             if rank == 0:
+                if state["step"] == cfg.steps:
+                    state["final_loss"] = at.fixed_draw_loss(objective, examples, cfg.seed, cfg.shift)
                 at.save_checkpoint(tmp, dit, adapter_config, optimizer, state)
                 report = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({"step": state["step"], "loss": float(loss)}, checkpoint=report)

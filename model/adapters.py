@@ -168,14 +168,15 @@ class Adapter:
                 if not (path / WEIGHTS_NAME).is_file():
                     raise AdapterError(f"{path}: no {WEIGHTS_NAME}")
                 data = (path / WEIGHTS_NAME).read_bytes()
-                config_json = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else None
+                config = path / CONFIG_NAME
+                config_json = _json_object(config.read_text(), CONFIG_NAME) if config.is_file() else None
             elif path.is_file():
                 data, config_json = path.read_bytes(), None
             else:
                 raise AdapterError(f"{path}: no such adapter file or folder")
         raw, header = _read_safetensors(data)
         if config_json is None and METADATA_KEY in header:
-            config_json = json.loads(header[METADATA_KEY])
+            config_json = _json_object(header[METADATA_KEY], f"header {METADATA_KEY}")
         tensors, alphas = _canonical_tensors(raw)
         if config_json is not None and config_json.get("format") == FORMAT:
             if base_fingerprint is not None or stage is not None:
@@ -190,13 +191,22 @@ def _read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, s
     """Tensors and header metadata of safetensors bytes (the only weight format we read)."""
     try:
         n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + n]) if 8 <= len(data) and 8 + n <= len(data) else None
-        tensors = load_safetensors(data) if header is not None else None
+        if len(data) < 8 + n:
+            raise ValueError("truncated header")
+        metadata = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        return load_safetensors(data), metadata
     except Exception as e:           # safetensors raises its own error types on corrupt input
         raise AdapterError(f"not a safetensors file ({type(e).__name__}: {e})") from None
-    if tensors is None:
-        raise AdapterError("not a safetensors file (truncated header)")
-    return tensors, header.get("__metadata__") or {}
+
+
+def _json_object(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise AdapterError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise AdapterError(f"{where}: not a JSON object")
+    return value
 
 
 def _canonical_tensors(raw: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
