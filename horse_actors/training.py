@@ -114,8 +114,7 @@ def _train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     dit, fingerprint = load_dit(cfg.model, cfg.stage, cfg.tiny_seed, device)
     adapter_config = AdapterConfig(cfg.rank, cfg.alpha, cfg.stage, fingerprint, cfg.targets, cfg.layers)
-    params = at.trainable_adapter(dit, adapter_config, cfg.seed)
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(at.trainable_adapter(dit, adapter_config, cfg.seed), lr=cfg.learning_rate)
     examples = [{k: v.to(device) for k, v in at.load_encoding(p).items()} for p in loop_config["encodings"]]
     mine = examples[rank::workers] or examples
 
@@ -123,7 +122,7 @@ def _train_loop(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = at.load_checkpoint(folder, dit, optimizer)
+            state = at.load_checkpoint(folder, dit, adapter_config, optimizer)
         state["resumed_from"].append(state["step"])
     else:
         state = {"step": 0, "history": [], "resumed_from": [], "final_loss": None,

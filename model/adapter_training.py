@@ -25,6 +25,7 @@ from torch import nn
 
 from .adapters import Adapter, AdapterConfig
 from .dit import DiT
+from .errors import AdapterError
 from .pipeline import torch_threads
 from .sampling import noise, velocity
 
@@ -141,14 +142,14 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, examples:
     return float(loss.detach())
 
 
-def trainable_adapter(dit: DiT, config: AdapterConfig, seed: int) -> list[tuple[str, nn.Parameter]]:
-    """Inject a fresh adapter (A seeded, B zero) to train; returns its parameters by name. The rest
-    of the DiT is frozen (peft)."""
+def trainable_adapter(dit: DiT, config: AdapterConfig, seed: int) -> list[nn.Parameter]:
+    """Inject a fresh adapter (A seeded, B zero) to train; returns its parameters. The rest of the
+    DiT is frozen (peft)."""
     from .lora import inject
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject(dit, config, TRAIN_NAME, trainable=True)
-    return [(n, p) for n, p in dit.named_parameters() if p.requires_grad]
+    return [p for p in dit.parameters() if p.requires_grad]
 
 
 def trained_adapter(dit: DiT, config: AdapterConfig) -> Adapter:
@@ -167,12 +168,16 @@ def save_checkpoint(folder: str | Path, dit: DiT, config: AdapterConfig, optimiz
     (folder / STATE_NAME).write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
 
 
-def load_checkpoint(folder: str | Path, dit: DiT, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore what `save_checkpoint` wrote into a DiT carrying the training adapter; returns the
-    state dict (without the optimizer's groups)."""
+def load_checkpoint(folder: str | Path, dit: DiT, config: AdapterConfig, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore what `save_checkpoint` wrote into a DiT carrying the training adapter of `config`
+    (a checkpoint of another config or base DiT is refused); returns the state dict (without the
+    optimizer's groups)."""
     from peft.functional import set_peft_model_state_dict
     folder = Path(folder)
     adapter = Adapter.load(folder)
+    if adapter.config != config:
+        raise AdapterError(f"{folder}: the checkpoint is of another adapter config or base DiT; "
+                           f"train this one under a new run name")
     set_peft_model_state_dict(dit, adapter.tensors, adapter_name=TRAIN_NAME)
     state = json.loads((folder / STATE_NAME).read_text())
     per_param: dict[int, dict[str, torch.Tensor]] = {}

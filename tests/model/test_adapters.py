@@ -242,7 +242,7 @@ def test_training_resumed_from_a_checkpoint_takes_the_same_steps(tmp_path):
         dit, fp = load_dit("tiny", "distill")
         cfg = AdapterConfig(rank=2, alpha=2, stage="distill", base_fingerprint=fp, targets=("linear_qkv", "down_proj"))
         params = at.trainable_adapter(dit, cfg, seed=0)
-        return dit, cfg, torch.optim.AdamW([p for _, p in params], lr=1e-2), at.FlowMatchingObjective(dit)
+        return dit, cfg, torch.optim.AdamW(params, lr=1e-2), at.FlowMatchingObjective(dit)
 
     def steps(objective, optimizer, start, end):
         for step in range(start, end):
@@ -256,7 +256,9 @@ def test_training_resumed_from_a_checkpoint_takes_the_same_steps(tmp_path):
     steps(obj, opt, 0, 2)
     at.save_checkpoint(tmp_path, dit, cfg, opt, {"step": 2})
     dit, cfg, opt, obj = fresh()
-    assert at.load_checkpoint(tmp_path, dit, opt) == {"step": 2}
+    with pytest.raises(AdapterError, match="the checkpoint is of another adapter config"):
+        at.load_checkpoint(tmp_path, dit, AdapterConfig(**{**cfg.__dict__, "rank": 3}), opt)
+    assert at.load_checkpoint(tmp_path, dit, cfg, opt) == {"step": 2}
     steps(obj, opt, 2, 4)
     resumed = at.trained_adapter(dit, cfg)
     assert resumed.sha256 == straight.sha256
