@@ -14,12 +14,11 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from media.qc import Destination
 
-from .settings import CONFIG_DIR, ConfigError
+from .settings import CONFIG_DIR, ConfigError, read_yaml_mapping
 
 DESTINATIONS_DIR = CONFIG_DIR / "destinations"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -31,14 +30,7 @@ def load_destination(path: str | Path) -> Destination:
     name = path.stem
     if not _NAME.match(name):
         raise ConfigError(f"{path}: file name {name!r} is not a destination name ({_NAME.pattern})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, label="")
     if "name" in data:
         raise ConfigError(f"{path}: name: set by the file name ({name!r}); remove the key")
     try:

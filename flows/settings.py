@@ -125,7 +125,7 @@ class HorseSettings(BaseSettings):
         preset_file = PRESETS_DIR / f"{self.model}.yaml"
         if preset_file.is_file():
             try:
-                return ModelSettings(name=self.model, **_read_yaml(preset_file))
+                return ModelSettings(name=self.model, **read_yaml_mapping(preset_file))
             except ValidationError as exc:
                 raise ConfigError(_describe(exc, prefix=f"{preset_file.name}: ")) from None
         if Path(self.model).expanduser().is_dir():
@@ -140,22 +140,24 @@ class _YamlFiles(YamlConfigSettingsSource):
         super().__init__(settings_cls, yaml_file=files, deep_merge=True)
 
     def _read_file(self, file_path: Path) -> dict[str, Any]:
-        return _read_yaml(file_path)
+        return read_yaml_mapping(file_path)
 
 
 # The user's config file for one load_settings call (settings sources are chosen per class).
 _user_files: ContextVar[list[Path]] = ContextVar("horse_config_files", default=[])
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, label: str = "config file ") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one); ConfigError
+    naming the file and the problem otherwise."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{label}{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{label}{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{label}{path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
