@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .http import AUTH, INVALID, NOT_FOUND, PROTOCOL, REFUSED, ProviderError, ProviderHttp
+from .http import AUTH, INVALID, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError, ProviderHttp
 from .request import ApiRequest
 from .spec import ProviderSpec
 from .task_api import TaskState
@@ -32,6 +32,8 @@ def classify(status: int, body: Any) -> ProviderError:
         kind = AUTH
     elif status == 404:
         kind = NOT_FOUND
+    elif status >= 500:
+        kind = TASK_FAILED
     else:
         kind = INVALID
     return ProviderError(kind, f"{status} {', '.join(t for t in types if t) or 'error'}: {message}",
@@ -70,7 +72,7 @@ class FalQueue:
         try:
             result = self.http.call("GET", urls["response_url"])
         except ProviderError as exc:
-            if exc.kind in (REFUSED, INVALID):  # the model rejected the request: the request is over
+            if exc.kind in (REFUSED, INVALID, TASK_FAILED):  # the request is over, without a video
                 return TaskState(status="failed", usage=usage, error=exc)
             raise
         video = result.get("video") if isinstance(result, dict) else None

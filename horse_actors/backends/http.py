@@ -163,7 +163,8 @@ class ProviderHttp:
                 error = ProviderError(UNAVAILABLE, f"{spec.name} unreachable ({type(exc).__name__}) on {what}")
             else:
                 status = response.status_code
-                if status != 429 and status < 500:
+                # fal marks errors that a retry cannot fix (X-Fal-Retryable: false)
+                if status != 429 and status < 500 or response.headers.get("x-fal-retryable") == "false":
                     return response
                 error = ProviderError(RATE_LIMITED if status == 429 else UNAVAILABLE,
                                       f"{spec.name} answered {status} on {what}: {body_of(response)}", status=status,
