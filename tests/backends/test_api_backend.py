@@ -65,6 +65,8 @@ def test_fal_queue_renders_through_the_same_seam(fal, tmp_store, tmp_path):
     # fal reports no tokens: the documented token formula from the delivered clip, and its metrics
     assert outcome.usage["estimated_tokens"] == round(480 * 854 * 24 * info.video_seconds / 1024)
     assert outcome.usage["inference_time_s"] == 1.25
+    [record] = Store(tmp_store).provider_tasks.tasks(job.render_key)
+    assert record["usage"] == outcome.usage and record["task_id"] == outcome.task_id
     assert fal.creates == 1 and not fal.key_sent_to_files
 
 
