@@ -39,9 +39,9 @@ from model.errors import InvalidRequest
 
 from ..actor import _ray_cancel_requested, _ray_context
 from ..config import StoreTarget
-from ..jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, INVALID_REQUEST, OK, RenderJob, RenderOutcome
+from ..jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome
 from .fal import FalQueue
-from .http import (INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, AUTH, ProviderError)
+from .http import AUTH, INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError
 from .modelark import ModelArkTasks
 from .request import ApiRequest
 from .spec import ProviderSpec, ratio_numbers
@@ -151,17 +151,15 @@ class ApiBackend:
                 record, state = self._task_until_done(job, request, attempt, stop, timings)
             outcome = self._deliver(job, request, record, state, timings, base)
             self.renders += 1
-        except _Stopped:
+        except _Stopped as stopped:
             outcome = ApiRenderOutcome(job.render_key, CANCELLED, error_class=CANCELLED_CLASS,
-                                       error_message="cancelled while waiting for the provider",
-                                       task_id=record and record["task_id"], **base)
+                                       error_message=str(stopped), task_id=record and record["task_id"], **base)
         except (ProviderError, InvalidRequest) as exc:
-            kind = exc.kind if isinstance(exc, ProviderError) else INVALID_REQUEST
-            message = f"{self.spec.name}: {exc}"
-            if kind == REFUSED:
-                message = f"{self.spec.name} refused the request: {exc}"
-            outcome = ApiRenderOutcome(job.render_key, FAILED, error_class=kind, error_message=message[:2000],
-                                       retryable=kind not in FINAL and kind != INVALID_REQUEST,
+            kind = exc.kind if isinstance(exc, ProviderError) else INVALID
+            said = "refused the request" if kind == REFUSED else "said"
+            outcome = ApiRenderOutcome(job.render_key, FAILED, error_class=kind,
+                                       error_message=f"{self.spec.name} {said}: {exc}"[:2000],
+                                       retryable=kind not in FINAL,
                                        task_id=record and record["task_id"], usage=(record or {}).get("usage") or {},
                                        **base)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome (store trouble, a bug)
@@ -177,7 +175,7 @@ class ApiBackend:
         slots = provider_slots(self.spec)
         while not slots.acquire(timeout=0.2):
             if stop():
-                raise _Stopped
+                raise _Stopped("cancelled while waiting for a free provider slot")
         try:
             yield
         finally:
@@ -233,7 +231,9 @@ class ApiBackend:
             if stop():
                 if record["status"] in ("created", "queued") and self._cancel_quietly(record["task_id"], record["urls"]):
                     tasks.update(record, status="cancelled")
-                raise _Stopped
+                    raise _Stopped(f"cancelled; {spec.name} task {record['task_id']} was cancelled while queued")
+                raise _Stopped(f"cancelled; {spec.name} task {record['task_id']} was already running and goes on "
+                               "(a rerun of this render key picks up its result)")
             try:
                 state = self.api.get(record["task_id"], record["urls"])
             except ProviderError as exc:

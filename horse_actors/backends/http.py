@@ -96,10 +96,6 @@ class ProviderHttp:
         self._api = httpx.Client(timeout=spec.request_timeout_s, follow_redirects=False)
         self._files = httpx.Client(timeout=spec.request_timeout_s, follow_redirects=True)
 
-    def close(self) -> None:
-        self._api.close()
-        self._files.close()
-
     def _auth(self) -> dict[str, str]:
         key = os.environ.get(self.spec.api_key_env, "").strip()
         if not key:
@@ -122,14 +118,15 @@ class ProviderHttp:
             raise self.classify(response.status_code, body_of(response))
         return body_of(response)
 
-    def download(self, url: str, path: str) -> int:
-        """Stream a result link (no key sent) into `path`; bytes written. An expired or gone
-        link raises LINK_EXPIRED (the caller asks the provider for a fresh one)."""
-        check_url(url, "result link")
-        written = 0
+    def download(self, url: str, path: str) -> None:
+        """Stream a result link (no key sent) into `path`. An expired or gone link raises
+        LINK_EXPIRED (the caller asks the provider for a fresh one)."""
+        try:
+            check_url(url, "result link")
+        except ValueError as exc:
+            raise ProviderError(PROTOCOL, str(exc)) from None
 
         def send() -> httpx.Response:
-            nonlocal written
             written = 0
             with self._files.stream("GET", url) as response:
                 if response.status_code >= 400:
@@ -149,7 +146,6 @@ class ProviderHttp:
                                 status=response.status_code)
         if response.status_code >= 400:
             raise ProviderError(PROTOCOL, f"result link answered {response.status_code}", status=response.status_code)
-        return written
 
     def _with_retries(self, send: Callable[[], httpx.Response], what: str) -> httpx.Response:
         """`send()` until it is not a 429, a 5xx or a transport error, or the budget is spent."""

@@ -8,7 +8,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -209,22 +208,23 @@ def test_the_concurrency_limit_holds_the_providers_queue(modelark, tmp_store):
     assert modelark.creates == 6 and modelark.max_active <= 2
 
 
-def test_the_key_never_reaches_logs_records_outcomes_or_pickles(modelark, tmp_store, caplog, monkeypatch):
+def test_the_key_never_reaches_logs_records_outcomes_or_pickles(modelark, fal, tmp_store, caplog, monkeypatch):
     caplog.set_level("DEBUG")
-    spec = fast_spec("seedance-2.0", modelark)
-    backend = ApiBackend(spec, StoreTarget(tmp_store))
-    jobs = [api_job(spec), api_job(spec, scene="A forbidden scene.", shot="refused")]
-    outcomes = [backend.render(job) for job in jobs]
-    assert [o.status for o in outcomes] == ["ok", "failed"] and modelark.creates == 1  # the key was used
+    spec, fal_spec = fast_spec("seedance-2.0", modelark), fast_spec("seedance-2.0-fal", fal)
+    backend, fal_backend = ApiBackend(spec, StoreTarget(tmp_store)), ApiBackend(fal_spec, StoreTarget(tmp_store))
+    jobs = [api_job(spec), api_job(spec, scene="A forbidden scene.", shot="refused"), api_job(fal_spec, shot="fal")]
+    outcomes = [backend.render(jobs[0]), backend.render(jobs[1]), fal_backend.render(jobs[2])]
+    assert [o.status for o in outcomes] == ["ok", "failed", "ok"]
+    assert modelark.creates == fal.creates == 1  # the keys were used
     wrong_key = f"ark-wrong-{os.urandom(8).hex()}"
     monkeypatch.setenv("ARK_API_KEY", wrong_key)  # the server echoes a rejected key in its error text
     outcomes.append(backend.render(api_job(spec, shot="wrong-key")))
     assert outcomes[-1].error_class == "ProviderAuth"
 
     evidence = [caplog.text, *(r.getMessage() for r in caplog.records), repr(outcomes), repr(backend)]
-    blobs = [pickle.dumps(backend), pickle.dumps(jobs), pickle.dumps(outcomes)]
+    blobs = [pickle.dumps(backend), pickle.dumps(fal_backend), pickle.dumps(jobs), pickle.dumps(outcomes)]
     blobs += [p.read_bytes() for p in Path(tmp_store.removeprefix("file://")).rglob("*") if p.is_file()]
-    for secret in (ARK_KEY, wrong_key):
+    for secret in (ARK_KEY, FAL_KEY, wrong_key):
         assert not any(secret in text for text in evidence)
         assert not any(secret.encode() in blob for blob in blobs)
-    assert not modelark.key_sent_to_files
+    assert not modelark.key_sent_to_files and not fal.key_sent_to_files
