@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_providers, backends_testlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the fakes, backends_testlib
 
 from backends_testlib import ARK_KEY, FAL_KEY  # noqa: E402
-from fake_providers import FakeFal, FakeModelArk  # noqa: E402
+from fake_fal import FakeFal  # noqa: E402
+from fake_modelark import FakeModelArk  # noqa: E402
 
 
 @pytest.fixture
