@@ -17,6 +17,7 @@ _EXPORTS = {
     "CommitResult": "index", "RenderIndex": "index",
     "canonical_json": "render_keys", "render_key": "render_keys",
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
+    "ProviderTasks": "provider_tasks",
     "receipt_key": "receipts",
     "public_options": "redact", "redact_options": "redact", "redact_url": "redact",
     "Store": "store",

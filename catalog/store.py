@@ -11,6 +11,7 @@ from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
+from .provider_tasks import ProviderTasks
 from .receipts import Receipts
 from .root import Root
 from .versions import CampaignVersions, version_key
@@ -32,6 +33,7 @@ class Store:
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.provider_tasks = ProviderTasks(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
