@@ -59,3 +59,13 @@ def test_staged_benchmark_smoke(capsys):
     assert load("staged").main(["--seconds", "0.4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "store+load" in out and "of the published 31 s H100 stage" in out
+
+
+@pytest.mark.slow
+def test_dialogue_benchmark_smoke(capsys):
+    import shutil
+    from tests.conftest import require
+    require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
+    assert load("dialogue").main(["--seconds", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny render of a 1 s clip" in out and "pocketsphinx" in out and "whisper" in out
