@@ -7,12 +7,13 @@
 `transcript` is anything with the attributes of `model.speech.Transcript` (text, language_detected,
 language_probability, no_speech_probability); this module is pure text work and imports no model.
 
-Normalisation, the same for the brief's line and what was heard: symbols dropped (™, €), NFKC (full-width letters, digits
-and punctuation become half-width), case folded, apostrophes dropped ("don't" = "dont", "l'homme"
-= "lhomme"), numbers written as words in the clip's language ("5" = "five", "2024年" = "二千零二十四年";
-grouping marks read per language: "1,000" en, "1.000" de, "1 000" fr), then every punctuation mark
-and symbol becomes a space. A decimal point is punctuation ("3.5" = "three five"), so both sides still
-agree. Runs of more than 12 digits or with a leading zero (codes, phone numbers) are read digit by digit.
+Normalisation, the same for the brief's line and what was heard: symbols dropped (™, €), NFKC
+(full-width letters, digits and punctuation become half-width), case folded, apostrophes dropped
+("don't" = "dont", "l'homme" = "lhomme"), numbers written as words in the clip's language ("5" =
+"five", "2024年" = "二千零二十四年"; grouping marks read per language: "1,000" en, "1.000" de,
+"1 000" fr), then every punctuation mark becomes a space. A decimal point is punctuation ("3.5" =
+"three five"), so both sides still agree. Runs of more than 12 digits or with a leading zero
+(codes, phone numbers) are read digit by digit.
 
 Error rate (jiwer): word error rate for en, de, fr; character error rate for zh, yue and ja, which
 write no spaces, and for ko, whose spacing varies between writers and recognisers (particles attach
@@ -73,7 +74,9 @@ class DialogueResult:
     def reason(self) -> str:
         if self.reasons:
             return "; ".join(self.reasons)
-        return "no dialogue to check" if not self.expected else f"{self.metric.upper()} {self.error_rate:.2f} within {self.max_error_rate:.2f}"
+        if not self.expected:
+            return "no dialogue to check"
+        return f"{self.metric.upper()} {self.error_rate:.2f} within {self.max_error_rate:.2f}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reason": self.reason}

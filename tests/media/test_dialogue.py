@@ -23,7 +23,8 @@ def test_every_model_language_has_a_metric():
 
 
 @pytest.mark.parametrize("language, text, expected", [
-    ("en", "Don't buy 1,000 HappyHorse™ toys — only $9.99!", "dont buy one thousand happyhorse toys only nine ninety nine"),
+    ("en", "Don't buy 1,000 HappyHorse™ toys — only $9.99!",
+     "dont buy one thousand happyhorse toys only nine ninety nine"),
     ("de", "Ich kaufe 1.000 Äpfel für 3,5 € — Straße!", "ich kaufe eintausend äpfel für drei fünf strasse"),
     ("fr", "L’homme a 1 000 chevaux, n'est-ce pas ?", "lhomme a mille chevaux nest ce pas"),
     ("zh", "２０２４年，ＨａｐｐｙＨｏｒｓｅ！你好。", "二千零二十四 年 happyhorse 你好"),
@@ -45,7 +46,7 @@ def test_normalisation(language, text, expected):
     ("zh", "今天天气很好。", "今天 天气 很 好", 0.0),                         # spacing and punctuation ignored
     ("zh", "今天天气很好", "今天天汽很好", 1 / 6),                               # one character of six
     ("ja", "ハッピーホース、１００円！", "ハッピーホース百円", 0.0),
-    ("ko", "해피 호스는 좋아요", "해피호스는 좋아요", 0.0),                       # Korean spacing does not count
+    ("ko", "해피 호스는 좋아요", "해피호스는 좋아요", 0.0),                     # Korean spacing does not count
     ("ko", "해피 호스는 좋아요", "해피 호스는 싫어요", 2 / 8),
 ])
 def test_error_rate_fits_the_language(language, expected, hypothesis, rate):
@@ -66,7 +67,8 @@ def test_the_line_heard_in_the_language_passes():
     result = check_dialogue(heard("Happy horse makes every morning brighter", "en", 0.99, 0.01),
                             ["Happy Horse makes every morning brighter."], "en", ["Happy Horse"], thresholds=LIMITS)
     assert result.passed and result.reasons == () and result.reason == "WER 0.00 within 0.20"
-    assert result.to_dict()["reason"] == result.reason and result.to_dict()["heard"] == "happy horse makes every morning brighter"
+    record = result.to_dict()
+    assert record["reason"] == result.reason and record["heard"] == "happy horse makes every morning brighter"
 
 
 @pytest.mark.parametrize("transcript, reason", [

@@ -1,9 +1,12 @@
 """The model benchmarks' code paths, exercised on CPU (no timing assertions)."""
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import require
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -63,8 +66,6 @@ def test_staged_benchmark_smoke(capsys):
 
 @pytest.mark.slow
 def test_dialogue_benchmark_smoke(capsys):
-    import shutil
-    from tests.conftest import require
     require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
     assert load("dialogue").main(["--seconds", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ Debian's flite, judged end to end by the gate with the configured thresholds."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import wave
@@ -70,7 +71,7 @@ def noise(seconds: float, seed: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_whisper_loads_a_saved_folder_and_decodes_forced_to_the_declared_language(whisper):
+def test_whisper_loads_a_saved_folder_and_decodes_forced_to_the_declared_language(whisper, whisper_dir):
     assert whisper.languages == {"en", "zh", "yue", "ja", "ko", "de", "fr"}
     audio = noise(2.0, seed=1)
     german, japanese = whisper.transcribe(audio, CLIP_RATE, "de"), whisper.transcribe(audio, CLIP_RATE, "ja")
@@ -78,7 +79,8 @@ def test_whisper_loads_a_saved_folder_and_decodes_forced_to_the_declared_languag
     assert german.text != japanese.text, "the declared language token steers the decode"
     assert (german.language, japanese.language) == ("de", "ja")
     assert german.language_detected == japanese.language_detected, "identification hears the audio, not the brief"
-    assert german.language_detected in whisper._language_ids
+    staged = json.loads((whisper_dir / "generation_config.json").read_text())["lang_to_id"]
+    assert f"<|{german.language_detected}|>" in staged, "a language of the staged checkpoint"
     assert 0 < german.language_probability <= 1 and 0 <= german.no_speech_probability <= 1
     other = whisper.transcribe(noise(2.0, seed=2), CLIP_RATE, "de")
     assert other.language_probability != german.language_probability, "identification reads the audio"
@@ -87,14 +89,16 @@ def test_whisper_loads_a_saved_folder_and_decodes_forced_to_the_declared_languag
         whisper.transcribe(audio, CLIP_RATE, "es")
 
 
-def test_whisper_folder_must_be_staged_complete(whisper_dir, tmp_path):
+def test_whisper_folder_must_be_staged_complete(tmp_path):
     with pytest.raises(CheckpointError, match="dialogue.whisper_dir is not set"):
         check_whisper_folder(None)
     with pytest.raises(CheckpointError, match=r"nowhere \(no such folder\)"):
         load_recognizer("whisper", tmp_path / "nowhere")
-    partial = shutil.copytree(whisper_dir, tmp_path / "partial")
-    (partial / "model.safetensors").rename(partial / "pytorch_model.bin")  # pickle weights are not weights here
-    (partial / "tokenizer.json").unlink()
+    partial = tmp_path / "partial"  # the released layout without its tokenizer, and weights only as a pickle
+    partial.mkdir()
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
+                 "pytorch_model.bin"):
+        (partial / name).write_text("{}")
     with pytest.raises(CheckpointError) as info:
         load_recognizer("whisper", partial)
     message = str(info.value)
@@ -107,10 +111,10 @@ def test_pocketsphinx_is_english_only(sphinx):
         sphinx.transcribe(noise(1.0, seed=0), CLIP_RATE, "de")
 
 
-def judge(sphinx, audio, line=LINE):
+def judge(sphinx, audio):
     transcript = sphinx.transcribe(audio, CLIP_RATE, "en")
     thresholds = load_settings().dialogue.thresholds("en")
-    return transcript, check_dialogue(transcript, [line], "en", must_say=["Happy Horse"], thresholds=thresholds)
+    return transcript, check_dialogue(transcript, [LINE], "en", must_say=["Happy Horse"], thresholds=thresholds)
 
 
 @pytest.mark.slow
