@@ -11,6 +11,7 @@ from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
+from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .versions import CampaignVersions, version_key
@@ -18,6 +19,7 @@ from .versions import CampaignVersions, version_key
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -31,6 +33,7 @@ class Store:
         self.blobs = BlobStore(self.root)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
+        self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
@@ -74,6 +77,7 @@ class Store:
         if receipts:
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
+            self.qc.commit(receipts.values(), run_id=run_id)
         return receipts
 
     # versions
@@ -86,7 +90,7 @@ class Store:
            include_receipts: bool = True) -> GCReport:
         """Delete blobs older than `grace` that no index row, version (and, by default, no
         receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.versions.referenced_uris]
+        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris]
         if include_receipts:
             references.append(self.receipts.referenced_uris)
         return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)
