@@ -3,16 +3,23 @@
 Rows come from the receipts' `qc` field, committed with the render index (and rebuilt the same
 way). A render key's QC never changes (the key covers the destinations' specs), so a commit only
 inserts rows it does not have. Any question about delivery is one query, e.g. every clip that
-failed broadcast-eu true peak:
+failed broadcast-eu true peak, with pyarrow:
 
-    import deltalake, pyarrow.dataset as ds
-    table = deltalake.DeltaTable(f"{store_root}/index/qc").to_pyarrow_dataset()
-    failed = table.to_table(filter=(ds.field("destination") == "broadcast-eu")
-                            & (ds.field("check") == "true_peak") & ~ds.field("passed"))
+    import deltalake, pyarrow.compute as pc
+    qc = deltalake.DeltaTable(f"{store_root}/index/qc").to_pyarrow_table()
+    failed = qc.filter((pc.field("destination") == "broadcast-eu") & (pc.field("check") == "true_peak")
+                       & ~pc.field("passed"))
 
-(or `Store(url).qc.to_arrow(destination="broadcast-eu", check="true_peak", passed=False)`).
-`measured` is the measured value as JSON text (a number, a codec name, ...); `value` is the same
-as a float when it is a number, for range queries.
+or in SQL with deltalake's own engine (DataFusion):
+
+    pyarrow.table(deltalake.QueryBuilder().register("qc", deltalake.DeltaTable(...)).execute(
+        "SELECT shot_id, variant, measured FROM qc WHERE destination = 'broadcast-eu' "
+        "AND \"check\" = 'true_peak' AND NOT passed").read_all())
+
+or `Store(url).qc.to_arrow(destination="broadcast-eu", check="true_peak", passed=False)`. (Filter
+the loaded table, not the dataset scan: MERGE writes text as string_view, which pyarrow's scan
+filters cannot compare with a string yet.) `measured` is the measured value as JSON text (a
+number, a codec name, ...); `value` is the same as a float when it is a number, for range queries.
 """
 
 from __future__ import annotations
