@@ -75,9 +75,9 @@ class Store:
         interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
         receipts = self.receipts.read_ok(render_keys)
         if receipts:
+            self.qc.commit(receipts.values(), run_id=run_id)
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
-            self.qc.commit(receipts.values(), run_id=run_id)
         return receipts
 
     # versions

@@ -102,8 +102,10 @@ def index_chunk(receipts: list[dict], settings: HorseSettings, run_id: str) -> i
     """One Delta commit for a chunk's receipts (and one for their delivery QC rows): the UI follows
     a run in tens of steps, never one task run per shot."""
     store = Store(settings.store_url, settings.storage_options)
-    store.index.commit(receipts, run_id=run_id)
+    # QC rows first: the render index is what marks a clip done, and an interrupted commit is
+    # redone by the next run (Store.recover_unindexed), QC rows included.
     store.qc.commit(receipts, run_id=run_id)
+    store.index.commit(receipts, run_id=run_id)
     return len(receipts)
 
 

@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from media.qc import Destination
 
-from .settings import CONFIG_DIR, ConfigError, HorseSettings
+from .settings import CONFIG_DIR, ConfigError
 
 DESTINATIONS_DIR = CONFIG_DIR / "destinations"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -84,8 +84,9 @@ class RunDestinations:
         return tuple(pick(self.known, names or self.default))
 
 
-def run_destinations(settings: HorseSettings) -> RunDestinations:
-    """Load the destinations once for a run; an unknown `render.destinations` name is a ConfigError naming the key."""
+def run_destinations(settings) -> RunDestinations:
+    """Load the destinations once for a run from its HorseSettings; an unknown `render.destinations`
+    name is a ConfigError naming the key."""
     known = load_destinations(settings.render.destination_folders)
     try:
         pick(known, settings.render.destinations)

@@ -50,6 +50,8 @@ def check_file(path: Path, destinations: list, seconds: float | None, speech: bo
         raise InvalidInput(f"{path}: no such file")
     with invalid_input(av.error.FFmpegError):
         m = measure(path)
+    if m.video is None:
+        raise InvalidInput(f"{path}: no video stream")
     reports = {d.name: check(m, d, brief_seconds=seconds, expects_speech=speech) for d in destinations}
     document = {"ok": all(r.passed for r in reports.values()), "file": str(path), "measurements": m.to_dict(),
                 "destinations": {name: r.to_dict() for name, r in reports.items()}}
