@@ -115,6 +115,7 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
         assert key in artifacts_page, f"artifact {key} is listed"
 
     tables = httpx.post(f"{base_url}/api/artifacts/filter", json={"artifacts": {"key": {"any_": ["aurora-tea-launch-qc"]}}}).json()
+    assert tables, "the run made a QC table artifact"
     table = min(tables, key=lambda a: a["created"])  # the first run's
     qc_page = chromium(f"{base_url}/artifacts/artifact/{table['id']}", screenshot=str(artifacts_dir / "ui-qc-table.png"))
     for text in ("loudness_lufs", "true_peak_dbtp", "s010-kitchen-hello", "s030-friends-toast", "broadcast-eu", "social"):
