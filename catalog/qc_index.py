@@ -118,8 +118,11 @@ class QCIndex:
 
     def results(self, render_keys: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
         """{render_key: summarise(its rows)} for the keys that have QC rows."""
+        keys = list(render_keys)
+        if not keys:
+            return {}
         per_key: dict[str, list[dict]] = {}
-        for row in self.to_arrow(render_keys=render_keys).to_pylist():
+        for row in self.to_arrow(render_keys=keys).to_pylist():
             per_key.setdefault(row["render_key"], []).append(row)
         return {key: summarise(rows) for key, rows in per_key.items()}
 
