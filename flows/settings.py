@@ -84,6 +84,9 @@ class RenderSettings(_Section):
     failure_threshold: float = Field(ge=0, le=1)
     gpu_seconds_per_clip_second: float = Field(gt=0)
     input_roots: list[str]
+    destinations: list[str]  # names checked against the loaded destination files (flows.destinations)
+    destination_folders: list[str]
+    max_rerolls: int = Field(ge=0, le=8)
 
 
 ErrorRate = Annotated[float, Field(ge=0, le=1)]
