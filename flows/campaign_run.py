@@ -71,8 +71,9 @@ def _logger():
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
+    adapters = Store(settings.store_url, settings.storage_options).adapters.names()
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known)
+                             destinations.known, adapters)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -85,7 +86,8 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations:
 def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
                   destinations: RunDestinations) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations,
+                     settings.render.adapter, settings.render.adapter_strength)
     if force:
         plan.cached = {}
     else:

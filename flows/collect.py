@@ -61,6 +61,7 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "qc_status": outcome.qc_status,
         "qc": outcome.qc,
         "qc_attempts": outcome.qc_attempts or None,
+        **({"adapter": job.adapter.record()} if job.adapter else {}),
     }
 
 
@@ -75,9 +76,13 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
     stored = outcome.blob_uri is not None
     event = store.lineage.complete if stored else store.lineage.fail
     tags = {"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key}
+    # the brand adapter is an input like the model: its blob, versioned by its sha256
+    adapter = [{"uri": job.adapter.uri, "version": job.adapter.sha256}] if job.adapter else []
+    if job.adapter:
+        tags.update(adapter=job.adapter.name, adapter_strength=job.adapter.strength)
     rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
-        inputs=list(run.lineage_inputs),
+        inputs=[*run.lineage_inputs, *adapter],
         outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
         runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
                  "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings,

@@ -22,6 +22,9 @@ class ModelSpec:
     warmup_seconds: float = 1.0       # length of the warm-up render after loading; 0: none
     # Rungs tried in order after a GPU OOM, accumulating (RenderActor._render_with_ladder).
     oom_ladder: tuple[str, ...] = ("tiled_decode", "lower_sr")
+    # Brand adapters each actor keeps on its model at once (least recently used out); the pool
+    # sends a job to an actor that holds its adapter.
+    adapter_capacity: int = 4
 
 
 @dataclass(frozen=True)

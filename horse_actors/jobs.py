@@ -60,6 +60,10 @@ class RenderJob:
     metadata: dict[str, str] = field(default_factory=dict)
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
     delivery: Delivery | None = None  # None: no delivery QC, no masters
+    # Brand adapter: the sha256 of its catalog blob (model.adapters.Adapter.sha256) and its
+    # strength; the actor applies it on its resident model. None: the base model.
+    adapter_sha256: str | None = None
+    adapter_strength: float = 1.0
 
 
 @dataclass

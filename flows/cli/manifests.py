@@ -19,12 +19,15 @@ def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or
     """Check every row; print each problem with its row, column and reason."""
 
     def body(settings) -> Outcome:
+        from catalog import Store
         from flows.destinations import load_destinations
         from flows.manifest import ManifestError, read_manifest
 
         destinations = load_destinations(settings.render.destination_folders)
+        adapters = Store(settings.store_url, settings.storage_options).adapters.names()
         with invalid_input(ManifestError):
-            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations)
+            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations,
+                                     adapters)
 
         def show() -> None:
             console.print(f"{manifest.uri}: {manifest.rows} rows, [green]{len(manifest.shots)} valid[/green], "
@@ -46,13 +49,15 @@ def build(
     """Convert a CSV/YAML brief into a Parquet manifest (valid rows only; problems are listed)."""
 
     def body(settings) -> Outcome:
+        from catalog import Store
         from flows.briefs import build_manifest
         from flows.destinations import load_destinations
         from flows.manifest import ManifestError
 
         destinations = load_destinations(settings.render.destination_folders)
+        adapters = Store(settings.store_url, settings.storage_options).adapters.names()
         with invalid_input(ManifestError, OSError):
-            manifest, path = build_manifest(brief, output, settings.render.input_roots, destinations)
+            manifest, path = build_manifest(brief, output, settings.render.input_roots, destinations, adapters)
 
         def show() -> None:
             console.print(f"wrote {path}: {len(manifest.shots)} shots from {manifest.rows} rows")
