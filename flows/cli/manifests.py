@@ -8,15 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli.command import ConfigOpt, JsonOpt, Outcome, console, invalid_input, run_command
+from flows.cli.command import ConfigOpt, JsonOpt, Outcome, StoreOpt, console, invalid_input, run_command
 
 app = typer.Typer(help="Validate manifests; build them from CSV/YAML briefs.", no_args_is_help=True)
 
 
 @app.command("validate")
 def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or URL)")], as_json: JsonOpt = False,
-             config: ConfigOpt = None) -> None:
-    """Check every row; print each problem with its row, column and reason."""
+             config: ConfigOpt = None, store: StoreOpt = None) -> None:
+    """Check every row; print each problem with its row, column and reason (adapter names: those
+    registered in the store)."""
 
     def body(settings) -> Outcome:
         from catalog import Store
@@ -36,7 +37,7 @@ def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or
 
         return Outcome({"ok": not manifest.errors, **manifest_document(manifest)}, show)
 
-    run_command(as_json, body, config)
+    run_command(as_json, body, config, store)
 
 
 @app.command("build")
@@ -45,6 +46,7 @@ def build(
     output: Annotated[Path, typer.Option("-o", "--output", help="Parquet file to write")],
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Convert a CSV/YAML brief into a Parquet manifest (valid rows only; problems are listed)."""
 
@@ -65,7 +67,7 @@ def build(
 
         return Outcome({"ok": not manifest.errors, "output": str(path), **manifest_document(manifest)}, show)
 
-    run_command(as_json, body, config)
+    run_command(as_json, body, config, store)
 
 
 def manifest_document(manifest) -> dict[str, Any]:
