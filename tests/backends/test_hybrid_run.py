@@ -82,12 +82,19 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
                                       "providers": {"seedance-2.0": fast}})
     manifest = str(write_manifest([row("h1", tags=["hero"]), row("l1"), row("h2", tags=["hero", "dusk"]), row("l2")],
                                   tmp_path / "launch.parquet"))
-    sent_to_ray = []  # the provider actors' constructor arguments and every job they were given
+    sent_to_ray = []  # the provider actors' constructor arguments (ProviderActors.__init__) and their jobs
     real_init, real_run = ProviderActors.__init__, ProviderActors.run
-    monkeypatch.setattr(ProviderActors, "__init__",
-                        lambda self, *args: (sent_to_ray.append(args), real_init(self, *args))[1])
-    monkeypatch.setattr(ProviderActors, "run",
-                        lambda self, jobs, *args: (sent_to_ray.append(jobs), real_run(self, jobs, *args))[1])
+
+    def recording_init(self, providers, store, scheduling):
+        sent_to_ray.append((providers, store))
+        real_init(self, providers, store, scheduling)
+
+    def recording_run(self, jobs, *args):
+        sent_to_ray.append(jobs)
+        return real_run(self, jobs, *args)
+
+    monkeypatch.setattr(ProviderActors, "__init__", recording_init)
+    monkeypatch.setattr(ProviderActors, "run", recording_run)
     modelark.hold = True
     killed: list[str] = []
     killer = threading.Thread(target=kill_the_provider_actor_while_its_tasks_run, args=(modelark, killed))
