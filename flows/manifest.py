@@ -51,6 +51,7 @@ SCHEMA = pa.schema(
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
         ("destinations", pa.list_(pa.string())),
+        ("backend", pa.string()),
         ("adapter", pa.string()),
         ("adapter_strength", pa.float64()),
     ]
@@ -123,6 +124,7 @@ class Shot(BaseModel):
     priority: int = 0
     tags: tuple[str, ...] = ()
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
+    backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide
     adapter: str | None = None  # brand adapter (brand or brand@N); None: the run's render.adapter
     adapter_strength: float | None = Field(None, ge=-MAX_ADAPTER_STRENGTH, le=MAX_ADAPTER_STRENGTH,
                                            allow_inf_nan=False)  # None: the run's render.adapter_strength
@@ -170,6 +172,18 @@ class Shot(BaseModel):
         known = (info.context or {}).get("destinations")
         pick(dict.fromkeys(known if known is not None else load_destinations()), value)  # unknown: ValueError
         return _unique(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str | None, info: ValidationInfo) -> str | None:
+        known = (info.context or {}).get("backends")
+        if known is None:  # no configuration at hand: the shipped defaults
+            from horse_actors.backends.spec import PRESETS
+
+            known = ("local", *PRESETS)
+        if value is not None and value not in known:
+            raise ValueError(f"unknown backend {value!r} (configured: {', '.join(known)})")
+        return value
 
     @field_validator("adapter")
     @classmethod
@@ -239,11 +253,12 @@ def _reason(error: dict) -> str:
 
 def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = (),
                   destinations: Collection[str] | None = None,
+                  backends: Collection[str] | None = None,
                   adapters: Collection[str] = ()) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
     files are accepted only under `input_roots`, destination names only from `destinations`
-    (None: the shipped destination files), adapter names only from `adapters` (the store's
-    `AdapterRegistry.names()`)."""
+    (None: the shipped destination files), backends only from `backends` (None: the shipped
+    routing.providers), adapter names only from `adapters` (the store's `AdapterRegistry.names()`)."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -254,7 +269,7 @@ def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = ()
         try:
             shot = Shot.model_validate({**known, "row": number, "extra": extra},
                                        context={"input_roots": input_roots, "destinations": destinations,
-                                                "adapters": adapters})
+                                                "backends": backends, "adapters": adapters})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
@@ -288,9 +303,10 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = (),
-                  destinations: Collection[str] | None = None, adapters: Collection[str] = ()) -> Manifest:
+                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                  adapters: Collection[str] = ()) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, adapters)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends, adapters)
 
 
 def arrow_owned_copy(data: bytes) -> pa.Buffer:
@@ -308,7 +324,8 @@ def arrow_owned_copy(data: bytes) -> pa.Buffer:
 
 
 def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
-                   destinations: Collection[str] | None = None, adapters: Collection[str] = ()) -> Manifest:
+                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                   adapters: Collection[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
@@ -318,7 +335,7 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     records = table.to_pylist()
-    shots, errors = validate_rows(records, input_roots, destinations, adapters)
+    shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
 
 

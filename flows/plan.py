@@ -20,6 +20,7 @@ from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 from model.stages import adapter_key_input
@@ -80,6 +81,8 @@ class PlannedJob:
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
     adapter: AdapterChoice | None = None
 
     def entry(self) -> dict[str, Any]:
@@ -109,7 +112,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
@@ -249,9 +253,10 @@ def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_s
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None, default_adapter: str | None = None,
-              default_adapter_strength: float = 1.0) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes(),
+              default_adapter: str | None = None, default_adapter_strength: float = 1.0) -> Plan:
+    """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
+    `default_adapter`), then ask the catalog once which render keys already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
@@ -260,7 +265,13 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
             continue
         try:
             adapter = shot_adapter(shot, store, default_adapter, default_adapter_strength, resolved)
-            jobs.extend(expand_shot(shot, model, filters, destinations, adapter))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations, adapter))
+            elif adapter is not None:  # a provider cannot apply our adapter: never a key it did not honour
+                raise PlanError(f"adapter: {adapter.name} renders on local actors only, not on backend {backend}")
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.

@@ -28,7 +28,7 @@ def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or
         adapters = Store(settings.store_url, settings.storage_options).adapters.names()
         with invalid_input(ManifestError):
             manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations,
-                                     adapters)
+                                     settings.routing.backends, adapters)
 
         def show() -> None:
             console.print(f"{manifest.uri}: {manifest.rows} rows, [green]{len(manifest.shots)} valid[/green], "
