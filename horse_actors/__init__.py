@@ -10,9 +10,9 @@ Usable from a plain script (no Prefect here):
 
 from .actor import RenderActor
 from .cluster import connect, preserved_signal_handlers
-from .config import Encoding, ModelSpec, PoolConfig, Scheduling, StoreTarget
-from .jobs import Delivery, RenderJob, RenderOutcome, classify
+from .config import Encoding, ModelSpec, PoolConfig, Scheduling, SpeechSpec, StoreTarget
+from .jobs import DialogueCheck, Delivery, RenderJob, RenderOutcome, classify
 from .pool import RenderPool
 
-__all__ = ["Delivery", "Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
-           "Scheduling", "StoreTarget", "classify", "connect", "preserved_signal_handlers"]
+__all__ = ["DialogueCheck", "Delivery", "Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
+           "Scheduling", "SpeechSpec", "StoreTarget", "classify", "connect", "preserved_signal_handlers"]
