@@ -7,6 +7,7 @@ from typing import Any
 
 from catalog import Store
 from flows.destinations import run_destinations
+from flows.dialogue import dialogue_policy
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info, quote_gpu_seconds
 from flows.settings import HorseSettings
@@ -18,7 +19,8 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
                              destinations.known)
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, destinations=destinations)
+    dialogue = dialogue_policy(settings)
+    plan = make_plan(manifest.shots, model_info(settings), store, destinations=destinations, dialogue=dialogue)
     gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
              "height": job.height, "destinations": [d.name for d in job.destinations],
@@ -29,4 +31,5 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
         "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
         "gpu_seconds_quote": round(gpu_seconds, 1), "quote_basis": basis,
         "row_errors": row_errors, "plan": jobs,
+        "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",
     }

@@ -30,9 +30,10 @@ def code_version() -> str:
 
 
 def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]],
-                    qc: dict[str, dict] | None = None) -> dict[str, list[dict]]:
-    """Version entries per campaign: every planned variant with its file or its failure, and its
-    delivery QC from the QC index (`qc`: Store.qc.results of the run's keys)."""
+                    qc: dict[str, dict] | None = None, dialogue: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+    """Version entries per campaign: every planned variant with its file or its failure, its
+    delivery QC and its dialogue gate result from the QC index (`qc`: Store.qc.results of the
+    run's keys, `dialogue`: Store.qc.dialogue_results)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
         entry = job.entry()
@@ -50,6 +51,9 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
+        if (dialogue or {}).get(job.render_key) and entry["status"] != "failed":
+            entry["dialogue"] = dialogue[job.render_key]
+            entry["dialogue_status"] = entry["dialogue"]["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 

@@ -37,6 +37,8 @@ from media.stretch import longest
 
 from .jobs import RenderJob
 
+from .dialogue_gate import unchecked
+
 if TYPE_CHECKING:
     from .dialogue_gate import DialogueGate
 
@@ -87,8 +89,9 @@ def render_checked(job: RenderJob, render_encode: Callable[[Any], T], path: str,
     delivered (its file put back at `path`): a picture that passes first, then the lowest dialogue
     error rate, then the latest. Returns (the delivered render_encode result, its ClipQC, every
     attempt's record, the delivered attempt's dialogue record)."""
-    if job.delivery is None and job.dialogue is None:
-        return render_encode(job.request), None, [], None
+    hearing = job.dialogue is not None and not job.dialogue.unchecked
+    if job.delivery is None and not hearing:
+        return render_encode(job.request), None, [], unchecked(job.dialogue)
     attempts: list[dict] = []
     best: tuple | None = None  # (rank, attempt index, encoded, clip_qc)
     kept = path + ".best"
@@ -102,7 +105,7 @@ def render_checked(job: RenderJob, render_encode: Callable[[Any], T], path: str,
             clip_qc = check_clip(path, seed, job)
             _add(timings, "qc", time.perf_counter() - started)
             record |= clip_qc.attempt()
-        if job.dialogue is not None:
+        if hearing:
             if gate is None:
                 raise ValueError("a job with a DialogueCheck needs the actor's DialogueGate")
             started = time.perf_counter()
@@ -124,6 +127,8 @@ def render_checked(job: RenderJob, render_encode: Callable[[Any], T], path: str,
     dialogue = attempts[index].get("dialogue")
     if dialogue is not None:
         dialogue = {**dialogue, "seed": attempts[index]["seed"], "attempts": len(attempts)}
+    else:
+        dialogue = unchecked(job.dialogue)
     return encoded, clip_qc, attempts, dialogue
 
 

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 PASSED, FAILED, UNCHECKED = "passed", "dialogue_failed", "unchecked"
 
 
+def unchecked(check: DialogueCheck | None) -> dict[str, Any] | None:
+    """The record of a clip whose line no recogniser of this run can hear (None: no line)."""
+    if check is None or not check.unchecked:
+        return None
+    return {"status": UNCHECKED, "reason": check.unchecked, "language": check.language}
+
+
 class DialogueGate:
     def __init__(self, spec: SpeechSpec | None, device: str):
         self.spec, self.recognizer, self.load_s = spec, None, 0.0
@@ -49,7 +56,7 @@ class DialogueGate:
         """The gate's record of the clip at `path`: status (passed, dialogue_failed, unchecked), the
         reason, the transcript and the scores (media.dialogue.DialogueResult)."""
         if check.unchecked:
-            return {"status": UNCHECKED, "reason": check.unchecked, "language": check.language}
+            return unchecked(check)
         from model import InvalidRequest
 
         if self.recognizer is None:

@@ -73,9 +73,9 @@ def test_when_no_attempt_passes_the_best_is_delivered_marked_dialogue_failed(gat
 def test_an_unchecked_line_is_recorded_as_unchecked_and_never_re_rolled(speak, tmp_path):
     path = str(tmp_path / "clip.mp4")
     no_recogniser = DialogueGate(None, "cpu")
-    _, _, attempts, dialogue = render_checked(job(2, unchecked="dialogue gate off: no whisper_dir"),
-                                              renderer(path, {5: None}), path, {}, no_recogniser)
-    assert [a["seed"] for a in attempts] == [5]
+    delivered, _, attempts, dialogue = render_checked(job(2, unchecked="dialogue gate off: no whisper_dir"),
+                                                      renderer(path, {5: None}), path, {}, no_recogniser)
+    assert (delivered, attempts) == (5, []), "rendered once, nothing heard"
     assert dialogue["status"] == "unchecked" and dialogue["reason"] == "dialogue gate off: no whisper_dir"
     with pytest.raises(InvalidRequest, match="no speech recogniser"):
         render_checked(job(2), renderer(path, {5: None}), path, {}, no_recogniser)
