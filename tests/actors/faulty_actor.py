@@ -34,7 +34,7 @@ class FaultyRenderActor(RenderActor):
         """`oom_at` stages: a DiT stage ("distill", "540p_sr", "1080p_sr", ...), which raises
         whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles.
         `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch).
-        `speech`: the clip's soundtrack becomes this speech (from 0.3 s, on both channels) for these seeds:
+        `speech`: the clip's soundtrack becomes this speech (from 0.1 s, on both channels) for these seeds:
         what the dialogue gate hears."""
         plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "black_seeds": frozenset(black_seeds),
                 "seed_log": seed_log, "speech": dict(speech or {}), "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
@@ -68,7 +68,7 @@ class FaultyRenderActor(RenderActor):
 
             said = resample_poly(self.speech[request.seed], clip.sample_rate, 16000).astype(np.float32)
             track = np.zeros(clip.audio.shape[1], np.float32)
-            start = int(0.3 * clip.sample_rate)
+            start = int(0.1 * clip.sample_rate)
             said = said[: max(0, track.size - start)]
             track[start:start + said.size] = said
             clip.audio = np.stack([track] * clip.audio.shape[0])
