@@ -163,9 +163,10 @@ def create_qc_table(campaign_id: str, rows: list[dict[str, Any]]) -> None:
     from prefect.artifacts import create_table_artifact
 
     failed = sum(row["result"] == "FAIL" for row in rows)
+    unheard = sum(row["dialogue"] == "FAIL" for row in rows)
     create_table_artifact(table=rows, key=artifact_key(campaign_id, "qc"),
                           description=f"Delivery QC of {campaign_id}: {len(rows)} clip x destination results, "
-                                      f"{failed} failed")
+                                      f"{failed} failed; {unheard} rows of clips that failed the dialogue gate")
 
 
 def create_failures_table(campaign_label: str, rows: list[dict[str, Any]]) -> None:
