@@ -22,10 +22,10 @@ filters cannot compare with a string yet.) `measured` is the measured value as J
 number, a codec name, ...); `value` is the same as a float when it is a number, for range queries.
 
 The dialogue gate's result is one row per clip with check "dialogue" and destination "" (it holds
-for every destination; the limit applied was the strictest of them): `passed` (null when the line
-was unchecked), `value` the error rate, `measured` {error_rate, transcript, language_detected,
+for every destination; the limit applied was the strictest of them): `passed`, `value` the error rate, `measured` {error_rate, transcript, language_detected,
 missing_terms, reason, seed, attempts} as JSON, `limit` e.g. "WER <= 0.2". Every clip whose speech
-failed: `to_arrow(check="dialogue", passed=False)`.
+failed: `to_arrow(check="dialogue", passed=False)`. A clip whose line went unchecked (no recogniser
+could hear it) has no row: nothing was measured; the render index says `dialogue_status: unchecked`.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ DIALOGUE_CHECK = "dialogue"
 
 
 def dialogue_row(receipt: dict) -> dict[str, Any] | None:
-    """The dialogue gate's row of one normalised receipt (None without a line)."""
-    if receipt["status"] not in RENDERED or not receipt.get("dialogue"):
+    """The dialogue gate's row of one normalised receipt (None without a line, or unchecked)."""
+    if receipt["status"] not in RENDERED or receipt.get("dialogue_status") not in ("passed", "dialogue_failed"):
         return None
     d = json.loads(receipt["dialogue"])
     rate = d.get("error_rate")
@@ -88,7 +88,7 @@ def dialogue_row(receipt: dict) -> dict[str, Any] | None:
     return {
         "render_key": receipt["render_key"], "campaign_id": receipt["campaign_id"], "shot_id": receipt["shot_id"],
         "variant": receipt["variant"], "destination": "", "check": DIALOGUE_CHECK,
-        "passed": None if d["status"] == "unchecked" else d["status"] == "passed",
+        "passed": d["status"] == "passed",
         "measured": json.dumps(measured, ensure_ascii=False), "value": None if rate is None else float(rate),
         "limit": f"{d['metric'].upper()} <= {d['max_error_rate']}" if "metric" in d else None,
         "master_uri": None, "master_sha256": None, "rendered_seed": receipt.get("rendered_seed"),
@@ -158,13 +158,13 @@ class QCIndex:
         return {key: summarise(rows) for key, rows in per_key.items()}
 
     def dialogue_results(self, render_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """{render_key: {status, passed, ...measured}} of the dialogue gate for the keys that have a row."""
+        """{render_key: {status, ...measured, limit}} of the dialogue gate for the keys that have a row."""
         keys = list(render_keys)
         if not keys:
             return {}
         out = {}
         for row in self.to_arrow(render_keys=keys, check=DIALOGUE_CHECK).to_pylist():
-            status = "unchecked" if row["passed"] is None else "passed" if row["passed"] else "dialogue_failed"
+            status = "passed" if row["passed"] else "dialogue_failed"
             out[row["render_key"]] = {"status": status, **json.loads(row["measured"]), "limit": row["limit"]}
         return out
 

@@ -10,6 +10,7 @@ from catalog import Store
 from flows.collect import delivered
 from flows.plan import Plan, PlannedJob
 from horse_actors import RenderOutcome
+from horse_actors.dialogue_gate import unchecked
 from media import contact_sheet
 
 
@@ -51,9 +52,10 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
-        if (dialogue or {}).get(job.render_key) and entry["status"] != "failed":
-            entry["dialogue"] = dialogue[job.render_key]
-            entry["dialogue_status"] = entry["dialogue"]["status"]
+        # What the gate heard (from index/qc), or why this run could not hear the line (the plan's check).
+        heard = (dialogue or {}).get(job.render_key) or unchecked(job.dialogue)
+        if heard and entry["status"] != "failed":
+            entry["dialogue"], entry["dialogue_status"] = heard, heard["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 
