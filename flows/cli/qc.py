@@ -27,8 +27,8 @@ def qc(
     """Delivery QC: loudness, true peak, black and frozen picture, lengths, format, per destination;
     for a campaign also the dialogue gate (what each clip was heard saying).
 
-    Exit 1 when a check failed (or a clip was never checked against a destination asked for, or its
-    line went unchecked)."""
+    Exit 1 when a check failed (or a clip was never checked against a destination asked for), a clip's
+    speech failed the dialogue gate included; lines no recogniser could hear are listed as unchecked."""
 
     def body(settings) -> Outcome:
         from flows.destinations import load_destinations, pick
@@ -97,9 +97,10 @@ def stored_results(settings, campaign: str, version: int | None, names: list[str
     heard = [e.get("dialogue_status") for e in body["entries"]]
     counts |= {f"dialogue_{s}": heard.count(s) for s in ("passed", "unchecked")}
     counts["dialogue_failed"] = heard.count("dialogue_failed")
-    document = {"ok": counts["failed"] == counts["not_checked"] == counts["dialogue_failed"]
-                == counts["dialogue_unchecked"] == 0, "campaign_id": campaign, "version": body["version"], **counts,
-                "clips": rows}
+    # An unchecked line is shown, not failed: with the default configuration (no Whisper staged) every
+    # line is unchecked, and the run's summary already says the gate was off.
+    document = {"ok": counts["failed"] == counts["not_checked"] == counts["dialogue_failed"] == 0,
+                "campaign_id": campaign, "version": body["version"], **counts, "clips": rows}
 
     def show() -> None:
         table = Table(title=f"{campaign} version {body['version']}: delivery QC", header_style="bold")
