@@ -79,3 +79,18 @@ def test_an_unchecked_line_is_recorded_as_unchecked_and_never_re_rolled(speak, t
     assert dialogue["status"] == "unchecked" and dialogue["reason"] == "dialogue gate off: no whisper_dir"
     with pytest.raises(InvalidRequest, match="no speech recogniser"):
         render_checked(job(2), renderer(path, {5: None}), path, {}, no_recogniser)
+
+
+@pytest.mark.slow
+def test_the_gate_loads_whisper_from_the_configured_folder_and_hears_the_declared_language(tmp_path):
+    from model.whisper import save_tiny_random_whisper
+
+    folder = save_tiny_random_whisper(tmp_path / "whisper")
+    gate = DialogueGate(SpeechSpec("whisper", str(folder)), "cpu")
+    assert gate.stats()["recognizer"] == "whisper" and gate.recognizer.languages >= {"de", "yue"}
+    path = str(tmp_path / "clip.mp4")
+    renderer(path, {5: None})(RenderRequest(prompt="x", seconds=2.0, seed=5))
+    check = DialogueCheck("de", ("Der Frühling ist da.",), Thresholds(0.2, 0.8, 0.6))
+    record = gate.hear(path, check)
+    assert (record["recognizer"], record["language"], record["status"]) == ("whisper", "de", "dialogue_failed")
+    assert record["language_detected"] is not None, "Whisper identifies the language it hears (random weights: any)"
