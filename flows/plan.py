@@ -19,6 +19,7 @@ from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.dialogue import DialoguePolicy
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 
@@ -65,6 +66,8 @@ class PlannedJob:
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
     dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -93,7 +96,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
@@ -216,15 +220,21 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes(),
+              dialogue: DialoguePolicy | None = None) -> Plan:
+    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
+    keys already exist. `dialogue`: the run's gate, for local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, destinations, dialogue))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue))
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
