@@ -7,6 +7,7 @@ from typing import Any
 
 from catalog import Store
 from flows.destinations import run_destinations
+from flows.dialogue import dialogue_policy
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info, quote_gpu_seconds
 from flows.routing import Routes, api_quote, plan_row
@@ -19,9 +20,11 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
     store = Store(settings.store_url, settings.storage_options)
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
                              destinations.known, settings.routing.backends, store.adapters.names())
+    dialogue = dialogue_policy(settings)
     routes = Routes.from_settings(settings.routing)
     plan = make_plan(manifest.shots, model_info(settings), store, destinations=destinations, routes=routes,
-                     default_adapter=settings.render.adapter, default_adapter_strength=settings.render.adapter_strength)
+                     dialogue=dialogue, default_adapter=settings.render.adapter,
+                     default_adapter_strength=settings.render.adapter_strength)
     gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
              "height": job.height, "destinations": [d.name for d in job.destinations],
@@ -34,4 +37,5 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
         "gpu_seconds_quote": round(gpu_seconds, 1), "quote_basis": basis,
         "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
+        "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",
     }

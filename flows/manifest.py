@@ -51,6 +51,7 @@ SCHEMA = pa.schema(
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
         ("destinations", pa.list_(pa.string())),
+        ("must_say", pa.list_(pa.string())),
         ("backend", pa.string()),
         ("adapter", pa.string()),
         ("adapter_strength", pa.float64()),
@@ -124,6 +125,7 @@ class Shot(BaseModel):
     priority: int = 0
     tags: tuple[str, ...] = ()
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
+    must_say: tuple[str, ...] = ()  # product names and terms the dialogue gate checks on their own
     backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide
     adapter: str | None = None  # brand adapter (brand or brand@N); None: the run's render.adapter
     adapter_strength: float | None = Field(None, ge=-MAX_ADAPTER_STRENGTH, le=MAX_ADAPTER_STRENGTH,
@@ -173,6 +175,15 @@ class Shot(BaseModel):
         pick(dict.fromkeys(known if known is not None else load_destinations()), value)  # unknown: ValueError
         return _unique(value)
 
+    @field_validator("must_say")
+    @classmethod
+    def _terms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        terms = _unique(term.strip() for term in value)
+        for term in terms:
+            if not term or len(term) > 200:
+                raise ValueError(f"term {term!r} must be 1-200 characters")
+        return terms
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -215,7 +226,25 @@ class Shot(BaseModel):
                 raise ValueError(
                     f"languages: no dialogue lines for {', '.join(missing)} (every language variant needs its own lines)"
                 )
+        if self.must_say:
+            self._terms_in_lines()
         return self
+
+    def _terms_in_lines(self) -> None:
+        """Every must-say term is in every language's lines (as the gate will listen for it), else no
+        clip of that language could ever pass."""
+        from media.dialogue import missing_terms, normalize
+
+        if not self.dialogue:
+            raise ValueError("must_say: the shot has no dialogue lines to say the terms in")
+        for language in self.languages:
+            lines = normalize(" ".join(line.line for line in self.lines_for(language)), language)
+            try:
+                absent = missing_terms(lines, self.must_say, language)
+            except ValueError as exc:  # a term with nothing to listen for
+                raise ValueError(f"must_say: {exc}") from None
+            if absent:
+                raise ValueError(f"must_say: {', '.join(map(repr, absent))} not in the {language} line")
 
     def lines_for(self, language: str) -> list[DialogueLine]:
         return [line for line in self.dialogue if line.language == language]
@@ -276,8 +305,9 @@ def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = ()
                 reason = _reason(err)
                 if err["type"] == "missing":
                     reason = "is required"
-                if column == "(row)" and reason.startswith("languages:"):
-                    column, reason = "languages", reason.removeprefix("languages: ")
+                for named in ("languages", "must_say"):  # the shot's own checks name their column
+                    if column == "(row)" and reason.startswith(f"{named}:"):
+                        column, reason = named, reason.removeprefix(f"{named}: ")
                 errors.append(RowError(number, column, reason, shot_id))
             continue
         except (InvalidId, ValueError) as exc:  # raised outside pydantic's wrapping

@@ -4,8 +4,9 @@ A variant is one (language, aspect ratio, take) of a shot; a shot without dialog
 languages (B-roll) has no language axis: one variant per (aspect ratio, take). Its `render_key` hashes every input
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
-is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant with
-a brand adapter hashes the adapter's sha256 and strength (`model.stages.adapter_key_input`); the
+is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant the
+dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too. A variant with a
+brand adapter hashes the adapter's sha256 and strength (`model.stages.adapter_key_input`); the
 adapter a row names (or `render.adapter`) is resolved to one registered version when planning.
 """
 
@@ -19,6 +20,7 @@ from catalog import Store, render_key, sha256_file
 from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
+from flows.dialogue import DialoguePolicy
 from flows.manifest import Shot
 from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
@@ -81,6 +83,7 @@ class PlannedJob:
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
+    dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
     backend: str = "local"  # or the API provider that renders it (flows.routing)
     api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
     adapter: AdapterChoice | None = None
@@ -132,9 +135,11 @@ def take_seed(seed: int, take: int) -> int:
 
 
 def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
-                destinations: RunDestinations | None = None, adapter: AdapterChoice | None = None) -> list[PlannedJob]:
+                destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None,
+                adapter: AdapterChoice | None = None) -> list[PlannedJob]:
     """Every variant of a validated shot (its reference files are already checked paths);
-    `destinations`: the run's (None: no delivery QC); `adapter`: the shot's resolved adapter."""
+    `destinations`: the run's (None: no delivery QC); `dialogue`: the run's gate (None: no gate);
+    `adapter`: the shot's resolved brand adapter (None: the base model)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -157,6 +162,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
+        gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
+                                               [d.name for d in delivered_to]) if dialogue else (None, None)
         for aspect in aspects:
             width, height = model.size_for(shot.resolution, aspect)
             for take in range(1, takes + 1):
@@ -178,6 +185,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                 }
                 if delivered_to:  # without destinations the key stays what it was before delivery QC
                     inputs["delivery"] = {**delivery, "expects_speech": bool(lines)}
+                if gate_key:  # without a gate that hears it the key stays what it was before the gate
+                    inputs["dialogue"] = gate_key
                 if adapter is not None:  # without one the key stays what it was before adapters
                     inputs["adapter"] = adapter_key_input(adapter.sha256, adapter.strength)
                 jobs.append(
@@ -202,6 +211,7 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                         destinations=delivered_to,
                         max_rerolls=max_rerolls,
                         expects_speech=bool(lines),
+                        dialogue=check,
                         adapter=adapter,
                     )
                 )
@@ -254,9 +264,11 @@ def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_s
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
               destinations: RunDestinations | None = None, routes: Routes = Routes(),
-              default_adapter: str | None = None, default_adapter_strength: float = 1.0) -> Plan:
+              dialogue: DialoguePolicy | None = None, default_adapter: str | None = None,
+              default_adapter_strength: float = 1.0) -> Plan:
     """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
-    `default_adapter`), then ask the catalog once which render keys already exist."""
+    `default_adapter`), then ask the catalog once which render keys already exist. `dialogue`: the
+    run's gate, for local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
@@ -267,7 +279,7 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
             adapter = shot_adapter(shot, store, default_adapter, default_adapter_strength, resolved)
             backend = routes.backend_for(shot)
             if backend == "local":
-                jobs.extend(expand_shot(shot, model, filters, destinations, adapter))
+                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue, adapter))
             elif adapter is not None:  # a provider cannot apply our adapter: never a key it did not honour
                 raise PlanError(f"adapter: {adapter.name} renders on local actors only, not on backend {backend}")
             else:

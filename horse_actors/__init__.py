@@ -16,7 +16,9 @@ from importlib import import_module
 _EXPORTS = {
     "RenderActor": "actor", "connect": "cluster", "preserved_signal_handlers": "cluster",
     "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
-    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs", "RenderPool": "pool",
+    "SpeechSpec": "config",
+    "DialogueCheck": "jobs", "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
+    "RenderPool": "pool",
 }
 
 __all__ = list(_EXPORTS)
