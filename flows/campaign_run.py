@@ -73,8 +73,9 @@ def _logger():
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
+    adapters = Store(settings.store_url, settings.storage_options).adapters.names()
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known, settings.routing.backends)
+                             destinations.known, settings.routing.backends, adapters)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -88,7 +89,8 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
                   destinations: RunDestinations, dialogue: DialoguePolicy) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
     plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations,
-                     Routes.from_settings(settings.routing), dialogue)
+                     Routes.from_settings(settings.routing), dialogue, settings.render.adapter,
+                     settings.render.adapter_strength)
     if force:
         plan.cached = {}
     else:

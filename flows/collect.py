@@ -65,6 +65,7 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "dialogue_status": outcome.dialogue_status,
         "dialogue": outcome.dialogue,
         **receipt_fields(job, outcome),  # an API render: provider, model id, task, usage, cost
+        **({"adapter": job.adapter.record()} if job.adapter else {}),
     }
 
 
@@ -84,6 +85,9 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
         inputs[1:] = [lineage_model(job)]
         tags |= {"backend": job.backend, "provider_model": job.api_request.model,
                  "provider_task_id": getattr(outcome, "task_id", None) or ""}
+    if job.adapter is not None:  # the brand adapter is an input like the model: its blob, by its sha256
+        inputs.append({"uri": job.adapter.uri, "version": job.adapter.sha256})
+        tags |= {"adapter": job.adapter.name, "adapter_strength": job.adapter.strength}
     rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
         inputs=inputs,

@@ -17,16 +17,18 @@ from flows.settings import HorseSettings
 def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
     """Raises ManifestError when the manifest as a whole cannot be read."""
     destinations = run_destinations(settings)
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known, settings.routing.backends)
     store = Store(settings.store_url, settings.storage_options)
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known, settings.routing.backends, store.adapters.names())
     dialogue = dialogue_policy(settings)
     routes = Routes.from_settings(settings.routing)
     plan = make_plan(manifest.shots, model_info(settings), store, destinations=destinations, routes=routes,
-                     dialogue=dialogue)
+                     dialogue=dialogue, default_adapter=settings.render.adapter,
+                     default_adapter_strength=settings.render.adapter_strength)
     gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
              "height": job.height, "destinations": [d.name for d in job.destinations],
+             "adapter": job.adapter.record() if job.adapter else None,
              "cached": job.render_key in plan.cached, **plan_row(job)} for job in plan.jobs]
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     return {

@@ -6,7 +6,8 @@ at all, or lacks a required column, is an error for the whole manifest (`Manifes
 
 This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
 too, reference files included (they must exist under the configured `render.input_roots`) and
-destination names (those of the loaded destination files, `flows.destinations`).
+destination names (those of the loaded destination files, `flows.destinations`) and brand adapter
+names (`adapter`: `brand` or `brand@N`, registered in the store's catalog; `catalog.adapters`).
 CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 """
 
@@ -28,6 +29,7 @@ from model.prompt import normalize_language
 
 # The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
+MAX_ADAPTER_STRENGTH = 4.0  # |strength|: far past what LoRA strengths are used at (about 0 to 1.5)
 MAX_TAKES = 16
 
 DIALOGUE_TYPE = pa.list_(pa.struct([("speaker", pa.string()), ("language", pa.string()), ("line", pa.string())]))
@@ -51,6 +53,8 @@ SCHEMA = pa.schema(
         ("destinations", pa.list_(pa.string())),
         ("must_say", pa.list_(pa.string())),
         ("backend", pa.string()),
+        ("adapter", pa.string()),
+        ("adapter_strength", pa.float64()),
     ]
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
@@ -123,6 +127,9 @@ class Shot(BaseModel):
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
     must_say: tuple[str, ...] = ()  # product names and terms the dialogue gate checks on their own
     backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide
+    adapter: str | None = None  # brand adapter (brand or brand@N); None: the run's render.adapter
+    adapter_strength: float | None = Field(None, ge=-MAX_ADAPTER_STRENGTH, le=MAX_ADAPTER_STRENGTH,
+                                           allow_inf_nan=False)  # None: the run's render.adapter_strength
     extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
 
     @field_validator("campaign_id", "shot_id")
@@ -187,6 +194,20 @@ class Shot(BaseModel):
             known = ("local", *PRESETS)
         if value is not None and value not in known:
             raise ValueError(f"unknown backend {value!r} (configured: {', '.join(known)})")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _registered_adapter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from catalog.adapters import parse_name
+
+        if value is None:
+            return None
+        parse_name(value)  # InvalidId (a ValueError) naming the problem
+        known = (info.context or {}).get("adapters") or ()
+        if value not in known:
+            raise ValueError(f"unknown adapter {value!r} (registered: {', '.join(sorted(known)) or 'none'}; "
+                             "see horse adapter list)")
         return value
 
     @field_validator("reference_image_uri", "reference_audio_uri")
@@ -261,11 +282,12 @@ def _reason(error: dict) -> str:
 
 def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = (),
                   destinations: Collection[str] | None = None,
-                  backends: Collection[str] | None = None) -> tuple[list[Shot], list[RowError]]:
+                  backends: Collection[str] | None = None,
+                  adapters: Collection[str] = ()) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
     files are accepted only under `input_roots`, destination names only from `destinations`
     (None: the shipped destination files), backends only from `backends` (None: the shipped
-    routing.providers)."""
+    routing.providers), adapter names only from `adapters` (the store's `AdapterRegistry.names()`)."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -276,7 +298,7 @@ def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = ()
         try:
             shot = Shot.model_validate({**known, "row": number, "extra": extra},
                                        context={"input_roots": input_roots, "destinations": destinations,
-                                                "backends": backends})
+                                                "backends": backends, "adapters": adapters})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
@@ -311,9 +333,10 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = (),
-                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
+                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                  adapters: Collection[str] = ()) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends, adapters)
 
 
 def arrow_owned_copy(data: bytes) -> pa.Buffer:
@@ -331,7 +354,8 @@ def arrow_owned_copy(data: bytes) -> pa.Buffer:
 
 
 def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
-                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
+                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                   adapters: Collection[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
@@ -341,7 +365,7 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     records = table.to_pylist()
-    shots, errors = validate_rows(records, input_roots, destinations, backends)
+    shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
 
 

@@ -5,7 +5,9 @@ languages (B-roll) has no language axis: one variant per (aspect ratio, take). I
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
 is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant the
-dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too.
+dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too. A variant with a
+brand adapter hashes the adapter's sha256 and strength (`model.stages.adapter_key_input`); the
+adapter a row names (or `render.adapter`) is resolved to one registered version when planning.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from catalog import Store, render_key, sha256_file
+from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.dialogue import DialoguePolicy
@@ -22,6 +25,7 @@ from flows.manifest import Shot
 from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
+from model.stages import adapter_key_input
 
 # Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
 # settings, mp4 tags): every render key changes, so the next run re-renders everything.
@@ -41,6 +45,20 @@ class Filters:
     aspect_ratios: tuple[str, ...] | None = None
     takes: int | None = None
     shot_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """The brand adapter a variant renders with: one registered version and a strength."""
+
+    name: str  # brand@N
+    sha256: str  # the adapter blob's address (= model.adapters.Adapter.sha256)
+    uri: str
+    strength: float
+
+    def record(self) -> dict[str, Any]:
+        """What receipts and lineage say of it."""
+        return {"name": self.name, "sha256": self.sha256, "uri": self.uri, "strength": self.strength}
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class PlannedJob:
     dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
     backend: str = "local"  # or the API provider that renders it (flows.routing)
     api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
+    adapter: AdapterChoice | None = None
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -116,9 +135,11 @@ def take_seed(seed: int, take: int) -> int:
 
 
 def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
-                destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None) -> list[PlannedJob]:
+                destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None,
+                adapter: AdapterChoice | None = None) -> list[PlannedJob]:
     """Every variant of a validated shot (its reference files are already checked paths);
-    `destinations`: the run's (None: no delivery QC); `dialogue`: the run's gate (None: no gate)."""
+    `destinations`: the run's (None: no delivery QC); `dialogue`: the run's gate (None: no gate);
+    `adapter`: the shot's resolved brand adapter (None: the base model)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -166,6 +187,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                     inputs["delivery"] = {**delivery, "expects_speech": bool(lines)}
                 if gate_key:  # without a gate that hears it the key stays what it was before the gate
                     inputs["dialogue"] = gate_key
+                if adapter is not None:  # without one the key stays what it was before adapters
+                    inputs["adapter"] = adapter_key_input(adapter.sha256, adapter.strength)
                 jobs.append(
                     PlannedJob(
                         campaign_id=shot.campaign_id,
@@ -189,6 +212,7 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                         max_rerolls=max_rerolls,
                         expects_speech=bool(lines),
                         dialogue=check,
+                        adapter=adapter,
                     )
                 )
     return jobs
@@ -219,20 +243,45 @@ def model_info(settings: HorseSettings) -> ModelInfo:
     return ModelInfo(described.fingerprint, resolved.profile, described.size_for)
 
 
+def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_strength: float = 1.0,
+                 resolved: dict[str, dict] | None = None) -> AdapterChoice | None:
+    """The adapter a shot renders with: its row's, else the run's default (`render.adapter`),
+    as the registered version the name means now; PlanError if that name is not registered."""
+    name = shot.adapter or default
+    if name is None:
+        return None
+    resolved = {} if resolved is None else resolved
+    if name not in resolved:
+        try:
+            resolved[name] = store.adapters.resolve(name)
+        except UnknownAdapter as exc:
+            where = "adapter" if shot.adapter else "render.adapter (configuration)"
+            raise PlanError(f"{where}: {exc}") from None
+    record = resolved[name]
+    strength = shot.adapter_strength if shot.adapter_strength is not None else default_strength
+    return AdapterChoice(record["name"], record["sha256"], record["uri"], float(strength))
+
+
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
               destinations: RunDestinations | None = None, routes: Routes = Routes(),
-              dialogue: DialoguePolicy | None = None) -> Plan:
-    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
-    keys already exist. `dialogue`: the run's gate, for local renders (API clips are not heard)."""
+              dialogue: DialoguePolicy | None = None, default_adapter: str | None = None,
+              default_adapter_strength: float = 1.0) -> Plan:
+    """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
+    `default_adapter`), then ask the catalog once which render keys already exist. `dialogue`: the
+    run's gate, for local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
+    resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
+            adapter = shot_adapter(shot, store, default_adapter, default_adapter_strength, resolved)
             backend = routes.backend_for(shot)
             if backend == "local":
-                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue))
+                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue, adapter))
+            elif adapter is not None:  # a provider cannot apply our adapter: never a key it did not honour
+                raise PlanError(f"adapter: {adapter.name} renders on local actors only, not on backend {backend}")
             else:
                 jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:

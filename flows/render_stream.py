@@ -71,8 +71,11 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     if job.language:
         metadata["language"] = job.language
     delivery = Delivery(job.destinations, job.max_rerolls, job.expects_speech) if job.destinations else None
+    adapter = {"adapter_sha256": job.adapter.sha256, "adapter_strength": job.adapter.strength} if job.adapter else {}
+    if job.adapter:
+        metadata["horse_adapter"] = job.adapter.name
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata, delivery=delivery,
-                     dialogue=job.dialogue)
+                     dialogue=job.dialogue, **adapter)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

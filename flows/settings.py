@@ -87,6 +87,17 @@ class RenderSettings(_Section):
     destinations: list[str]  # names checked against the loaded destination files (flows.destinations)
     destination_folders: list[str]
     max_rerolls: int = Field(ge=0, le=8)
+    adapter: str | None  # brand adapter of shots without an `adapter` column value (brand or brand@N)
+    adapter_strength: float = Field(ge=-4, le=4, allow_inf_nan=False)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_name(cls, value: str | None) -> str | None:
+        from catalog.adapters import parse_name
+
+        if value is not None:
+            parse_name(value)  # existence is checked against the store when a run is planned
+        return value
 
 
 ErrorRate = Annotated[float, Field(ge=0, le=1)]

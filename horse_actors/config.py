@@ -32,6 +32,9 @@ class ModelSpec:
     # Rungs tried in order after a GPU OOM, accumulating (RenderActor._render_with_ladder).
     oom_ladder: tuple[str, ...] = ("tiled_decode", "lower_sr")
     speech: SpeechSpec | None = None  # the dialogue gate's recogniser; None: no gate on this actor
+    # Brand adapters each actor keeps on its model at once (least recently used out); the pool
+    # sends a job to an actor that holds its adapter.
+    adapter_capacity: int = 4
 
 
 @dataclass(frozen=True)

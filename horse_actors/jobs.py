@@ -78,6 +78,10 @@ class RenderJob:
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
     delivery: Delivery | None = None  # None: no delivery QC, no masters
     dialogue: DialogueCheck | None = None  # None: no line to check
+    # Brand adapter: the sha256 of its catalog blob (model.adapters.Adapter.sha256) and its
+    # strength; the actor applies it on its resident model. None: the base model.
+    adapter_sha256: str | None = None
+    adapter_strength: float = 1.0
 
 
 @dataclass

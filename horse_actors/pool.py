@@ -167,10 +167,11 @@ class _Run:
             except ActorStartFailed as exc:
                 self.lose_slot(exc.slot, "ActorStartFailed", str(exc))
 
-    # dispatch: least-loaded ready actor first, never more than max_in_flight_per_actor each
+    # dispatch: an actor holding the job's adapter, else the least-loaded ready actor; never more
+    # than max_in_flight_per_actor each
     def _dispatch(self) -> None:
         while self.pending:
-            slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor)
+            slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor, self.pending[0].job.adapter_sha256)
             if slot is None:
                 return
             call = self.slots.dispatch(slot, self.pending.popleft())

@@ -56,8 +56,8 @@ class FaultyRenderActor(RenderActor):
 
         return guarded
 
-    def _render_with_ladder(self, job):
-        clip, request, used = super()._render_with_ladder(job)
+    def _render_with_ladder(self, job, *args):
+        clip, request, used = super()._render_with_ladder(job, *args)
         if self.seed_log:
             with open(self.seed_log, "a") as log:
                 log.write(f"{job.render_key} {request.seed}\n")
