@@ -3,7 +3,8 @@ with millions of rows, and does one driver keep 64 actors busy?
 
     .venv/bin/python benchmarks/scale.py index [--rows 10000000 --commits 3000 --campaigns 300]
     .venv/bin/python benchmarks/scale.py pool  [--jobs 100000 --actors 64 --mean-ms 200]
-    .venv/bin/python benchmarks/scale.py failover [--jobs 20000 --actors 64]
+    .venv/bin/python benchmarks/scale.py failover [--failover-jobs 20000 --actors 64]
+    .venv/bin/python benchmarks/scale.py all --tiny   # every part, small, in a few minutes
 
 index     the render index grown with synthetic rows (the real MERGE commit path, without the
           per-receipt validation) to --rows over --commits commits, stopped early at
@@ -164,7 +165,7 @@ def measure_index(store, campaigns: int, shots, rng, label: str, global_lookup: 
     return out
 
 
-def compare_layouts(rows: int, commits: int, campaigns: int, say) -> list[dict]:
+def compare_layouts(rows: int, commits: int, campaigns: int, variants: int, say) -> list[dict]:
     """The same rows in the index as an older Horse made it (unpartitioned), that one clustered
     by campaign (z-order), and partitioned by campaign (this Horse): how the layout was chosen."""
     from deltalake import DeltaTable
@@ -174,7 +175,7 @@ def compare_layouts(rows: int, commits: int, campaigns: int, say) -> list[dict]:
     from catalog.maintenance import maintain
 
     results = []
-    shots = campaign_manifest("new-campaign", 10_000)
+    shots = campaign_manifest("new-campaign", variants)
     for layout in ("unpartitioned", "partitioned"):
         root = tempfile.mkdtemp(prefix=f"horse-scale-{layout}-")
         store = Store(root)
@@ -209,11 +210,11 @@ def bench_index(args, say) -> None:
     if args.compare_rows:
         say(f"(1a) index layouts at {args.compare_rows:,} rows, {args.compare_commits} commits, "
             f"{args.compare_campaigns} campaigns")
-        table(compare_layouts(args.compare_rows, args.compare_commits, args.compare_campaigns, say), say)
+        table(compare_layouts(args.compare_rows, args.compare_commits, args.compare_campaigns, args.variants, say), say)
 
     say(f"(1b) the index grown to {args.rows:,} rows over {args.commits} commits ({args.campaigns} campaigns)")
     root = args.root or tempfile.mkdtemp(prefix="horse-scale-index-")
-    shots = campaign_manifest("new-campaign", 10_000)
+    shots = campaign_manifest("new-campaign", args.variants)
     rng = np.random.default_rng(2)
     empty = Store(tempfile.mkdtemp(prefix="horse-scale-empty-"))
     plan_empty, empty_plan = plan_seconds(empty, shots)
@@ -225,14 +226,14 @@ def bench_index(args, say) -> None:
     before = measure_index(store, args.campaigns, shots, rng, "as committed")
     seconds, report = timed(lambda: maintain(store, retention_hours=0, gc_grace=0, dry_run=False))
     after = {**measure_index(store, args.campaigns, shots, rng, "after maintenance"), "maintain_s": seconds}
-    # The rerun of a night: the same 10k variants, now all in the index.
+    # The rerun of a night: the same variants, now all in the index.
     rerun_rows = [{**job.entry(), "status": "ok", "blob_uri": store.blobs.uri("0" * 64), "sha256": "0" * 64}
                   for job in empty_plan.jobs]
     store.index.commit(rerun_rows)
     after["plan_rerun_s"], plan = plan_seconds(store, shots)
     assert len(plan.cached) == len(rerun_rows)
     table([before, after], say)
-    say(f"  plan of a 10k-variant campaign: {plan_empty:.2f}s against an empty index, "
+    say(f"  plan of a {len(empty_plan.jobs):,}-variant campaign: {plan_empty:.2f}s against an empty index, "
         f"{after['plan_new_s']:.2f}s (new) / {after['plan_rerun_s']:.2f}s (rerun) against {after['rows']:,} rows: "
         f"{after['plan_new_s'] / plan_empty:.2f}x / {after['plan_rerun_s'] / plan_empty:.2f}x")
     index = report.tables[0]
@@ -240,10 +241,191 @@ def bench_index(args, say) -> None:
         f"{index.vacuumed_files} vacuumed; log {index.log_bytes / 1e6:.1f} MB after {index.version_after} versions")
 
 
+# ---- (2) and (3): the pool ---------------------------------------------------------------------
+
+# Published H100 seconds per 5 s clip (research): base denoise, 1080p super-resolution, decode.
+H100_STAGE_S = {"base": 1.6, "sr_1080p": 31.0, "decode": 5.8}
+
+
+def sleep_actor_class():
+    """The one test double (no GPU here): a RenderActor that loads no model and whose render
+    sleeps for the job's drawn duration, appending one line per finished render to a file in
+    the "store" directory (so renders can be counted, even those of actors killed later)."""
+    import collections
+
+    from horse_actors import RenderActor, RenderOutcome
+    from horse_actors.actor import _ray_context
+
+    class SleepActor(RenderActor):
+        def __init__(self, model, store, encoding):
+            self.model, self.encoding, self.renders, self.ids = model, encoding, 0, _ray_context()
+            self._recent = collections.OrderedDict()
+            self._log = open(os.path.join(store.url.removeprefix("file://"), f"renders-{os.getpid()}.log"), "a")
+
+        def stats(self):
+            return {**self.ids, "pid": os.getpid(), "device": "fake-gpu", "load_s": 0.0, "renders": self.renders}
+
+        def _render(self, job, attempt, submitted_at):
+            started = time.time()
+            time.sleep(float(job.metadata["sleep_s"]))
+            self.renders += 1
+            self._log.write(f"{job.render_key} {attempt}\n")
+            self._log.flush()
+            return RenderOutcome(render_key=job.render_key, status="ok", attempt=attempt, pid=os.getpid(),
+                                 duration_s=time.time() - started, **self.ids,
+                                 timings={"queue": round(started - (submitted_at or started), 4)})
+
+    return SleepActor
+
+
+def sleep_jobs(n: int, mean_s: float, seed: int = 0) -> tuple[list, float]:
+    """n jobs with durations drawn around `mean_s` (lognormal, as shot lengths vary); total sleep."""
+    from horse_actors import RenderJob
+
+    durations = np.random.default_rng(seed).lognormal(np.log(mean_s) - 0.045, 0.3, n)
+    jobs = [RenderJob(f"job-{i:07d}", None, "sim", f"s{i:07d}", "en-16x9-t1", {"sleep_s": f"{d:.4f}"})
+            for i, d in enumerate(durations)]
+    return jobs, float(durations.sum())
+
+
+class DriverSampler:
+    """The driver's RSS, sampled every 0.2 s on a thread while a run lasts."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.proc, self.samples, self.stop = psutil.Process(), [], threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self.stop.wait(0.2):
+            self.samples.append(self.proc.memory_info().rss)
+
+    def __enter__(self):
+        self.rss_start = self.proc.memory_info().rss
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.rss_end = self.proc.memory_info().rss
+
+
+def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, say, on_outcome=None) -> dict:
+    """Start a RenderPool of SleepActors (one per fake GPU) and run every job through it."""
+    from horse_actors import ModelSpec, PoolConfig, RenderPool, Scheduling, StoreTarget
+
+    logs = tempfile.mkdtemp(prefix="horse-scale-renders-")
+    config = PoolConfig(ModelSpec("none", warmup_seconds=0), StoreTarget("file://" + logs),
+                        scheduling=Scheduling(ray_address=address, num_actors=actors, cpus_per_actor=0,
+                                              max_retries=3, actor_start_timeout_s=900, job_deadline_s=600))
+    with RenderPool(config, actor_class=sleep_actor_class()) as pool:
+        started, ready = time.perf_counter(), pool.start()
+        start_s = time.perf_counter() - started
+        say(f"  {len(ready)} actors ready in {start_s:.0f}s on {len({a['node_id'] for a in ready})} node(s)")
+        cpu, wall = time.process_time(), time.perf_counter()
+        with DriverSampler() as rss:
+            outcomes = pool.run(jobs, on_outcome=on_outcome)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    renders: dict[str, int] = {}
+    for name in os.listdir(logs):
+        with open(os.path.join(logs, name)) as f:
+            for line in f:
+                key = line.split()[0]
+                renders[key] = renders.get(key, 0) + 1
+    n = len(jobs)
+    return {
+        "jobs": n, "actors": actors, "start_s": start_s, "wall_s": wall, "jobs_per_s": n / wall,
+        "driver_cpu_s": cpu, "overhead_ms_per_job": 1000 * cpu / n,
+        "idle_fraction": 1 - total_sleep / (actors * wall),
+        "rss_start_MB": rss.rss_start / 1e6, "rss_peak_MB": max(rss.samples or [rss.rss_end]) / 1e6,
+        "rss_end_MB": rss.rss_end / 1e6, "rss_per_1k_jobs_KB": (rss.rss_end - rss.rss_start) / n,
+        "ok": sum(o.status == "ok" for o in outcomes), "distinct_ok": len({o.render_key for o in outcomes if o.ok}),
+        "attempts": sum(o.attempt for o in outcomes), "retried": sum(o.attempt > 1 for o in outcomes),
+        "renders": sum(renders.values()), "rendered_twice": sum(c > 1 for c in renders.values()),
+        "replacements": pool.replacements,
+    }
+
+
+def bench_pool(args, say) -> dict:
+    from horse_actors import connect
+
+    say(f"(2) RenderPool: {args.jobs:,} jobs on {args.actors} SleepActors (fake GPUs), mean {args.mean_ms:.0f} ms")
+    jobs, total_sleep = sleep_jobs(args.jobs, args.mean_ms / 1000)
+    connect(None, num_cpus=2, num_gpus=args.actors, object_store_memory=512 * 1024**2)
+    import ray
+
+    try:
+        return run_pool(None, args.actors, jobs, total_sleep, say)
+    finally:
+        ray.shutdown()
+
+
+def bench_failover(args, say) -> dict:
+    """Two `ray start` nodes on loopback, half the fake GPUs each; the second dies halfway."""
+    import subprocess
+
+    import ray
+
+    from tests.conftest import free_port
+    from tests.infra._procs import kill_processes
+    from tests.infra.test_multinode import JOIN_ON_LOOPBACK, RAY, _ray_env
+
+    say(f"(3) the same, {args.failover_jobs:,} jobs on two nodes of {args.actors // 2} GPUs; the second node killed halfway")
+    jobs, total_sleep = sleep_jobs(args.failover_jobs, args.mean_ms / 1000, seed=1)
+    port, head, worker = free_port(), tempfile.mkdtemp(prefix="hsh-", dir="/tmp"), tempfile.mkdtemp(prefix="hsw-", dir="/tmp")
+    env = {**_ray_env(), "PYTHONPATH": os.path.dirname(_HERE)}
+    common = ["--num-cpus=2", f"--num-gpus={args.actors // 2}", "--object-store-memory=300000000", "--disable-usage-stats"]
+    killed = {"at": None, "time": None}
+
+    def on_outcome(outcome):
+        on_outcome.done += 1
+        if killed["at"] is None and on_outcome.done >= len(jobs) // 2:
+            killed["at"], killed["time"] = on_outcome.done, time.perf_counter()
+            killed["processes"] = kill_processes([worker])
+
+    on_outcome.done = 0
+    try:
+        subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
+                        f"--ray-client-server-port={free_port()}", f"--temp-dir={head}", *common],
+                       env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, check=True, capture_output=True, timeout=300)
+        subprocess.run([sys.executable, "-c", JOIN_ON_LOOPBACK, "start", f"--address=127.0.0.1:{port}",
+                        "--node-ip-address=127.0.0.1", f"--temp-dir={worker}", *common],
+                       env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, check=True, capture_output=True, timeout=300)
+        result = run_pool(f"127.0.0.1:{port}", args.actors, jobs, total_sleep, say, on_outcome)
+        result["killed_after"] = killed["at"]
+        return result
+    finally:
+        ray.shutdown()
+        kill_processes([head, worker, f"127.0.0.1:{port}"])
+
+
+def projection(pool: dict, say) -> None:
+    """A 64-GPU night at the published H100 stage times, against the measured driver figures."""
+    clip_gpu_s = sum(H100_STAGE_S.values())
+    per_s = 64 / clip_gpu_s
+    night = per_s * 10 * 3600
+    say(f"  a 64-GPU night at H100 stage times ({' + '.join(f'{v:g}' for v in H100_STAGE_S.values())} = "
+        f"{clip_gpu_s:.1f} GPU-s per 5 s 1080p clip): {per_s:.2f} clips/s, {night:,.0f} clips in 10 hours")
+    say(f"  driver: {pool['jobs_per_s']:.0f} jobs/s measured here ({pool['jobs_per_s'] / per_s:,.0f}x what 64 H100s need), "
+        f"{pool['overhead_ms_per_job']:.2f} ms CPU per job ({per_s * pool['overhead_ms_per_job'] / 10:.2f}% of one core); "
+        f"RSS +{pool['rss_per_1k_jobs_KB']:.1f} KB per 1k jobs -> "
+        f"+{night * pool['rss_per_1k_jobs_KB'] / 1e6:.1f} MB for the night's outcomes")
+
+
+# `--tiny`: the same code paths at sizes that run in a few minutes (figures then say less).
+TINY = {"rows": 100_000, "commits": 100, "campaigns": 10, "budget_s": 120, "compare_rows": 30_000,
+        "compare_commits": 30, "compare_campaigns": 5, "variants": 2_000, "jobs": 2_000, "failover_jobs": 1_000, "actors": 8,
+        "mean_ms": 20.0}
+
+
 def table(rows: list[dict], say) -> None:
     columns = ["label", "rows", "files", "stored_MB", "log_MB", "grow_s", "maintain_s", "rewritten_MB", "commit_24_s",
                "lookup_present_s", "lookup_absent_s", "lookup_global_s", "plan_new_s", "plan_rerun_s"]
-    columns = [c for c in columns if any(c in r for r in rows)]
+    columns = [c for c in columns if any(c in r for r in rows)] or list(rows[0])
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     say("  " + "  ".join(c.rjust(widths[c]) if c != "label" else c.ljust(widths[c]) for c in columns))
     for r in rows:
@@ -271,14 +453,34 @@ def main() -> None:
     ap.add_argument("--compare-rows", type=int, default=500_000, help="0: skip the layout comparison")
     ap.add_argument("--compare-commits", type=int, default=150)
     ap.add_argument("--compare-campaigns", type=int, default=15)
+    ap.add_argument("--variants", type=int, default=10_000, help="variants of the campaign planned against the index")
     ap.add_argument("--root", default=None, help="store root for the grown index (default: a temp dir)")
+    ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--failover-jobs", type=int, default=20_000)
+    ap.add_argument("--actors", type=int, default=64)
+    ap.add_argument("--mean-ms", type=float, default=200.0, help="mean stand-in render time")
+    ap.add_argument("--tiny", action="store_true", help="every part at a size this 2-core machine runs in minutes")
     args = ap.parse_args()
+    if args.tiny:
+        for name, value in TINY.items():
+            setattr(args, name, value)
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     if args.part in ("index", "all"):
         bench_index(args, say)
+    runs = []
+    if args.part in ("pool", "all"):
+        runs.append({"run": "one node", **bench_pool(args, say)})
+    if args.part in ("failover", "all"):
+        runs.append({"run": "node killed", **bench_failover(args, say)})
+    if runs:
+        say("  " + f"{'':>20s}" + "".join(f"{r['run']:>16s}" for r in runs))
+        for key in runs[0]:
+            if key != "run":
+                say("  " + f"{key:>20s}" + "".join(f"{_fmt(r.get(key)):>16s}" for r in runs))
+        projection(runs[0], say)
 
 
 if __name__ == "__main__":
