@@ -132,7 +132,8 @@ def maintain_table(ref: DeltaRef, *, retention_hours: int, keep_versions: set[in
 
 def maintain(store: "Store", *, retention_hours: int, gc_grace: timedelta | float, dry_run: bool = True,
              run_id: str | None = None) -> MaintenanceReport:
-    """Compact and vacuum the render index and the campaign_versions table, then GC the blobs."""
+    """Compact and vacuum the render index, the campaign_versions table and the QC index, then GC
+    the blobs."""
     if retention_hours < 0:
         raise ValueError(f"retention_hours must be >= 0, got {retention_hours}")
     pinned = store.versions.index_versions()
@@ -140,5 +141,6 @@ def maintain(store: "Store", *, retention_hours: int, gc_grace: timedelta | floa
         maintain_table(store.index.table, retention_hours=retention_hours, keep_versions=pinned, dry_run=dry_run,
                        run_id=run_id),
         maintain_table(store.versions.table, retention_hours=retention_hours, dry_run=dry_run, run_id=run_id),
+        maintain_table(store.qc.table, retention_hours=retention_hours, dry_run=dry_run, run_id=run_id),
     ]
     return MaintenanceReport(dry_run, retention_hours, tables, store.gc(grace=gc_grace, dry_run=dry_run))
