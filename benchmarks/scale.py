@@ -312,10 +312,41 @@ class DriverSampler:
         self.stop.set()
         self.thread.join()
         self.rss_end = self.proc.memory_info().rss
+        self.peak = max([self.rss_end, *self.samples])
 
 
-def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, say, on_outcome=None) -> dict:
-    """Start a RenderPool of SleepActors (one per fake GPU) and run every job through it."""
+class Tally:
+    """What the driver learns from each final outcome, kept as counts (as a flow files receipts)."""
+
+    def __init__(self, n: int, then=None):
+        import psutil
+
+        self.done = self.ok = self.attempts = self.retried = 0
+        self.then, self.proc, self.every, self.rss = then, psutil.Process(), max(1, n // 16), []
+
+    def __call__(self, outcome) -> None:
+        self.done += 1
+        if self.done % self.every == 0:
+            self.rss.append((self.done, self.proc.memory_info().rss))
+        self.ok += outcome.ok
+        self.attempts += outcome.attempt
+        self.retried += outcome.attempt > 1
+        if self.then is not None:
+            self.then(self)
+
+
+def rss_slope(samples: list[tuple[int, int]], n: int) -> float | None:
+    """Least-squares slope of RSS bytes against jobs finished, from the second quarter on."""
+    late = [(x, y) for x, y in samples if x >= n // 4]
+    if len(late) < 3:
+        return None
+    return float(np.polyfit([x for x, _ in late], [y for _, y in late], 1)[0])
+
+
+def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, say, mode: str = "stream",
+             then=None) -> dict:
+    """Start a RenderPool of SleepActors (one per fake GPU) and give it every job: `stream` (the
+    flow's way: outcomes handed on, none kept) or `run` (every outcome kept and returned)."""
     from horse_actors import ModelSpec, PoolConfig, RenderPool, Scheduling, StoreTarget
 
     logs = tempfile.mkdtemp(prefix="horse-scale-renders-")
@@ -327,9 +358,11 @@ def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, s
         start_s = time.perf_counter() - started
         say(f"  {len(ready)} actors ready in {start_s:.0f}s on {len({a['node_id'] for a in ready})} node(s)")
         cpu, wall = time.process_time(), time.perf_counter()
+        tally = Tally(len(jobs), then)
         with DriverSampler() as rss:
-            outcomes = pool.run(jobs, on_outcome=on_outcome)
+            kept = pool.run(jobs, on_outcome=tally) if mode == "run" else pool.stream(iter(jobs), on_outcome=tally)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        del kept
     renders: dict[str, int] = {}
     for name in os.listdir(logs):
         with open(os.path.join(logs, name)) as f:
@@ -341,25 +374,30 @@ def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, s
         "jobs": n, "actors": actors, "start_s": start_s, "wall_s": wall, "jobs_per_s": n / wall,
         "driver_cpu_s": cpu, "overhead_ms_per_job": 1000 * cpu / n,
         "idle_fraction": 1 - total_sleep / (actors * wall),
-        "rss_start_MB": rss.rss_start / 1e6, "rss_peak_MB": max(rss.samples or [rss.rss_end]) / 1e6,
-        "rss_end_MB": rss.rss_end / 1e6, "rss_per_1k_jobs_KB": (rss.rss_end - rss.rss_start) / n,
-        "ok": sum(o.status == "ok" for o in outcomes), "distinct_ok": len({o.render_key for o in outcomes if o.ok}),
-        "attempts": sum(o.attempt for o in outcomes), "retried": sum(o.attempt > 1 for o in outcomes),
-        "renders": sum(renders.values()), "rendered_twice": sum(c > 1 for c in renders.values()),
+        "rss_start_MB": rss.rss_start / 1e6, "rss_peak_MB": rss.peak / 1e6, "rss_end_MB": rss.rss_end / 1e6,
+        # bytes per job = KB per 1,000 jobs: over the whole run, and the slope of RSS against jobs
+        # finished after the first quarter (past the allocations any run makes once)
+        "rss_per_1k_jobs_KB": (rss.peak - rss.rss_start) / n, "rss_slope_KB_per_1k": rss_slope(tally.rss, n),
+        "outcomes": tally.done, "ok": tally.ok, "attempts": tally.attempts, "retried": tally.retried,
+        "renders": sum(renders.values()), "distinct_rendered": len(renders),
+        "rendered_twice": sum(c > 1 for c in renders.values()),
         "replacements": pool.replacements,
     }
 
 
-def bench_pool(args, say) -> dict:
+def bench_pool(args, say) -> list[dict]:
+    """The same jobs twice on one cluster: kept (`run`) and streamed (`stream`, as the flow does)."""
     from horse_actors import connect
 
-    say(f"(2) RenderPool: {args.jobs:,} jobs on {args.actors} SleepActors (fake GPUs), mean {args.mean_ms:.0f} ms")
+    say(f"(2) RenderPool: {args.jobs:,} jobs on {args.actors} SleepActors (fake GPUs), mean {args.mean_ms:.0f} ms; "
+        f"outcomes kept (run) and streamed (stream)")
     jobs, total_sleep = sleep_jobs(args.jobs, args.mean_ms / 1000)
     connect(None, num_cpus=2, num_gpus=args.actors, object_store_memory=512 * 1024**2)
     import ray
 
     try:
-        return run_pool(None, args.actors, jobs, total_sleep, say)
+        return [{"run": f"one node, {mode}", **run_pool(None, args.actors, jobs, total_sleep, say, mode)}
+                for mode in ("stream", "run")]
     finally:
         ray.shutdown()
 
@@ -381,13 +419,11 @@ def bench_failover(args, say) -> dict:
     common = ["--num-cpus=2", f"--num-gpus={args.actors // 2}", "--object-store-memory=300000000", "--disable-usage-stats"]
     killed = {"at": None, "time": None}
 
-    def on_outcome(outcome):
-        on_outcome.done += 1
-        if killed["at"] is None and on_outcome.done >= len(jobs) // 2:
-            killed["at"], killed["time"] = on_outcome.done, time.perf_counter()
+    def kill_halfway(tally: Tally) -> None:
+        if killed["at"] is None and tally.done >= len(jobs) // 2:
+            killed["at"], killed["time"] = tally.done, time.perf_counter()
             killed["processes"] = kill_processes([worker])
 
-    on_outcome.done = 0
     try:
         subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
                         f"--ray-client-server-port={free_port()}", f"--temp-dir={head}", *common],
@@ -395,7 +431,7 @@ def bench_failover(args, say) -> dict:
         subprocess.run([sys.executable, "-c", JOIN_ON_LOOPBACK, "start", f"--address=127.0.0.1:{port}",
                         "--node-ip-address=127.0.0.1", f"--temp-dir={worker}", *common],
                        env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, check=True, capture_output=True, timeout=300)
-        result = run_pool(f"127.0.0.1:{port}", args.actors, jobs, total_sleep, say, on_outcome)
+        result = run_pool(f"127.0.0.1:{port}", args.actors, jobs, total_sleep, say, "stream", kill_halfway)
         result["killed_after"] = killed["at"]
         return result
     finally:
@@ -412,8 +448,8 @@ def projection(pool: dict, say) -> None:
         f"{clip_gpu_s:.1f} GPU-s per 5 s 1080p clip): {per_s:.2f} clips/s, {night:,.0f} clips in 10 hours")
     say(f"  driver: {pool['jobs_per_s']:.0f} jobs/s measured here ({pool['jobs_per_s'] / per_s:,.0f}x what 64 H100s need), "
         f"{pool['overhead_ms_per_job']:.2f} ms CPU per job ({per_s * pool['overhead_ms_per_job'] / 10:.2f}% of one core); "
-        f"RSS +{pool['rss_per_1k_jobs_KB']:.1f} KB per 1k jobs -> "
-        f"+{night * pool['rss_per_1k_jobs_KB'] / 1e6:.1f} MB for the night's outcomes")
+        f"RSS {pool['rss_slope_KB_per_1k'] or 0:+.1f} KB per 1k jobs -> "
+        f"{night * (pool['rss_slope_KB_per_1k'] or 0) / 1e6:+.1f} MB over the night's {night:,.0f} jobs")
 
 
 # `--tiny`: the same code paths at sizes that run in a few minutes (figures then say less).
@@ -460,10 +496,9 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=64)
     ap.add_argument("--mean-ms", type=float, default=200.0, help="mean stand-in render time")
     ap.add_argument("--tiny", action="store_true", help="every part at a size this 2-core machine runs in minutes")
+    if ap.parse_known_args()[0].tiny:  # --tiny changes the defaults; a size given explicitly still wins
+        ap.set_defaults(**TINY)
     args = ap.parse_args()
-    if args.tiny:
-        for name, value in TINY.items():
-            setattr(args, name, value)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -472,14 +507,15 @@ def main() -> None:
         bench_index(args, say)
     runs = []
     if args.part in ("pool", "all"):
-        runs.append({"run": "one node", **bench_pool(args, say)})
+        runs += bench_pool(args, say)
     if args.part in ("failover", "all"):
-        runs.append({"run": "node killed", **bench_failover(args, say)})
+        runs.append({"run": "node killed, stream", **bench_failover(args, say)})
     if runs:
-        say("  " + f"{'':>20s}" + "".join(f"{r['run']:>16s}" for r in runs))
+        width = max(16, *(len(r["run"]) + 2 for r in runs))
+        say("  " + f"{'':>20s}" + "".join(f"{r['run']:>{width}s}" for r in runs))
         for key in runs[0]:
             if key != "run":
-                say("  " + f"{key:>20s}" + "".join(f"{_fmt(r.get(key)):>16s}" for r in runs))
+                say("  " + f"{key:>20s}" + "".join(f"{_fmt(r.get(key)):>{width}s}" for r in runs))
         projection(runs[0], say)
 
 

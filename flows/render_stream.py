@@ -110,7 +110,7 @@ class RenderStream:
 
     def _render(self, jobs: list[RenderJob]) -> None:
         try:
-            self.pool.run(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
+            self.pool.stream(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:
