@@ -381,6 +381,9 @@ def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, s
         "outcomes": tally.done, "ok": tally.ok, "attempts": tally.attempts, "retried": tally.retried,
         "renders": sum(renders.values()), "distinct_rendered": len(renders),
         "rendered_twice": sum(c > 1 for c in renders.values()),
+        # every job one final ok outcome, every job rendered (a clip stored by an actor killed
+        # before it answered is rendered again: at-least-once rendering, see horse_actors/pool.py)
+        "exactly_once": "yes" if tally.done == tally.ok == len(renders) == n else "NO",
         "replacements": pool.replacements,
     }
 
