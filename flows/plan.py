@@ -17,6 +17,7 @@ from catalog import Store, render_key, sha256_file
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 
@@ -62,6 +63,8 @@ class PlannedJob:
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -90,7 +93,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
@@ -208,15 +212,20 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes()) -> Plan:
+    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
+    keys already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, destinations))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations))
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
