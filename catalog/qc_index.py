@@ -26,6 +26,12 @@ for every destination; the limit applied was the strictest of them): `passed`, `
 missing_terms, reason, seed, attempts} as JSON, `limit` e.g. "WER <= 0.2". Every clip whose speech
 failed: `to_arrow(check="dialogue", passed=False)`. A clip whose line went unchecked (no recogniser
 could hear it) has no row: nothing was measured; the render index says `dialogue_status: unchecked`.
+
+Layout: partitioned by campaign_id like the render index (catalog/index.py, chosen by measurement
+in benchmarks/scale.py), and it grows faster (a row per destination and check): a commit's MERGE
+scans only its campaigns' files, and `results(..., campaigns=)` reads only theirs. Nothing
+time-travels to it (versions carry their QC summaries), so maintenance compacts and vacuums it
+within the retention.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 
 from .delta import DeltaRef, commit_metadata
-from .ids import validate_sha256
+from .ids import validate_id, validate_sha256
 from .receipts import RENDERED, normalize_receipt
 from .root import Root
 
@@ -111,7 +117,7 @@ def summarise(rows: Iterable[dict]) -> dict[str, dict[str, Any]]:
 
 class QCIndex:
     def __init__(self, root: Root):
-        self.table = DeltaRef(root, QC_TABLE, QC_SCHEMA)
+        self.table = DeltaRef(root, QC_TABLE, QC_SCHEMA, partition_by=["campaign_id"])
 
     def commit(self, receipts: Iterable[dict], *, run_id: str | None = None) -> int:
         """Insert the QC rows of these receipts that the table does not have; returns rows offered."""
@@ -124,35 +130,52 @@ class QCIndex:
         props = CommitProperties(custom_metadata=commit_metadata("commit_qc", {"run_id": run_id, "rows": len(rows)}))
 
         def merge(dt: DeltaTable) -> None:
-            (dt.merge(source, "t.render_key = s.render_key AND t.destination = s.destination AND t.check = s.check",
-                      source_alias="s", target_alias="t", commit_properties=props)
+            # The campaign in the predicate prunes the target to the source's campaigns (see
+            # RenderIndex._merge); a key's rows all carry the campaign that rendered it first.
+            (dt.merge(source, "t.campaign_id = s.campaign_id AND t.render_key = s.render_key "
+                      "AND t.destination = s.destination AND t.check = s.check",
+                      source_alias="s", target_alias="t", streamed_exec=False, commit_properties=props)
              .when_not_matched_insert_all().execute())
 
         self.table.write(merge)
         return len(rows)
 
-    def to_arrow(self, *, render_keys: Iterable[str] | None = None, **equal: Any) -> pa.Table:
+    def to_arrow(self, *, render_keys: Iterable[str] | None = None, campaigns: Iterable[str] | None = None,
+                 **equal: Any) -> pa.Table:
         """The rows, optionally only those of `render_keys` and with columns equal to the given
-        values (e.g. destination="broadcast-eu", check="true_peak", passed=False)."""
-        table = self.table.read_table()
+        values (e.g. destination="broadcast-eu", check="true_peak", passed=False). `campaigns`
+        reads only those campaigns' files (rows of other campaigns are left out)."""
+        where = None
+        if campaigns is not None:
+            campaigns = sorted({validate_id(c, "campaign_id") for c in campaigns})
+            if not campaigns:
+                return QC_SCHEMA.empty_table()
+            where = [("campaign_id", "in", campaigns)]
+        table = self.table.read_table(files_where=where)
         if table is None:
             return QC_SCHEMA.empty_table()
         mask = None
         if render_keys is not None:
             keys = sorted({validate_sha256(k, "render_key") for k in render_keys})
             mask = pc.is_in(table["render_key"], value_set=pa.array(keys, pa.string()))
+        if campaigns is not None:  # an unpartitioned (older) table's files are pruned by statistics only
+            m = pc.is_in(table["campaign_id"], value_set=pa.array(campaigns, pa.string()))
+            mask = m if mask is None else pc.and_(mask, m)
         for column, value in equal.items():
             m = pc.equal(table[column], value)
             mask = m if mask is None else pc.and_(mask, m)
         return table if mask is None else table.filter(mask)
 
-    def results(self, render_keys: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        """{render_key: summarise(its rows)} for the keys that have QC rows."""
+    def results(self, render_keys: Iterable[str], campaigns: Iterable[str] | None = None
+                ) -> dict[str, dict[str, dict[str, Any]]]:
+        """{render_key: summarise(its rows)} for the keys that have QC rows (`campaigns`: only
+        rows of those campaigns, reading only their files; a key cached from another campaign
+        has its rows there, so pass every campaign the keys may have been rendered in, or None)."""
         keys = list(render_keys)
         if not keys:
             return {}
         per_key: dict[str, list[dict]] = {}
-        for row in self.to_arrow(render_keys=keys).to_pylist():
+        for row in self.to_arrow(render_keys=keys, campaigns=campaigns).to_pylist():
             if row["check"] != DIALOGUE_CHECK:  # per destination; the clip's dialogue: dialogue_results
                 per_key.setdefault(row["render_key"], []).append(row)
         return {key: summarise(rows) for key, rows in per_key.items()}

@@ -197,13 +197,11 @@ class Receipts:
         return None
 
     def read_ok(self, render_keys: Iterable[str]) -> dict[str, dict]:
-        """{render_key: receipt} of the successful receipts among `render_keys`: one listing of
-        receipts/, then reads only for the matches."""
+        """{render_key: receipt} of the successful receipts among `render_keys`: one read per
+        key (concurrent on object stores), so the cost follows the keys asked for, never the
+        number of receipts in the store (a listing of receipts/ would)."""
         wanted = {receipt_key(k) for k in render_keys}
-        if not wanted:
-            return {}
-        present = [k for k in self.root.list_files("receipts") if k in wanted]
-        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(present).values())}
+        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(wanted).values())}
 
     def referenced_uris(self) -> set[str]:
         """Every blob URI a receipt names (for GC): clip, poster and destination masters."""

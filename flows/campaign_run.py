@@ -170,6 +170,20 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
     return collected
 
 
+def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict:
+    """QC results of the plan's keys that have destinations, read from the campaigns they can be
+    in (the plan's, and those their cached renders were filed under) rather than the whole table;
+    a delivered key found in none of them (a concurrent run of another campaign filed it first)
+    is looked up everywhere."""
+    keys = [job.render_key for job in plan.jobs if job.destinations]
+    campaigns = {job.campaign_id for job in plan.jobs} | {row["campaign_id"] for row in plan.cached.values()}
+    qc = store.qc.results(keys, campaigns=campaigns)
+    stray = [k for k in keys if k not in qc and (k in plan.cached or (k in outcomes and outcomes[k][1].ok))]
+    if stray:
+        qc.update(store.qc.results(stray))
+    return qc
+
+
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
                     merge_previous: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
@@ -209,7 +223,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
         failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
         result = RunResult(run_id, {}, totals, row_errors, failures)
         summaries, qc_tables = {}, {}
-        qc = store.qc.results(job.render_key for job in plan.jobs if job.destinations)
+        qc = delivery_qc(store, plan, outcomes)
         heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)
         for campaign_id, entries in version_entries(plan, outcomes, qc, heard).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)

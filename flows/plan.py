@@ -288,7 +288,9 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
     jobs.sort(key=lambda job: -job.priority)
-    cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
+    # Looked up in the plan's campaigns only: the cost follows the campaign, not the whole index.
+    # A key first rendered for another campaign is found by its receipt (Store.recover_unindexed).
+    cached = store.index.existing([job.render_key for job in jobs], campaigns={job.campaign_id for job in jobs}) if jobs else {}
     return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
 
 

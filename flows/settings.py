@@ -57,6 +57,12 @@ class PrefectSettings(_Section):
     concurrency_limit: int = Field(ge=1)
 
 
+def _five_cron_fields(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"cron needs 5 fields (min hour day month weekday), got {value!r}")
+    return value
+
+
 class ScheduleSettings(_Section):
     cron: str
     timezone: str
@@ -71,12 +77,15 @@ class ScheduleSettings(_Section):
             raise ValueError(f"unknown IANA timezone {value!r}") from None
         return value
 
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"cron needs 5 fields (min hour day month weekday), got {value!r}")
-        return value
+    _cron = field_validator("cron")(_five_cron_fields)
+
+
+class MaintenanceSettings(_Section):
+    cron: str
+    vacuum_retention_hours: int = Field(ge=0)
+    gc_grace_hours: float = Field(ge=0)
+
+    _cron = field_validator("cron")(_five_cron_fields)
 
 
 class RenderSettings(_Section):
@@ -224,6 +233,7 @@ class HorseSettings(BaseSettings):
     ray: RaySettings
     prefect: PrefectSettings
     schedule: ScheduleSettings
+    maintenance: MaintenanceSettings
     render: RenderSettings
     dialogue: DialogueSettings
     routing: RoutingSettings

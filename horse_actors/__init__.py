@@ -5,7 +5,7 @@ Usable from a plain script (no Prefect here):
     from horse_actors import ModelSpec, PoolConfig, RenderPool, Scheduling, StoreTarget
     config = PoolConfig(ModelSpec("tiny"), StoreTarget("file:///tmp/store"), scheduling=Scheduling(cpu_mode=True))
     with RenderPool(config) as pool:
-        outcomes = pool.run(jobs, on_outcome=print)
+        outcomes = pool.run(jobs, on_outcome=print)   # or pool.stream(jobs, on_outcome=...): none kept
 
 Names are imported on first use, so what needs no Ray (the job records, the API providers' specs
 that configuration checks) loads without it.

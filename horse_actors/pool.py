@@ -8,6 +8,8 @@ every model load is visible here and bounded by Scheduling.
 
 What `run` guarantees:
 - exactly one final outcome per job, returned in input order (and passed to `on_outcome` once);
+  `stream` gives the same outcomes to `on_outcome` only and keeps none, taking jobs from its
+  iterable as actors free up, so a run of 100k jobs holds no more than the jobs in flight;
 - at most one render per attempt: a job is on one actor at a time, and its next attempt is
   dispatched only after the previous one ended, with a failure outcome or with its actor lost
   (crash, hang past its deadline, failed start). The job at the head of a lost actor's queue is
@@ -27,7 +29,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import ray
 from ray.exceptions import RayActorError, TaskCancelledError
@@ -103,13 +105,44 @@ class RenderPool:
         keys = [j.render_key for j in jobs]
         if len(set(keys)) != len(keys):
             raise ValueError("render keys must be unique within one run")
-        if not jobs:
-            return []
+        final: list[RenderOutcome | None] = [None] * len(jobs)
+
+        def keep(index: int, outcome: RenderOutcome) -> None:
+            final[index] = outcome
+
+        self._drive(jobs, keep, on_outcome, cancel_event)
+        return final  # type: ignore[return-value]  # every slot filled: one final outcome per job
+
+    def stream(
+        self,
+        jobs: Iterable[RenderJob],
+        on_outcome: Callable[[RenderOutcome], None],
+        cancel_event: threading.Event | None = None,
+    ) -> int:
+        """`run` for runs of any size: each final outcome goes to `on_outcome` and is not kept;
+        jobs are taken from `jobs` (an iterator is fine) only when an actor has room for one, so
+        the driver's memory does not grow with the number of jobs. Render keys must be unique
+        (not checked: checking would keep every key). On cancel, or when every actor slot is used
+        up, the jobs not yet taken are drawn from `jobs` to get their outcome. Returns how many
+        outcomes were given."""
+        count = 0
+
+        def counted(index: int, outcome: RenderOutcome) -> None:
+            nonlocal count
+            count += 1
+
+        self._drive(jobs, counted, on_outcome, cancel_event)
+        return count
+
+    def _drive(self, jobs: Iterable[RenderJob], record: Callable[[int, RenderOutcome], None],
+               on_outcome: Callable[[RenderOutcome], None] | None, cancel_event: threading.Event | None) -> None:
         if not self._running.acquire(blocking=False):
             raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
+            run = _Run(self._slots, self.config.scheduling, iter(jobs), record, on_outcome)
+            if run.done:
+                return
             self._slots.ensure_started()
-            run = _Run(self._slots, self.config.scheduling, jobs, on_outcome)
             try:
                 while not run.done:
                     if cancel_event is not None and cancel_event.is_set():
@@ -119,40 +152,55 @@ class RenderPool:
             except BaseException:
                 run.cancel()
                 raise
-            return run.outcomes()
         finally:
             self._running.release()
 
 
 class _Run:
-    """State of one `RenderPool.run` call: the queue, the calls in flight, the final outcomes,
-    and what a failure means (retry, requeue, give up). Actors are reached only through `slots`."""
+    """State of one `RenderPool.run`/`stream` call: the jobs not yet taken, the queue of retried
+    and requeued ones, the calls in flight, and what a failure means (retry, requeue, give up).
+    Final outcomes go to `record` (and `on_outcome`); none is kept here. Actors are reached only
+    through `slots`."""
 
-    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: list[RenderJob], on_outcome):
+    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: Iterator[RenderJob],
+                 record: Callable[[int, RenderOutcome], None], on_outcome):
         self.slots, self.sched = slots, sched
-        self.pending: deque[_Task] = deque(_Task(i, job) for i, job in enumerate(jobs))
-        self.final: dict[int, RenderOutcome] = {}
+        self.source = enumerate(jobs)
+        self.pending: deque[_Task] = deque()  # retried and requeued tasks, ahead of new jobs
         self.calls: dict[Any, Call] = {}
-        self.on_outcome = on_outcome
-        self.n = len(jobs)
+        self.record, self.on_outcome = record, on_outcome
+        self.taken = self.finished = 0
         self.cancelling = False
+        self._peek()
+
+    def _peek(self) -> None:
+        """Take the next job from the source into `pending` if it is empty (None at the end)."""
+        if not self.pending:
+            task = next((_Task(i, job) for i, job in self.source), None)
+            if task is not None:
+                self.taken += 1
+                self.pending.append(task)
+
+    def _rest(self) -> Iterator[_Task]:
+        """Every task not dispatched: the queue, then the jobs never taken from the source."""
+        while self.pending:
+            yield self.pending.popleft()
+        for i, job in self.source:
+            self.taken += 1
+            yield _Task(i, job)
 
     @property
     def done(self) -> bool:
-        return len(self.final) == self.n
-
-    def outcomes(self) -> list[RenderOutcome]:
-        return [self.final[i] for i in range(self.n)]
+        return not self.pending and not self.calls and self.finished == self.taken
 
     def step(self) -> None:
         self._dispatch()
         for slot, error_class, message in self.slots.overdue(self.sched.job_deadline_s):
             self.lose_slot(slot, error_class, message)
         if not self.calls and not self.slots.any_alive:
-            for task in list(self.pending):
+            for task in self._rest():
                 self._finish(task, failed(task.job, NO_ACTORS, "every actor slot used up its restarts",
                                           retryable=True, attempt=task.attempt))
-            self.pending.clear()
             return
         waitables = list(self.calls) + self.slots.starting_refs()
         ready, rest = ray.wait(waitables, num_returns=1, timeout=self.sched.poll_s)
@@ -176,6 +224,7 @@ class _Run:
                 return
             call = self.slots.dispatch(slot, self.pending.popleft())
             self.calls[call.ref] = call
+            self._peek()
 
     def _on_result(self, ref) -> None:
         call = self.calls.pop(ref)
@@ -229,7 +278,8 @@ class _Run:
 
     def _finish(self, task: _Task, outcome: RenderOutcome) -> None:
         outcome.earlier_attempts = list(task.history)
-        self.final[task.index] = outcome
+        self.finished += 1
+        self.record(task.index, outcome)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(outcome)
@@ -239,9 +289,8 @@ class _Run:
     def cancel(self) -> None:
         """Cancel queued work, give running work `cancel_grace_s` to stop, then kill all actors."""
         self.cancelling = True
-        for task in list(self.pending):
+        for task in self._rest():
             self._finish(task, _cancelled(task))
-        self.pending.clear()
         for ref in list(self.calls):
             ray.cancel(ref)  # queued calls are dropped; running ones see is_canceled()
         barriers = self.slots.ask_finished()
