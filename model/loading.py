@@ -63,10 +63,10 @@ def load_dit(model: str | Path, stage: str, tiny_seed: int = 0, device: str | to
     folder = Path(model)
     cfg_path = folder / stage / "config.json"
     cfg = DiTConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.exists() else full_dit_config(stage)
-    dit = meta_dit(cfg, dtype).to_empty(device=device)
+    dit = meta_dit(cfg, dtype)
     dit.compute_dtype = dtype
-    ckpt.load_into(dit, folder / stage)
-    _, hashes = ckpt.fingerprint_files(folder, dit_stage_files(folder, stage))
+    digests = ckpt.load_into(dit, folder / stage, device=device)
+    _, hashes = ckpt.fingerprint_files(folder, dit_stage_files(folder, stage), digests)
     return dit.eval(), dit_fingerprint("", hashes, stage)
 
 
@@ -95,10 +95,10 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
             offload = True
     place = torch.device("cpu") if offload else device
     dits: dict[str, DiT] = {}
+    digests: dict[Path, str] = {}      # sha256 of the DiT shards, computed while loading them
     for stage, dit in metas.items():
-        dit = dit.to_empty(device=place)
         dit.compute_dtype = dtype
-        ckpt.load_into(dit, folder / stage, allow_pickle)
+        digests.update(ckpt.load_into(dit, folder / stage, allow_pickle, device=place))
         dits[stage] = dit.eval()
     config = read_pipeline_config(folder)
     # Libraries prefer safetensors; without the opt-in they may read nothing else.
@@ -113,7 +113,7 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
         warnings.simplefilter("ignore", FutureWarning)
         audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True,
                                                        use_safetensors=use_safetensors).eval()
-    fingerprint, hashes = ckpt.fingerprint_files(folder, files)
+    fingerprint, hashes = ckpt.fingerprint_files(folder, files, digests)
     return Stack(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
                  AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fingerprint,
                  hashes, stage_fingerprints(fingerprint, hashes, config)), offload
