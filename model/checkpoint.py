@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -253,42 +254,51 @@ def validate(folder: str | os.PathLike, expected: dict[str, tuple[int, ...]], al
     return files
 
 
-def load_into(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle: bool = False,
-              device: str | torch.device = "cpu") -> dict[Path, str]:
-    """Validate, then load every tensor of `folder` as `model`'s parameters and buffers on `device`,
-    cast to each one's dtype (the model may be on the meta device: its tensors are replaced, not
-    copied into). Returns the sha256 of each safetensors file read, computed while reading."""
-    import torch
-
+def read_weights(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle: bool = False,
+                 device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[Path, str]]:
+    """Validate, then read every tensor `model` has (names, shapes and dtypes only: a model on the
+    meta device will do) from `folder`, on `device` in each one's dtype. Returns the tensors and
+    the sha256 of each safetensors file read, computed from the same bytes. Builds no module and
+    calls no torch constructor, so it may run while another thread builds a library model (see
+    `model.loading.load_stack`)."""
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     files = validate(folder, {k: tuple(v.shape) for k, v in targets.items()}, allow_pickle)
     by_file: dict[Path, list[str]] = {}
     for k, p in files.items():
         by_file.setdefault(p, []).append(k)
+    want = {k: t.dtype for k, t in targets.items()}
     state: dict[str, torch.Tensor] = {}
     digests: dict[Path, str] = {}
-    want = {k: t.dtype for k, t in targets.items()}
 
     def read(path: Path) -> None:
         if path.suffix == ".safetensors":
-            digests[path] = _read_safetensors(path, want, torch.device(device), state)
+            digests[path] = _read_safetensors(path, want, device, state)
         else:
             pickled = _load_pickle(path)
             state.update({k: pickled[k].to(device, want[k]) for k in by_file[path]})
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(by_file), os.cpu_count() or 1, 8))) as pool:
         list(pool.map(read, sorted(by_file)))
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True, assign=True)
+    return state, digests
+
+
+def load_into(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle: bool = False,
+              device: str | torch.device = "cpu") -> dict[Path, str]:
+    """`read_weights`, then make the tensors `model`'s parameters and buffers (replaced, not copied
+    into: the model may be on the meta device). Returns the sha256 of each safetensors file read."""
+    state, digests = read_weights(model, folder, allow_pickle, device)
+    model.load_state_dict(state, strict=True, assign=True)
     return digests
 
 
-def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: torch.device,
+def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: str | torch.device,
                       state: dict[str, torch.Tensor]) -> str:
     """Read one file front to back, each tensor straight into its own memory, into `state` (on
     `device`, in `want`'s dtype); every byte passes through sha256 unless the digest cache knows
-    the file. Returns its sha256."""
+    the file. Returns its sha256. Memory comes from numpy: accelerate's init_empty_weights (used
+    by the libraries' from_pretrained) can patch torch's constructors process-wide."""
+    import numpy as np
     import torch
 
     entries = read_header(path)
@@ -296,6 +306,8 @@ def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: torch
     digest = cached_sha256(path)
     h = hashlib.sha256() if digest is None else None
     with open(path, "rb", buffering=0) as f:
+        if hasattr(os, "posix_fadvise"):     # read front to back: a larger readahead
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
         def fill(buffer: memoryview) -> None:
             while buffer:
@@ -311,16 +323,18 @@ def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: torch
             if e.start < position:
                 raise CheckpointError(f"{path}: tensor {key} overlaps the one before it")
             fill(memoryview(bytearray(e.start - position)))      # the header (and any gap)
-            if e.dtype not in _DTYPES:
+            dtype = getattr(torch, _DTYPES.get(e.dtype, ""), None)
+            if dtype is None:
                 raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {e.dtype}")
-            tensor = torch.empty(e.shape, dtype=getattr(torch, _DTYPES[e.dtype]))
-            if tensor.numel() * tensor.element_size() != e.end - e.start:
-                raise CheckpointError(f"{path}: tensor {key} holds {e.end - e.start} bytes, "
-                                      f"its shape {list(e.shape)} and dtype {e.dtype} need {tensor.numel() * tensor.element_size()}")
-            fill(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            numel = math.prod(e.shape)
+            if numel * dtype.itemsize != e.end - e.start:
+                raise CheckpointError(f"{path}: tensor {key} holds {e.end - e.start} bytes; its shape "
+                                      f"{list(e.shape)} and dtype {e.dtype} need {numel * dtype.itemsize}")
+            raw = np.empty(e.end - e.start, np.uint8)
+            fill(memoryview(raw))
             position = e.end
             if key in want:
-                state[key] = tensor.to(device, want[key])
+                state[key] = torch.from_numpy(raw).view(dtype).reshape(e.shape).to(device, want[key])
         if h is not None:
             fill(memoryview(bytearray(path.stat().st_size - position)))   # anything after the last tensor
             digest = h.hexdigest()
