@@ -38,8 +38,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 _CACHE_MIN_BYTES = 64 << 20
 _CACHE_LOCK = threading.Lock()       # shards are hashed in parallel threads: one writer at a time
-# bytes per read() call: large enough for few system calls, small enough to hash from the CPU cache
-_READ_CHUNK = 8 << 20
+# bytes per read() call: few calls, so that a reader thread seldom waits for the GIL (held by a
+# thread building the library stages meanwhile) between them
+_READ_CHUNK = 64 << 20
 # safetensors dtype names (the header's "dtype") -> torch dtype names
 _DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
            "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
@@ -258,9 +259,8 @@ def read_weights(model: torch.nn.Module, folder: str | os.PathLike, allow_pickle
                  device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[Path, str]]:
     """Validate, then read every tensor `model` has (names, shapes and dtypes only: a model on the
     meta device will do) from `folder`, on `device` in each one's dtype. Returns the tensors and
-    the sha256 of each safetensors file read, computed from the same bytes. Builds no module and
-    calls no torch constructor, so it may run while another thread builds a library model (see
-    `model.loading.load_stack`)."""
+    the sha256 of each safetensors file read, computed from the same bytes. Builds and changes no
+    module, so it may run while another thread builds a library model (see `model.loading.load_stack`)."""
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
     files = validate(folder, {k: tuple(v.shape) for k, v in targets.items()}, allow_pickle)
@@ -296,9 +296,8 @@ def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: str |
                       state: dict[str, torch.Tensor]) -> str:
     """Read one file front to back, each tensor straight into its own memory, into `state` (on
     `device`, in `want`'s dtype); every byte passes through sha256 unless the digest cache knows
-    the file. Returns its sha256. Memory comes from numpy: accelerate's init_empty_weights (used
-    by the libraries' from_pretrained) can patch torch's constructors process-wide."""
-    import numpy as np
+    the file. Returns its sha256. (Memory from torch.empty, not numpy: numpy asks for huge pages,
+    and faulting those in stalled on memory compaction, 4x slower on a busy machine.)"""
     import torch
 
     entries = read_header(path)
@@ -330,11 +329,12 @@ def _read_safetensors(path: Path, want: Mapping[str, torch.dtype], device: str |
             if numel * dtype.itemsize != e.end - e.start:
                 raise CheckpointError(f"{path}: tensor {key} holds {e.end - e.start} bytes; its shape "
                                       f"{list(e.shape)} and dtype {e.dtype} need {numel * dtype.itemsize}")
-            raw = np.empty(e.end - e.start, np.uint8)
-            fill(memoryview(raw))
+            # device given: a library building meanwhile under a meta-device context must not move it
+            tensor = torch.empty(e.shape, dtype=dtype, device="cpu")
+            fill(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
             position = e.end
             if key in want:
-                state[key] = torch.from_numpy(raw).view(dtype).reshape(e.shape).to(device, want[key])
+                state[key] = tensor.to(device, want[key])
         if h is not None:
             fill(memoryview(bytearray(path.stat().st_size - position)))   # anything after the last tensor
             digest = h.hexdigest()
