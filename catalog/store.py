@@ -11,6 +11,8 @@ from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
+from .provider_tasks import ProviderTasks
+from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .versions import CampaignVersions, version_key
@@ -18,6 +20,7 @@ from .versions import CampaignVersions, version_key
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -31,7 +34,9 @@ class Store:
         self.blobs = BlobStore(self.root)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
+        self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.provider_tasks = ProviderTasks(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -72,6 +77,7 @@ class Store:
         interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
         receipts = self.receipts.read_ok(render_keys)
         if receipts:
+            self.qc.commit(receipts.values(), run_id=run_id)
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
         return receipts
@@ -86,7 +92,7 @@ class Store:
            include_receipts: bool = True) -> GCReport:
         """Delete blobs older than `grace` that no index row, version (and, by default, no
         receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.versions.referenced_uris]
+        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris]
         if include_receipts:
             references.append(self.receipts.referenced_uris)
         return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)
