@@ -12,6 +12,7 @@ loading and saving `model.loading` (files and fingerprints: `model.stack`), the 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import time
@@ -32,6 +33,9 @@ from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
 from .stages import BASE, DECODE, SR, STORED_STAGES, StageResult, check_fits, render_stages, stage_key_inputs
 from .stack import dit_fingerprint
+
+# Prompt embeddings a pipeline keeps (a few MB each at full size, <= 640 tokens x 3840 fp32).
+TEXT_CACHE_SIZE = 64
 
 
 @contextlib.contextmanager
@@ -90,7 +94,10 @@ class HappyHorsePipeline:
         else:
             for m in (*self.dits.values(), self.text_encoder.model, self.video_codec.vae, self.audio_codec.vae):
                 m.to(self.device)
-        self._negative_cache: dict[str, torch.Tensor] = {}
+        # text embeddings by (text encoder and tokenizer fingerprints, prompt), least recently used
+        # out: the variants of a shot (aspects, takes, destinations) share its prompt
+        self._text_cache: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+        self._text_identity = (self.stage_fingerprints.get("text_encoder"), self.stage_fingerprints.get("tokenizer"))
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -205,7 +212,8 @@ class HappyHorsePipeline:
         t0 = time.perf_counter()
         with self._on_device(self.text_encoder.model):
             text = self._encode_text(r.prompt)
-            neg = self._negative(NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt) if r.profile == "base" else None
+            neg = self._encode_text(NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt) \
+                if r.profile == "base" else None
         image_latent = given_audio = None
         if r.image is not None or r.audio is not None:
             with self._on_device(self.video_codec.vae, self.audio_codec.vae):
@@ -281,12 +289,16 @@ class HappyHorsePipeline:
         return self.offload.use(*modules) if self.offload else contextlib.nullcontext()
 
     def _encode_text(self, prompt: str) -> torch.Tensor:
-        return self.text_encoder.encode(prompt).to(self.device)
-
-    def _negative(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._negative_cache:
-            self._negative_cache = {prompt: self._encode_text(prompt)}   # keep only the latest
-        return self._negative_cache[prompt]
+        """The prompt's embedding on the device, encoded once per text encoder (see `TEXT_CACHE_SIZE`).
+        Callers must not change it in place: it is shared by every render of the prompt."""
+        key = (*self._text_identity, self.text_encoder.max_tokens, prompt)
+        text = self._text_cache.pop(key, None)
+        if text is None:
+            text = self.text_encoder.encode(prompt).to(self.device)
+        self._text_cache[key] = text
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return text
 
     def _encode_image(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
         """Centre-crop to the target aspect, resize, map to [-1, 1], encode as a 1-frame video."""
