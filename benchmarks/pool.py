@@ -9,7 +9,11 @@ Four ways to render the same N shots (render -> encode mp4 -> put blob into a fi
   per-shot   a fresh Ray worker per shot that loads the model, renders one shot and exits,
              K at a time (what a pool without resident models would do)
 Printed: overhead = pool-1 / inproc (shot time, model load excluded), and
-resident gain = per-shot / pool-K (wall time for all shots, the pool's start-up included).
+resident gain = per-shot / pool-K (wall time for all shots, the pool's start-up included); then
+clips per second of each resident variant against the in-process loop (>= 1.0x: no slower), and
+the accelerator-idle fraction: the share of each actor's wall time (shots only) outside the model's
+stages (text encode, denoise, sr, decode, from each outcome's timings), i.e. the CPU tail (mp4
+encode, checks, hashing, upload) and the pool's own overhead.
 On a CPU-only machine the "GPUs" are logical (Ray resources); every actor runs torch on the CPU,
 so K actors share the cores and pool-K shows the scheduling, not GPU scaling.
 """
@@ -50,31 +54,37 @@ def timed(fn):
     return result, time.perf_counter() - t0
 
 
-def best_of(repeats: int, render_all, clear) -> float:
-    """Fastest of `repeats` passes over all shots (this machine is shared and noisy); the store is
-    emptied before each pass so every pass really uploads."""
-    times = []
+# the pipeline's stages (RenderOutcome.timings): where the accelerator is busy
+MODEL_STAGES = ("text_encode", "denoise", "sr", "decode")
+
+
+def best_of(repeats: int, render_all, clear) -> tuple[float, float]:
+    """Fastest of `repeats` passes over all shots (this machine is shared and noisy), and the model's
+    busy seconds in it; the store is emptied before each pass so every pass really uploads."""
+    passes = []
     for _ in range(repeats):
         clear()
         outcomes, seconds = timed(render_all)
         assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
-        times.append(seconds)
-    return min(times)
+        passes.append((seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES)))
+    return min(passes)
 
 
 def bench_inproc(config, jobs, repeats, clear):
     from horse_actors import RenderActor
 
     actor, load_s = timed(lambda: RenderActor(config.model, config.store, config.encoding))
-    return {"start_s": load_s, "shots_s": best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)}
+    shots_s, busy_s = best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)
+    return {"start_s": load_s, "shots_s": shots_s, "busy_s": busy_s, "actors": 1}
 
 
 def bench_pool(config, jobs, repeats, clear):
     from horse_actors import RenderPool
 
     with RenderPool(config) as pool:
-        _, start_s = timed(pool.start)
-        return {"start_s": start_s, "shots_s": best_of(repeats, lambda: pool.run(jobs), clear)}
+        stats, start_s = timed(pool.start)
+        shots_s, busy_s = best_of(repeats, lambda: pool.run(jobs), clear)
+        return {"start_s": start_s, "shots_s": shots_s, "busy_s": busy_s, "actors": len(stats)}
 
 
 def bench_per_shot(config, jobs, clear):
@@ -141,6 +151,13 @@ def main() -> None:
     print(f"overhead ratio (pool-1 / in-process, shots only): {overhead:.2f}")
     print(f"scaling (pool-1 / pool-{k}, shots only): {results['pool-1']['shots_s'] / results[f'pool-{k}']['shots_s']:.2f}")
     print(f"resident gain (load per shot / resident pool-{k} incl. start): {gain:.2f}")
+    inproc = args.shots / results["inproc"]["shots_s"]
+    for name in dict.fromkeys(("inproc", "pool-1", f"pool-{k}")):
+        r = results[name]
+        rate = args.shots / r["shots_s"]
+        idle = 1.0 - r["busy_s"] / (r["shots_s"] * r["actors"])
+        print(f"{name:>9}: {rate:.3f} clips/s = {rate / inproc:.2f}x in-process, "
+              f"{r['actors']} actor(s), accelerator idle {idle:.0%}")
 
 
 if __name__ == "__main__":
