@@ -46,8 +46,8 @@ def test_the_next_job_renders_while_the_last_one_encodes(tmp_store, monkeypatch)
     threads[1].start()
     for t in threads:
         t.join()
-    assert encoded_meanwhile == [True], "the second job did not render while the first one encoded"
     assert max(most_at_once) == 1, "two renders ran on the model at once"
+    assert encoded_meanwhile == [True], "the second job did not render while the first one encoded"
     assert all(o.ok for o in outcomes.values()), [o.error_message for o in outcomes.values()]
     assert actor.finished([first.render_key, second.render_key]) == outcomes
     for job in (first, second):
