@@ -6,6 +6,8 @@ Four ways to render the same N shots (render -> encode mp4 -> put blob into a fi
   inproc     a plain loop in this process: load the model once, then render each shot
   pool-1     RenderPool with one resident actor (same work as `inproc`, plus Ray)
   pool-K     RenderPool with one actor per (fake) GPU
+  +overlap   the same pools with Scheduling.overlap: each actor renders the next shot while the
+             last one is encoded, checked and uploaded
   per-shot   a fresh Ray worker per shot that loads the model, renders one shot and exits,
              K at a time (what a pool without resident models would do)
 Printed: overhead = pool-1 / inproc (shot time, model load excluded), and
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--fake-gpus", type=int, default=2, help="logical GPUs for the local cluster")
     parser.add_argument("--repeats", type=int, default=2, help="passes per resident variant; the fastest counts")
     parser.add_argument("--address", default=None, help="join a cluster instead (auto or host:port)")
+    parser.add_argument("--no-per-shot", action="store_true", help="skip the per-shot variant (slow: a load per shot)")
     args = parser.parse_args()
 
     from horse_actors import ModelSpec, PoolConfig, Scheduling, StoreTarget, connect
@@ -134,29 +137,38 @@ def main() -> None:
 
         n = args.repeats
         results = {}
-        for name, run in [("inproc", lambda: bench_inproc(config, jobs, n, clear)),
-                          ("pool-1", lambda: bench_pool(one_actor, jobs, n, clear)),
-                          (f"pool-{k}", lambda: bench_pool(config, jobs, n, clear)),
-                          ("per-shot", lambda: bench_per_shot(config, jobs, clear))]:
+        def overlapping(c):
+            return dataclasses.replace(c, scheduling=dataclasses.replace(c.scheduling, overlap=True))
+
+        variants = [("inproc", lambda: bench_inproc(config, jobs, n, clear)),
+                    ("pool-1", lambda: bench_pool(one_actor, jobs, n, clear)),
+                    ("pool-1+overlap", lambda: bench_pool(overlapping(one_actor), jobs, n, clear)),
+                    (f"pool-{k}", lambda: bench_pool(config, jobs, n, clear)),
+                    (f"pool-{k}+overlap", lambda: bench_pool(overlapping(config), jobs, n, clear))]
+        if not args.no_per_shot:
+            variants.append(("per-shot", lambda: bench_per_shot(config, jobs, clear)))
+        for name, run in variants:
             results[name] = run()
             r = results[name]
-            print(f"{name:>9}: start {r['start_s']:6.2f}s  shots {r['shots_s']:6.2f}s  "
+            print(f"{name:>14}: start {r['start_s']:6.2f}s  shots {r['shots_s']:6.2f}s  "
                   f"({r['shots_s'] / args.shots:.2f}s/shot)")
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
     overhead = results["pool-1"]["shots_s"] / results["inproc"]["shots_s"]
-    resident = results[f"pool-{k}"]["start_s"] + results[f"pool-{k}"]["shots_s"]
-    gain = results["per-shot"]["shots_s"] / resident
     print(f"overhead ratio (pool-1 / in-process, shots only): {overhead:.2f}")
     print(f"scaling (pool-1 / pool-{k}, shots only): {results['pool-1']['shots_s'] / results[f'pool-{k}']['shots_s']:.2f}")
-    print(f"resident gain (load per shot / resident pool-{k} incl. start): {gain:.2f}")
+    if "per-shot" in results:
+        resident = results[f"pool-{k}"]["start_s"] + results[f"pool-{k}"]["shots_s"]
+        print(f"resident gain (load per shot / resident pool-{k} incl. start): "
+              f"{results['per-shot']['shots_s'] / resident:.2f}")
     inproc = args.shots / results["inproc"]["shots_s"]
-    for name in dict.fromkeys(("inproc", "pool-1", f"pool-{k}")):
-        r = results[name]
+    for name, r in results.items():
+        if "busy_s" not in r:
+            continue
         rate = args.shots / r["shots_s"]
         idle = 1.0 - r["busy_s"] / (r["shots_s"] * r["actors"])
-        print(f"{name:>9}: {rate:.3f} clips/s = {rate / inproc:.2f}x in-process, "
+        print(f"{name:>14}: {rate:.3f} clips/s = {rate / inproc:.2f}x in-process, "
               f"{r['actors']} actor(s), accelerator idle {idle:.0%}")
 
 
