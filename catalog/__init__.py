@@ -19,6 +19,7 @@ _EXPORTS = {
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
     "receipt_key": "receipts",
     "public_options": "redact", "redact_options": "redact", "redact_url": "redact",
+    "Retention": "stage_results", "StageRecord": "stage_results", "StageResults": "stage_results",
     "Store": "store",
     "CampaignVersions": "versions", "VersionInfo": "versions", "VersionNotFound": "versions",
 }

@@ -1,4 +1,4 @@
-"""Store: the catalog behind one root URL (blobs, receipts, index, versions, lineage, gc)."""
+"""Store: the catalog behind one root URL (blobs, stage results, receipts, index, versions, lineage, gc)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .index import RenderIndex
 from .lineage import Lineage
 from .receipts import Receipts
 from .root import Root
+from .stage_results import Retention, StageResults
 from .versions import CampaignVersions, version_key
 
 
@@ -29,6 +30,7 @@ class Store:
                  lineage: dict | None = None):
         self.root = Root(url, storage_options)
         self.blobs = BlobStore(self.root)
+        self.stage_results = StageResults(self.root, self.blobs)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
@@ -83,13 +85,19 @@ class Store:
 
     # maintenance
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
-           include_receipts: bool = True) -> GCReport:
-        """Delete blobs older than `grace` that no index row, version (and, by default, no
-        receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.versions.referenced_uris]
+           include_receipts: bool = True, retention: Retention = Retention()) -> GCReport:
+        """Delete blobs older than `grace` that no index row, version, stage result record within
+        its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
+        records past their retention are deleted first. Raises, deleting nothing, if any
+        reference cannot be read."""
+        named_as = self.versions.referenced()
+        kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run)
+        references = [self.index.referenced_uris, lambda: named_as, lambda: kept_stages]
         if include_receipts:
             references.append(self.receipts.referenced_uris)
-        return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)
+        report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, named_as=named_as)
+        report.expired_stage_results = sorted(r.stage_key for r in expired)
+        return report
 
     def __repr__(self) -> str:
         return f"Store({self.root.url!r}, storage_options={self.root.redacted_options!r})"

@@ -260,19 +260,24 @@ class CampaignVersions:
 
     def referenced_uris(self) -> set[str]:
         """Every URI string that any version manifest mentions (for GC)."""
+        return set(self.referenced())
+
+    def referenced(self) -> dict[str, str]:
+        """{blob URI: the field that names it} over every version manifest (GC keeps these blobs
+        and reports them by kind)."""
         keys = [k for k in self.root.list_files("campaigns") if _VERSION_FILE.match(k.rsplit("/", 1)[-1])]
-        out: set[str] = set()
+        out: dict[str, str] = {}
         for data in self.root.read_many(keys).values():
-            _collect_uris(json.loads(data), out)
+            _collect_uris(json.loads(data), out, "")
         return out
 
 
-def _collect_uris(obj: Any, out: set[str]) -> None:
+def _collect_uris(obj: Any, out: dict[str, str], field: str) -> None:
     if isinstance(obj, dict):
-        for v in obj.values():
-            _collect_uris(v, out)
+        for k, v in obj.items():
+            _collect_uris(v, out, str(k))
     elif isinstance(obj, list):
         for v in obj:
-            _collect_uris(v, out)
+            _collect_uris(v, out, field)
     elif isinstance(obj, str) and "/blobs/sha256/" in obj:
-        out.add(obj)
+        out.setdefault(obj, field)

@@ -2,15 +2,14 @@
 
 A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (the "where").
 It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
-Frames never leave the process: they are encoded to a local temp file, checked, hashed and put
-into the catalog, and only a small `RenderOutcome` is returned.
+How the clip is produced — stage by stage, resuming from stored stage results, the OOM ladder —
+is `horse_actors.staged`. Frames never leave the process: they are encoded to a local temp file,
+checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import gc
 import logging
 import os
 import shutil
@@ -21,17 +20,14 @@ from typing import Any
 from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
-from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
-                   is_sticky_cuda)
+from .jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_sticky_cuda
+from .staged import StagedRenderer, StageReport
 
 log = logging.getLogger(__name__)
 
 # Pipelines built by this process. A Ray actor owns its worker process for life, so this is the
 # number of model loads the actor has done; tests assert it stays 1.
 _LOADS_IN_PROCESS = 0
-
-# Lower SR steps for the "lower_sr" rung of the OOM ladder.
-_LOWER_SR = {"1080p": "540p"}
 
 
 def _ray_context() -> dict[str, Any]:
@@ -59,6 +55,11 @@ def _ray_cancel_requested() -> bool:
         return ray.is_initialized() and ray.get_runtime_context().is_canceled()
     except Exception:
         return False
+
+
+def _stages(report: StageReport) -> dict[str, Any]:
+    return {"stages_run": report.stages_run, "resumed_from": report.resumed_from,
+            "stage_results": report.stage_results}
 
 
 def _rss_bytes() -> int | None:
@@ -91,6 +92,7 @@ class RenderActor:
         from catalog import Store
 
         self.store = Store(store.url, storage_options=store.options)
+        self.staged = StagedRenderer(self.pipe, self.store, model.oom_ladder, self.device)
         self.scratch = encoding.scratch_dir or tempfile.gettempdir()
         self.ids = _ray_context()
         log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", model.name, self.load_s,
@@ -162,9 +164,11 @@ class RenderActor:
         timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
         base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
+        report = StageReport(attempt)
         try:
-            clip, rendered, fallback = self._render_with_ladder(job)
-            timings.update({k: round(float(v), 4) for k, v in (clip.timings or {}).items()})
+            clip = self.staged.render(job, report, should_stop=_ray_cancel_requested)
+            rendered = report.request
+            timings.update({k: round(float(v), 4) for k, v in report.timings.items()})
 
             t0 = time.perf_counter()
             path = os.path.join(scratch, "clip.mp4")
@@ -184,7 +188,7 @@ class RenderActor:
                 render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
-                rendered_resolution=rendered.resolution, fallback=fallback, **base,
+                rendered_resolution=rendered.resolution, fallback=report.fallback, **base, **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -199,56 +203,10 @@ class RenderActor:
                 render_key=job.render_key, status=status, error_class=error_class,
                 error_message=f"{type(exc).__name__}: {exc}"[:2000], retryable=retryable,
                 timings=timings, duration_s=round(time.time() - started, 3), **base,
+                stages_run=report.stages_run,
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    def _render_with_ladder(self, job: RenderJob):
-        """(clip, the request it was rendered from, rungs used): as requested first; on GPU OOM,
-        again with each rung of `ModelSpec.oom_ladder` that applies to the request.
-
-        Rungs accumulate: "tiled_decode" decodes the video latent in tiles (diffusers VAE tiling,
-        only for this job, so other jobs stay bit-identical to a plain decode); "lower_sr" also
-        renders 1080p requests at 540p. OOM on the last rung is raised (GpuOutOfMemory).
-        """
-        plan = [(None, job.request)]
-        for rung in self.model.oom_ladder:
-            request = self._apply_rung(rung, job.request)
-            if request is not None:  # the rung applies to this request
-                plan.append((rung, request))
-        vae = self.pipe.video_codec.vae
-        for i, (rung, request) in enumerate(plan):
-            used = [r for r, _ in plan[1 : i + 1]]  # rungs accumulate: lower SR keeps tiled decode
-            tiled = "tiled_decode" in used
-            try:
-                if tiled:
-                    vae.enable_tiling()
-                return self.pipe(request, should_stop=_ray_cancel_requested), request, used
-            except Exception as exc:
-                if not is_oom(exc) or i == len(plan) - 1:
-                    raise
-                log.warning("%s: GPU OOM (rung %s), trying %s", job.render_key, rung, plan[i + 1][0])
-                self._free_gpu_memory()
-            finally:
-                if tiled:
-                    vae.disable_tiling()
-        raise AssertionError("the last rung re-raises")
-
-    @staticmethod
-    def _apply_rung(rung: str, request):
-        if rung == "tiled_decode":
-            return request
-        if rung == "lower_sr":
-            lower = _LOWER_SR.get(request.resolution)
-            return dataclasses.replace(request, resolution=lower) if lower else None
-        raise ValueError(f"unknown OOM ladder rung {rung!r}")
-
-    def _free_gpu_memory(self) -> None:
-        gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
     def _tags(self, job: RenderJob) -> dict[str, str]:
         """mp4 tags: the job's own, then provenance (which the job cannot override)."""
