@@ -43,6 +43,7 @@ class RunResult:
     row_errors: list[str]
     failures: list[dict[str, Any]] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # what a person should know, one line each
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class RunResult:
             "row_errors": self.row_errors,
             "failures": self.failures,
             "contact_sheets": self.contact_sheets,
+            "notices": self.notices,
         }
 
 
@@ -153,15 +155,27 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
                     merge_previous: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
+    run_id = current_run_id()
+    manifest = read_manifest_rows(manifest_uri, settings)
+    plan = plan_variants(manifest, settings, filters, force, run_id)
+    return run_plan(manifest, plan, settings, run_id, merge_previous)
+
+
+def current_run_id() -> str:
+    """The flow run's id (a fresh one outside a flow): receipts, lineage and versions carry it."""
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else str(uuid.uuid4())
+
+
+def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: str, merge_previous: bool,
+             notices: list[str] | None = None) -> RunResult:
+    """Render the plan's to-do jobs, record them, publish each campaign's next version and report:
+    the part of a run after planning, shared by campaign runs and promotes (`flows.promote`)."""
     context = FlowRunContext.get()
     in_flow = bool(context and context.flow_run)
-    run_id = str(context.flow_run.id) if in_flow else str(uuid.uuid4())
     store = Store(settings.store_url, settings.storage_options)
-
-    manifest = read_manifest_rows(manifest_uri, settings)
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
-    plan = plan_variants(manifest, settings, filters, force, run_id)
 
     resolved = settings.resolved_model()
     run = RunRecord(
@@ -183,7 +197,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
         outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress)
         progress.update(totals, force=True)
         failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
-        result = RunResult(run_id, {}, totals, row_errors, failures)
+        result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []))
         summaries = {}
         for campaign_id, entries in version_entries(plan, outcomes).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)

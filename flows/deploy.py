@@ -1,6 +1,6 @@
-"""Deployments: the nightly render on a cron schedule and the backfill on demand.
+"""Deployments: the nightly render on a cron schedule, the backfill and the promote on demand.
 
-Both carry a concurrency limit (default 1, later runs wait in line) so two runs never fight over
+All carry a concurrency limit (default 1, later runs wait in line) so two runs never fight over
 the same GPUs, and `horse serve` keeps their schedules active when it stops
 (`pause_on_shutdown=False`): a restart of the serving process must not silently pause the nights.
 """
@@ -11,9 +11,10 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.client.schemas.schedules import CronSchedule
 
 from flows.nightly import backfill_variants, nightly_campaign_render
+from flows.promote import promote_takes
 from flows.settings import HorseSettings
 
-NIGHTLY, BACKFILL = "nightly", "backfill"
+NIGHTLY, BACKFILL, PROMOTE = "nightly", "backfill", "promote"
 
 
 def _limit(settings: HorseSettings) -> ConcurrencyLimitConfig:
@@ -47,7 +48,14 @@ def build_deployments(settings: HorseSettings, config_file: str | None = None) -
         description="Render extra languages, aspect ratios or takes of a published campaign.",
         tags=["horse", "backfill"],
     )
-    return [nightly, backfill]
+    promote = promote_takes.to_deployment(
+        name=PROMOTE,
+        parameters={k: v for k, v in common.items() if v is not None},
+        concurrency_limit=_limit(settings),
+        description="Finish chosen preview takes at 540p or 1080p from their stored base latents.",
+        tags=["horse", "promote"],
+    )
+    return [nightly, backfill, promote]
 
 
 def serve_deployments(settings: HorseSettings, config_file: str | None = None) -> None:

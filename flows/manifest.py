@@ -47,6 +47,7 @@ SCHEMA = pa.schema(
         ("reference_audio_uri", pa.string()),
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
+        ("preview", pa.bool_()),
     ]
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
@@ -116,6 +117,7 @@ class Shot(BaseModel):
     reference_audio_uri: str | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
+    preview: bool = False  # render 256p previews of every take, keeping their base latents to promote
     extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
 
     @field_validator("campaign_id", "shot_id")

@@ -3,12 +3,13 @@ campaign's next immutable version, with a contact sheet of its posters."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from catalog import Store
-from flows.collect import delivered
-from flows.plan import Plan, PlannedJob
+from flows.collect import delivered, staged
+from flows.plan import PROMOTED, Plan, PlannedJob
 from horse_actors import RenderOutcome
 from media import contact_sheet
 
@@ -36,16 +37,30 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
         entry = job.entry()
         cached = plan.cached.get(job.render_key)
         if cached is not None:
-            entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri")}
+            entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
+                      **linked_from_record(cached, job)}
         elif job.render_key in outcomes:
             outcome = outcomes[job.render_key][1]
             entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
                       "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
-                      "error_message": outcome.error_message}
+                      "error_message": outcome.error_message, **staged(job, outcome)}
         else:  # the run was cancelled before this variant was rendered
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
+
+
+def linked_from_record(row: dict, job: PlannedJob) -> dict:
+    """The preview/promote links (`flows.collect.staged`) of a render the catalog already has, from
+    its index row or receipt (they live in its `extra` fields); a promoted take that was already
+    rendered names its preview all the same."""
+    extra = row.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    links = {k: extra[k] for k in ("stage_key", "promoted_from", "base_rerendered") if k in extra}
+    if job.role == PROMOTED and "promoted_from" not in links:
+        links["promoted_from"] = job.promoted_from
+    return links
 
 
 def merge_with_previous(store: Store, campaign_id: str, entries: list[dict]) -> list[dict]:

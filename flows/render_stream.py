@@ -10,7 +10,7 @@ import time
 from typing import Any, Iterator
 
 from catalog import public_options
-from flows.plan import PlannedJob
+from flows.plan import PREVIEW, PlannedJob
 from flows.settings import HorseSettings
 from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
 from media import load_audio, load_image
@@ -64,7 +64,10 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     }
     if job.language:
         metadata["language"] = job.language
-    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
+    # a preview's base latent is kept for promotes; other stage results only for retries
+    retention = "preview" if job.role == PREVIEW else "retry"
+    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
+                     stage_retention=retention)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

@@ -82,6 +82,14 @@ class RenderSettings(_Section):
     input_roots: list[str]
 
 
+class GCSettings(_Section):
+    """What `horse gc` keeps (catalog GC): young blobs, and stage results by their retention."""
+
+    grace_hours: float = Field(ge=0)
+    preview_latent_days: float = Field(ge=0)
+    stage_result_hours: float = Field(ge=0)
+
+
 class ModelSettings(_Section):
     """A resolved model: a preset from configs/models, or a checkpoint folder with these defaults."""
 
@@ -103,6 +111,7 @@ class HorseSettings(BaseSettings):
     prefect: PrefectSettings
     schedule: ScheduleSettings
     render: RenderSettings
+    gc: GCSettings
 
     @classmethod
     def settings_customise_sources(
