@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow
 
 from catalog import Store
+from catalog.stage_results import EXT as STAGE_EXT
 from catalog.ids import validate_id
 from flows.campaign_run import RunResult, _logger, current_run_id, plan_variants, read_manifest_rows, run_plan
 from flows.nightly import flow_settings
@@ -112,12 +113,13 @@ def chosen_previews(entries: list[dict], shot_ids: list[str] | None,
 
 
 def missing_latents(jobs: list[PlannedJob], store: Store, model: ModelInfo) -> list[tuple[PlannedJob, str]]:
-    """(job, base stage key) of the jobs whose base latent the catalog does not have: one read of
-    the stage records (a read that fails raises)."""
+    """(job, base stage key) of the jobs whose base latent the catalog does not have (no record,
+    or its blob is gone): one read of the stage records; a read that fails raises."""
     keys = {job.render_key: stage_key(to_render_job(job, model.fingerprint).request, "base", model.stage_fingerprints)
             for job in jobs}
     found = store.stage_results.existing(keys.values())
-    return [(job, keys[job.render_key]) for job in jobs if keys[job.render_key] not in found]
+    present = {k for k, record in found.items() if store.blob_exists(record.sha256, STAGE_EXT)}
+    return [(job, keys[job.render_key]) for job in jobs if keys[job.render_key] not in present]
 
 
 def latent_gone(job: PlannedJob, key: str) -> str:
