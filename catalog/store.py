@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Iterable
 
 from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
@@ -85,17 +85,19 @@ class Store:
 
     # maintenance
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
-           include_receipts: bool = True, retention: Retention = Retention()) -> GCReport:
+           include_receipts: bool = True, retention: Retention = Retention(),
+           now: datetime | None = None) -> GCReport:
         """Delete blobs older than `grace` that no index row, version, stage result record within
         its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
-        records past their retention are deleted first. Raises, deleting nothing, if any
-        reference cannot be read."""
-        named_as = self.versions.referenced()
-        kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run)
-        references = [self.index.referenced_uris, lambda: named_as, lambda: kept_stages]
+        records past their retention are deleted first (`now`: the time GC judges ages by).
+        Raises, deleting nothing, if any reference cannot be read."""
+        named_as = self.versions.referenced()  # every reference is read before anything is deleted
+        referenced = [set(named_as), self.index.referenced_uris()]
         if include_receipts:
-            references.append(self.receipts.referenced_uris)
-        report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, named_as=named_as)
+            referenced.append(self.receipts.referenced_uris())
+        kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run, now)
+        references = [lambda uris=uris: uris for uris in [*referenced, kept_stages]]
+        report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, now=now, named_as=named_as)
         report.expired_stage_results = sorted(r.stage_key for r in expired)
         return report
 

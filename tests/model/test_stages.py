@@ -176,3 +176,10 @@ def test_from_bytes_names_what_is_wrong(base_bytes):
     for data, message in cases:
         with pytest.raises(StageResultError, match=message):
             StageResult.from_bytes(data)
+
+
+def test_equal_results_are_equal_bytes(tiny_pipe):
+    """Stage results are stored under their content hash: the same result must serialise to the
+    same bytes every time (safetensors itself writes its header in hash-map order)."""
+    result = tiny_pipe.render_until(req(resolution="540p"), "sr")
+    assert len({result.to_bytes() for _ in range(8)}) == 1
