@@ -11,6 +11,8 @@ from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
+from .provider_tasks import ProviderTasks
+from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .stage_results import Retention, StageResults
@@ -19,6 +21,7 @@ from .versions import CampaignVersions, version_key
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -33,7 +36,9 @@ class Store:
         self.stage_results = StageResults(self.root, self.blobs)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
+        self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.provider_tasks = ProviderTasks(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -74,6 +79,7 @@ class Store:
         interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
         receipts = self.receipts.read_ok(render_keys)
         if receipts:
+            self.qc.commit(receipts.values(), run_id=run_id)
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
         return receipts
@@ -87,15 +93,17 @@ class Store:
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
            include_receipts: bool = True, retention: Retention = Retention(),
            now: datetime | None = None) -> GCReport:
-        """Delete blobs older than `grace` that no index row, version, stage result record within
+        """Delete blobs older than `grace` that no index row, QC row (masters), version, stage result record within
         its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
         records past their retention are deleted first (`now`: the time GC judges ages by).
         Raises, deleting nothing, if any reference cannot be read."""
-        named_as = self.versions.referenced()  # every reference is read before anything is deleted
-        referenced = [set(named_as), self.index.referenced_uris()]
+        in_versions = self.versions.referenced()  # every reference is read before anything is deleted
+        masters = self.qc.referenced_uris()
+        referenced = [set(in_versions), self.index.referenced_uris(), masters]
         if include_receipts:
             referenced.append(self.receipts.referenced_uris())
-        kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run, now)
+        kept_stages, expired = self.stage_results.expire(retention, set(in_versions), dry_run, now)
+        named_as = {**in_versions, **dict.fromkeys(masters, "master_uri")}  # for the report's kinds
         references = [lambda uris=uris: uris for uris in [*referenced, kept_stages]]
         report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, now=now, named_as=named_as)
         report.expired_stage_results = sorted(r.stage_key for r in expired)

@@ -24,9 +24,10 @@ from typing import Any
 from prefect import flow
 
 from catalog import Store
-from catalog.stage_results import EXT as STAGE_EXT
 from catalog.ids import validate_id
+from catalog.stage_results import EXT as STAGE_EXT
 from flows.campaign_run import RunResult, _logger, current_run_id, plan_variants, read_manifest_rows, run_plan
+from flows.destinations import run_destinations
 from flows.nightly import flow_settings
 from flows.plan import PREVIEW, PROMOTED, Filters, ModelInfo, Plan, PlannedJob, model_info
 from flows.render_stream import to_render_job
@@ -51,11 +52,13 @@ def promote_takes(
     model: str | None = None,
     config_file: str | None = None,
     ray_address: str | None = None,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Finish the chosen preview takes of a campaign's latest version at `to` (540p or 1080p) from
     their stored base latents; the new version lists each promoted clip beside its preview.
-    `variants` are preview variant ids, with or without the `-preview` suffix."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
+    `variants` are preview variant ids, with or without the `-preview` suffix; `destinations`
+    replaces `render.destinations` (promoted clips get delivery QC like any other render)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
     return run_promote(campaign_id, to, settings, shot_ids, variants)
 
 
@@ -74,9 +77,10 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
         raise PromoteError(f"campaign {campaign_id!r} version {latest} has no rendered preview takes{asked}; "
                            "render previews first (horse render MANIFEST --preview)")
     run_id = current_run_id()
-    manifest = read_manifest_rows(version["manifest_uri"], settings)
+    destinations = run_destinations(settings)
+    manifest = read_manifest_rows(version["manifest_uri"], settings, destinations)
     filters = Filters(resolution=to, preview=False, shot_ids=tuple(sorted({shot for shot, _ in previews})))
-    planned = plan_variants(manifest, settings, filters, False, run_id)
+    planned = plan_variants(manifest, settings, filters, False, run_id, destinations)
     jobs = [dataclasses.replace(job, role=PROMOTED, promoted_from=previews[(job.shot_id, job.variant)])
             for job in planned.jobs if job.campaign_id == campaign_id and (job.shot_id, job.variant) in previews]
     lost = sorted(set(previews) - {(job.shot_id, job.variant) for job in jobs})
