@@ -61,8 +61,10 @@ def campaign(takes: int, seconds: float, repeats: int) -> dict[str, dict[str, fl
     runs: dict[str, list[tuple[float, float]]] = {"staged": [], "straight": []}
     for repeat in range(repeats):
         for mode in runs:
-            # every repeat a fresh prompt: nothing is found in the store from an earlier repeat
-            request = RenderRequest(prompt=f"{PROMPT} (repeat {repeat})", seconds=seconds, seed=0, resolution="256p")
+            # a fresh prompt per repeat and mode: the straight renders must not find the previews'
+            # base latents (same request, same stage key), nor a repeat those of an earlier one
+            request = RenderRequest(prompt=f"{PROMPT} ({mode}, repeat {repeat})", seconds=seconds, seed=0,
+                                    resolution="256p")
 
             def job(take: int, resolution: str, retention: str = "retry") -> RenderJob:
                 r = dataclasses.replace(request, seed=100 + take, resolution=resolution)
@@ -75,6 +77,8 @@ def campaign(takes: int, seconds: float, repeats: int) -> dict[str, dict[str, fl
             assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
             if mode == "staged":
                 assert outcomes[-1].resumed_from == "base", "the promote starts from the preview's base latent"
+            else:
+                assert all(o.resumed_from is None for o in outcomes), "a straight render starts from noise"
             runs[mode].append((sum(o.timings[s] for o in outcomes for s in DEVICE_STAGES),
                                sum(o.duration_s for o in outcomes)))
     return {mode: {"device_s": statistics.median(d for d, _ in rows), "wall_s": statistics.median(w for _, w in rows)}
