@@ -20,6 +20,12 @@ or `Store(url).qc.to_arrow(destination="broadcast-eu", check="true_peak", passed
 the loaded table, not the dataset scan: MERGE writes text as string_view, which pyarrow's scan
 filters cannot compare with a string yet.) `measured` is the measured value as JSON text (a
 number, a codec name, ...); `value` is the same as a float when it is a number, for range queries.
+
+The dialogue gate's result is one row per clip with check "dialogue" and destination "" (it holds
+for every destination; the limit applied was the strictest of them): `passed`, `value` the error rate, `measured` {error_rate, transcript, language_detected,
+missing_terms, reason, seed, attempts} as JSON, `limit` e.g. "WER <= 0.2". Every clip whose speech
+failed: `to_arrow(check="dialogue", passed=False)`. A clip whose line went unchecked (no recogniser
+could hear it) has no row: nothing was measured; the render index says `dialogue_status: unchecked`.
 """
 
 from __future__ import annotations
@@ -68,6 +74,28 @@ def qc_rows(receipt: dict) -> list[dict[str, Any]]:
     return rows
 
 
+DIALOGUE_CHECK = "dialogue"
+
+
+def dialogue_row(receipt: dict) -> dict[str, Any] | None:
+    """The dialogue gate's row of one normalised receipt (None without a line, or unchecked)."""
+    if receipt["status"] not in RENDERED or receipt.get("dialogue_status") not in ("passed", "dialogue_failed"):
+        return None
+    d = json.loads(receipt["dialogue"])
+    rate = d.get("error_rate")
+    measured = {k: d.get(k) for k in ("error_rate", "transcript", "language_detected", "missing_terms", "reason",
+                                      "seed", "attempts")}
+    return {
+        "render_key": receipt["render_key"], "campaign_id": receipt["campaign_id"], "shot_id": receipt["shot_id"],
+        "variant": receipt["variant"], "destination": "", "check": DIALOGUE_CHECK,
+        "passed": d["status"] == "passed",
+        "measured": json.dumps(measured, ensure_ascii=False), "value": None if rate is None else float(rate),
+        "limit": f"{d['metric'].upper()} <= {d['max_error_rate']}" if "metric" in d else None,
+        "master_uri": None, "master_sha256": None, "rendered_seed": receipt.get("rendered_seed"),
+        "run_id": receipt.get("run_id"), "created_at": receipt["created_at"],
+    }
+
+
 def summarise(rows: Iterable[dict]) -> dict[str, dict[str, Any]]:
     """Per destination: passed, the master's blob, and every check as {passed, measured, limit}
     (what a campaign version entry carries), from index rows of one clip."""
@@ -87,7 +115,9 @@ class QCIndex:
 
     def commit(self, receipts: Iterable[dict], *, run_id: str | None = None) -> int:
         """Insert the QC rows of these receipts that the table does not have; returns rows offered."""
-        rows = [row for r in receipts for row in qc_rows(normalize_receipt(r))]
+        normalised = [normalize_receipt(r) for r in receipts]
+        rows = [row for r in normalised for row in qc_rows(r)]
+        rows += [row for row in map(dialogue_row, normalised) if row is not None]
         if not rows:
             return 0
         source = pa.Table.from_pylist(rows, schema=QC_SCHEMA)
@@ -123,8 +153,20 @@ class QCIndex:
             return {}
         per_key: dict[str, list[dict]] = {}
         for row in self.to_arrow(render_keys=keys).to_pylist():
-            per_key.setdefault(row["render_key"], []).append(row)
+            if row["check"] != DIALOGUE_CHECK:  # per destination; the clip's dialogue: dialogue_results
+                per_key.setdefault(row["render_key"], []).append(row)
         return {key: summarise(rows) for key, rows in per_key.items()}
+
+    def dialogue_results(self, render_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """{render_key: {status, ...measured, limit}} of the dialogue gate for the keys that have a row."""
+        keys = list(render_keys)
+        if not keys:
+            return {}
+        out = {}
+        for row in self.to_arrow(render_keys=keys, check=DIALOGUE_CHECK).to_pylist():
+            status = "passed" if row["passed"] else "dialogue_failed"
+            out[row["render_key"]] = {"status": status, **json.loads(row["measured"]), "limit": row["limit"]}
+        return out
 
     def referenced_uris(self) -> set[str]:
         """Every master blob a row names (for GC)."""

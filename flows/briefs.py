@@ -16,7 +16,7 @@ import yaml
 
 from flows.manifest import SCHEMA, Manifest, ManifestError, Shot, validate_rows
 
-_LIST_COLUMNS = ("languages", "aspect_ratios", "tags", "destinations")
+_LIST_COLUMNS = ("languages", "aspect_ratios", "tags", "destinations", "must_say")
 _INT_COLUMNS = ("takes", "seed", "priority")
 
 

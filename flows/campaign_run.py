@@ -22,11 +22,13 @@ from prefect.exceptions import MissingContextError
 from catalog import Store
 from flows.collect import RunRecord, describe, record_render
 from flows.destinations import RunDestinations, run_destinations
+from flows.dialogue import DialoguePolicy, dialogue_policy
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
 from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
+from flows.routing import Routes
 from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
                           qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings
@@ -74,7 +76,7 @@ def _logger():
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known)
+                             destinations.known, settings.routing.backends)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -85,9 +87,10 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations:
 
 @task(name="plan-variants", cache_policy=NO_CACHE)
 def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
-                  destinations: RunDestinations) -> Plan:
+                  destinations: RunDestinations, dialogue: DialoguePolicy) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations,
+                     Routes.from_settings(settings.routing), dialogue)
     if force:
         plan.cached = {}
     else:
@@ -145,9 +148,12 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
         return collected
     log = _logger()
     with RenderPool(pool_config(settings)) as pool:
-        log.info(start_pool(pool))
+        if any(job.backend == "local" for job in todo):  # API-only runs load no model
+            log.info(start_pool(pool))
         size = settings.render.chunk_size
-        with RenderStream(pool, [to_render_job(job, run.model_fingerprint) for job in todo]) as stream:
+        routes = Routes.from_settings(settings.routing)
+        providers = {job.backend: routes.provider(job.backend) for job in todo if job.backend != "local"}
+        with RenderStream(pool, [to_render_job(job, run.model_fingerprint) for job in todo], providers) as stream:
             # The stream keeps rendering the next chunk while this one is being collected.
             for number, start in enumerate(range(0, len(todo), size), start=1):
                 receipts = []
@@ -170,7 +176,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     run_id = current_run_id()
     destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
     manifest = read_manifest_rows(manifest_uri, settings, destinations)
-    plan = plan_variants(manifest, settings, filters, force, run_id, destinations)
+    plan = plan_variants(manifest, settings, filters, force, run_id, destinations, dialogue_policy(settings))
     return run_plan(manifest, plan, settings, run_id, merge_previous)
 
 
@@ -187,6 +193,9 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
     context = FlowRunContext.get()
     in_flow = bool(context and context.flow_run)
     store = Store(settings.store_url, settings.storage_options)
+    dialogue = dialogue_policy(settings)  # the dialogue gate: the recogniser's identity, per-variant checks
+    if dialogue.off_note and any(job.dialogue for job in plan.jobs):
+        _logger().warning(dialogue.off_note)  # every run says so: an unchecked line never looks checked
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
 
@@ -213,7 +222,8 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []))
         summaries, qc_tables = {}, {}
         qc = store.qc.results(job.render_key for job in plan.jobs if job.destinations)
-        for campaign_id, entries in version_entries(plan, outcomes, qc).items():
+        heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)
+        for campaign_id, entries in version_entries(plan, outcomes, qc, heard).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
             result.campaigns[campaign_id] = version.number
             if version.contact_sheet_uri:
@@ -221,8 +231,8 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
             result.qc_failures += qc_failures(entries)
             summaries[campaign_id] = summary_markdown(campaign_id, version.number, totals, store.url, version.uri,
                                                       row_errors, version.contact_sheet_uri, version.contact_sheet,
-                                                      qc_markdown(entries))
-            if any("qc" in e for e in entries):
+                                                      qc_markdown(entries, dialogue.off_note))
+            if any("qc" in e or "dialogue" in e for e in entries):
                 qc_tables[campaign_id] = qc_table_rows(entries)
         if in_flow:
             report(label, result.failures, summaries, qc_tables)

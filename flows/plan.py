@@ -8,7 +8,8 @@ A preview (the manifest's `preview` column, or a run's `preview` parameter) rend
 as variant `<variant>-preview` and keeps its base latent, so `flows.promote` can finish the
 chosen takes at 540p or 1080p later: a preview is a plain 256p render, with the same render key.
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
-is delivered (a black or frozen picture is re-rolled) and the masters made from it.
+is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant the
+dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any, Iterable
 from catalog import Store, render_key, sha256_file
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
+from flows.dialogue import DialoguePolicy
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.geometry import BASE_TIER
 from model.prompt import compose_prompt
@@ -73,6 +76,9 @@ class PlannedJob:
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
+    dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -104,7 +110,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 def variant_id(language: str | None, aspect_ratio: str, take: int, preview: bool = False) -> str:
@@ -124,9 +131,9 @@ def take_seed(seed: int, take: int) -> int:
 
 
 def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
-                destinations: RunDestinations | None = None) -> list[PlannedJob]:
+                destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None) -> list[PlannedJob]:
     """Every variant of a validated shot (its reference files are already checked paths);
-    `destinations`: the run's (None: no delivery QC)."""
+    `destinations`: the run's (None: no delivery QC); `dialogue`: the run's gate (None: no gate)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -151,6 +158,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
+        gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
+                                               [d.name for d in delivered_to]) if dialogue else (None, None)
         for aspect in aspects:
             width, height = model.size_for(resolution, aspect)
             for take in range(1, takes + 1):
@@ -172,6 +181,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                 }
                 if delivered_to:  # without destinations the key stays what it was before delivery QC
                     inputs["delivery"] = {**delivery, "expects_speech": bool(lines)}
+                if gate_key:  # without a gate that hears it the key stays what it was before the gate
+                    inputs["dialogue"] = gate_key
                 jobs.append(
                     PlannedJob(
                         campaign_id=shot.campaign_id,
@@ -195,6 +206,7 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                         destinations=delivered_to,
                         max_rerolls=max_rerolls,
                         expects_speech=bool(lines),
+                        dialogue=check,
                     )
                 )
     return jobs
@@ -227,15 +239,21 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes(),
+              dialogue: DialoguePolicy | None = None) -> Plan:
+    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
+    keys already exist. `dialogue`: the run's gate, for local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, destinations))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue))
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.

@@ -28,6 +28,7 @@ from catalog.ids import validate_id
 from catalog.stage_results import EXT as STAGE_EXT
 from flows.campaign_run import RunResult, _logger, current_run_id, plan_variants, read_manifest_rows, run_plan
 from flows.destinations import run_destinations
+from flows.dialogue import dialogue_policy
 from flows.nightly import flow_settings
 from flows.plan import PREVIEW, PROMOTED, Filters, ModelInfo, Plan, PlannedJob, model_info
 from flows.render_stream import to_render_job
@@ -80,7 +81,7 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
     destinations = run_destinations(settings)
     manifest = read_manifest_rows(version["manifest_uri"], settings, destinations)
     filters = Filters(resolution=to, preview=False, shot_ids=tuple(sorted({shot for shot, _ in previews})))
-    planned = plan_variants(manifest, settings, filters, False, run_id, destinations)
+    planned = plan_variants(manifest, settings, filters, False, run_id, destinations, dialogue_policy(settings))
     jobs = [dataclasses.replace(job, role=PROMOTED, promoted_from=previews[(job.shot_id, job.variant)])
             for job in planned.jobs if job.campaign_id == campaign_id and (job.shot_id, job.variant) in previews]
     lost = sorted(set(previews) - {(job.shot_id, job.variant) for job in jobs})

@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from catalog import Store
 from flows.collect import delivered, staged
 from flows.plan import PROMOTED, Plan, PlannedJob
+from flows.routing import version_fields
 from horse_actors import RenderOutcome
+from horse_actors.dialogue_gate import unchecked
 from media import contact_sheet
 
 
@@ -31,12 +33,13 @@ def code_version() -> str:
 
 
 def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]],
-                    qc: dict[str, dict] | None = None) -> dict[str, list[dict]]:
-    """Version entries per campaign: every planned variant with its file or its failure, and its
-    delivery QC from the QC index (`qc`: Store.qc.results of the run's keys)."""
+                    qc: dict[str, dict] | None = None, dialogue: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+    """Version entries per campaign: every planned variant with its file or its failure, its
+    delivery QC and its dialogue gate result from the QC index (`qc`: Store.qc.results of the
+    run's keys, `dialogue`: Store.qc.dialogue_results)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
-        entry = job.entry()
+        entry = job.entry() | version_fields(job)
         cached = plan.cached.get(job.render_key)
         if cached is not None:
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
@@ -52,6 +55,10 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
+        # What the gate heard (from index/qc), or why this run could not hear the line (the plan's check).
+        heard = (dialogue or {}).get(job.render_key) or unchecked(job.dialogue)
+        if heard and entry["status"] != "failed":
+            entry["dialogue"], entry["dialogue_status"] = heard, heard["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 

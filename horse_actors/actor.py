@@ -24,6 +24,7 @@ from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
 from .delivery import make_deliverables, render_checked
+from .dialogue_gate import DialogueGate
 from .jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_sticky_cuda
 from .staged import StagedRenderer, StageReport
 
@@ -97,6 +98,7 @@ class RenderActor:
 
         self.store = Store(store.url, storage_options=store.options)
         self.staged = StagedRenderer(self.pipe, self.store, model.oom_ladder, self.device)
+        self.gate = DialogueGate(model.speech, self.device)  # the speech recogniser, resident like the model
         self.scratch = encoding.scratch_dir or tempfile.gettempdir()
         self.ids = _ray_context()
         log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", model.name, self.load_s,
@@ -139,6 +141,7 @@ class RenderActor:
             "rss_bytes": _rss_bytes(),
             "gpu_max_allocated_bytes": gpu_mem,
             "renders": self.renders,
+            **self.gate.stats(),
         }
 
     # -- one job ---------------------------------------------------------------------------
@@ -171,9 +174,11 @@ class RenderActor:
         report = StageReport(attempt)
         try:
             path = os.path.join(scratch, "clip.mp4")
-            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery).
-            (info, poster, rendered, fallback), clip_qc, qc_attempts = render_checked(
-                job, lambda request: self._render_and_encode(job, request, path, timings, report), path, timings)
+            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery)
+            # or the dialogue gate hears the wrong line (jobs with a DialogueCheck).
+            (info, poster, rendered, fallback), clip_qc, qc_attempts, dialogue = render_checked(
+                job, lambda request: self._render_and_encode(job, request, path, timings, report), path, timings,
+                self.gate)
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
@@ -188,7 +193,7 @@ class RenderActor:
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
-                rendered_seed=rendered.seed, **base, **_stages(report),
+                rendered_seed=rendered.seed, dialogue=dialogue, **base, **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):

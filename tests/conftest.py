@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="horse-tests-"))
@@ -37,6 +38,11 @@ os.environ.update(
         "AWS_ACCESS_KEY_ID": "horse-test-key",
         "AWS_SECRET_ACCESS_KEY": "horse-test-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # Fake provider keys, set before the session's Ray cluster starts so its workers have them
+        # the way a real node would (API backends read them from their own environment). Random,
+        # so a leak scan can find them anywhere.
+        "ARK_API_KEY": f"ark-test-key-{uuid.uuid4().hex}",
+        "FAL_KEY": f"fal-test-key-{uuid.uuid4().hex}",
     }
 )
 for _var in ("CUDA_VISIBLE_DEVICES", "PREFECT_API_URL", "RAY_ADDRESS", "HORSE_CONFIG"):
@@ -174,6 +180,27 @@ def tmp_store(tmp_path) -> str:
     root = tmp_path / "store"
     root.mkdir()
     return root.as_uri()
+
+
+@pytest.fixture(scope="session")
+def speak(tmp_path_factory):
+    """`speak(text)`: the text spoken by Debian's flite (voice rms), 16 kHz mono float32, for the
+    dialogue gate's tests (a real recogniser needs real speech)."""
+    import subprocess
+    import wave
+
+    import numpy as np
+
+    require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
+    folder = tmp_path_factory.mktemp("speech")
+
+    def speak(text: str) -> np.ndarray:
+        path = folder / "line.wav"
+        subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True)
+        with wave.open(str(path)) as f:
+            assert (f.getframerate(), f.getnchannels()) == (16000, 1)
+            return np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
+    return speak
 
 
 @pytest.fixture(scope="session")

@@ -71,3 +71,23 @@ def test_a_master_outside_the_store_is_refused(tmp_path):
     stranger = {"uri": "file:///etc/passwd", "sha256": "0" * 64}
     with pytest.raises(InvalidId, match="qc master"):
         store.write_receipt({**receipt, "qc": {"social": {"passed": True, "checks": {}, "master": stranger}}})
+
+
+def test_dialogue_results_are_one_row_per_clip_and_an_unchecked_line_has_none(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    heard = {"status": "dialogue_failed", "reason": "WER 0.50 over 0.20", "transcript": "happy horses here",
+             "error_rate": 0.5, "metric": "wer", "max_error_rate": 0.2, "missing_terms": ["Happy Horse"],
+             "language_detected": None, "seed": 9, "attempts": 2}
+    failed = store.write_receipt({**make_receipt(store, "spot", "s010", "en-16x9-t1"),
+                                  "dialogue": heard, "dialogue_status": "dialogue_failed"})
+    unchecked = store.write_receipt({**make_receipt(store, "spot", "s020", "de-16x9-t1"), "dialogue_status": "unchecked",
+                                     "dialogue": {"status": "unchecked", "reason": "cannot hear de", "language": "de"}})
+    assert store.qc.commit([failed, unchecked]) == 1
+    [row] = store.qc.to_arrow(check="dialogue", passed=False).to_pylist()
+    assert (row["shot_id"], row["destination"], row["value"], row["limit"]) == ("s010", "", 0.5, "WER <= 0.2")
+    results = store.qc.dialogue_results([failed["render_key"], unchecked["render_key"]])
+    assert results[failed["render_key"]]["transcript"] == "happy horses here"
+    assert list(results) == [failed["render_key"]], "nothing was heard: no row (the render index says unchecked)"
+    assert store.qc.results([failed["render_key"]]) == {}, "the clip's dialogue is no destination's result"
+    with pytest.raises(InvalidId, match="dialogue_status"):
+        store.write_receipt({**make_receipt(store, "spot", "s030", "en-16x9-t1"), "dialogue_status": "maybe"})
