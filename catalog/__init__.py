@@ -22,6 +22,7 @@ _EXPORTS = {
     "ProviderTasks": "provider_tasks",
     "receipt_key": "receipts",
     "public_options": "redact", "redact_options": "redact", "redact_url": "redact",
+    "Retention": "stage_results", "StageRecord": "stage_results", "StageResults": "stage_results",
     "Store": "store",
     "CampaignVersions": "versions", "VersionInfo": "versions", "VersionNotFound": "versions",
 }

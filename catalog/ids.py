@@ -13,7 +13,8 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,16}$")
-_SEGMENT_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,199}|\.tmp-[0-9a-f]{32})$")
+# A plain name, a temp file of ours, or a Delta table's Hive-style partition folder (campaign_id=<id>).
+_SEGMENT_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,199}|\.tmp-[0-9a-f]{32}|[a-z_]{1,40}=[A-Za-z0-9_][A-Za-z0-9._-]{0,199})$")
 
 
 class InvalidId(ValueError):
@@ -86,7 +87,7 @@ def safe_key(*parts: str) -> str:
     """Join key parts with '/'; each part may itself hold '/'-separated segments.
 
     Every segment must be a plain name (letters, digits, '.', '_', '-', not starting with a
-    dot or dash), so '..', '.', empty segments, absolute paths, backslashes, NUL and
+    dot or dash; or `column=<plain name>`, a Delta partition folder), so '..', '.', empty segments, absolute paths, backslashes, NUL and
     protocols are refused. Callers build parts only from constants, validated ids and hashes;
     this is the last check before a key meets a filesystem.
     """

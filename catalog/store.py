@@ -1,9 +1,9 @@
-"""Store: the catalog behind one root URL (blobs, receipts, index, versions, lineage, gc)."""
+"""Store: the catalog behind one root URL (blobs, stage results, receipts, index, versions, lineage, gc)."""
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Iterable
 
 from .adapters import AdapterRegistry
@@ -16,6 +16,7 @@ from .provider_tasks import ProviderTasks
 from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
+from .stage_results import Retention, StageResults
 from .versions import CampaignVersions, version_key
 
 
@@ -34,6 +35,7 @@ class Store:
                  lineage: dict | None = None):
         self.root = Root(url, storage_options)
         self.blobs = BlobStore(self.root)
+        self.stage_results = StageResults(self.root, self.blobs)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
         self.qc = QCIndex(self.root)
@@ -92,14 +94,23 @@ class Store:
 
     # maintenance
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
-           include_receipts: bool = True) -> GCReport:
-        """Delete blobs older than `grace` that no index row, version (and, by default, no
-        receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris,
-                      self.adapters.referenced_uris]
+           include_receipts: bool = True, retention: Retention = Retention(),
+           now: datetime | None = None) -> GCReport:
+        """Delete blobs older than `grace` that no index row, QC row (masters), version, stage result record within
+        its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
+        records past their retention are deleted first (`now`: the time GC judges ages by).
+        Raises, deleting nothing, if any reference cannot be read."""
+        in_versions = self.versions.referenced()  # every reference is read before anything is deleted
+        masters = self.qc.referenced_uris()
+        referenced = [set(in_versions), self.index.referenced_uris(), masters, self.adapters.referenced_uris()]
         if include_receipts:
-            references.append(self.receipts.referenced_uris)
-        return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)
+            referenced.append(self.receipts.referenced_uris())
+        kept_stages, expired = self.stage_results.expire(retention, set(in_versions), dry_run, now)
+        named_as = {**in_versions, **dict.fromkeys(masters, "master_uri")}  # for the report's kinds
+        references = [lambda uris=uris: uris for uris in [*referenced, kept_stages]]
+        report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, now=now, named_as=named_as)
+        report.expired_stage_results = sorted(r.stage_key for r in expired)
+        return report
 
     def __repr__(self) -> str:
         return f"Store({self.root.url!r}, storage_options={self.root.redacted_options!r})"

@@ -266,9 +266,14 @@ class CampaignVersions:
 
     def referenced_uris(self) -> set[str]:
         """Every URI string that any version manifest mentions (for GC)."""
-        out: set[str] = set()
+        return set(self.referenced())
+
+    def referenced(self) -> dict[str, str]:
+        """{blob URI: the field that names it} over every version manifest (GC keeps these blobs
+        and reports them by kind)."""
+        out: dict[str, str] = {}
         for body in self._manifests():
-            _collect_uris(body, out)
+            _collect_uris(body, out, "")
         return out
 
     def index_versions(self) -> set[int]:
@@ -278,12 +283,12 @@ class CampaignVersions:
         return {v for v in found if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def _collect_uris(obj: Any, out: set[str]) -> None:
+def _collect_uris(obj: Any, out: dict[str, str], field: str) -> None:
     if isinstance(obj, dict):
-        for v in obj.values():
-            _collect_uris(v, out)
+        for k, v in obj.items():
+            _collect_uris(v, out, str(k))
     elif isinstance(obj, list):
         for v in obj:
-            _collect_uris(v, out)
+            _collect_uris(v, out, field)
     elif isinstance(obj, str) and "/blobs/sha256/" in obj:
-        out.add(obj)
+        out.setdefault(obj, field)

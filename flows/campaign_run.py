@@ -47,6 +47,7 @@ class RunResult:
     row_errors: list[str]
     failures: list[dict[str, Any]] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # what a person should know, one line each
     qc_failures: list[dict[str, Any]] = field(default_factory=list)  # clip x destination that failed delivery QC
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,6 +58,7 @@ class RunResult:
             "row_errors": self.row_errors,
             "failures": self.failures,
             "contact_sheets": self.contact_sheets,
+            "notices": self.notices,
             "qc_failures": self.qc_failures,
         }
 
@@ -187,19 +189,31 @@ def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, 
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
                     merge_previous: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
+    run_id = current_run_id()
+    destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
+    manifest = read_manifest_rows(manifest_uri, settings, destinations)
+    plan = plan_variants(manifest, settings, filters, force, run_id, destinations, dialogue_policy(settings))
+    return run_plan(manifest, plan, settings, run_id, merge_previous)
+
+
+def current_run_id() -> str:
+    """The flow run's id (a fresh one outside a flow): receipts, lineage and versions carry it."""
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else str(uuid.uuid4())
+
+
+def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: str, merge_previous: bool,
+             notices: list[str] | None = None) -> RunResult:
+    """Render the plan's to-do jobs, record them, publish each campaign's next version and report:
+    the part of a run after planning, shared by campaign runs and promotes (`flows.promote`)."""
     context = FlowRunContext.get()
     in_flow = bool(context and context.flow_run)
-    run_id = str(context.flow_run.id) if in_flow else str(uuid.uuid4())
     store = Store(settings.store_url, settings.storage_options)
-    destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
     dialogue = dialogue_policy(settings)  # the dialogue gate: the recogniser's identity, per-variant checks
-
-    manifest = read_manifest_rows(manifest_uri, settings, destinations)
-    # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
-    manifest_blob = store.put_blob(manifest.data, ext="parquet")
-    plan = plan_variants(manifest, settings, filters, force, run_id, destinations, dialogue)
     if dialogue.off_note and any(job.dialogue for job in plan.jobs):
         _logger().warning(dialogue.off_note)  # every run says so: an unchecked line never looks checked
+    # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
+    manifest_blob = store.put_blob(manifest.data, ext="parquet")
 
     resolved = settings.resolved_model()
     run = RunRecord(
@@ -221,7 +235,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
         outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress)
         progress.update(totals, force=True)
         failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
-        result = RunResult(run_id, {}, totals, row_errors, failures)
+        result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []))
         summaries, qc_tables = {}, {}
         qc = delivery_qc(store, plan, outcomes)
         heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)

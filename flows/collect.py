@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalog import Store
-from flows.plan import PlannedJob
+from flows.plan import PREVIEW, PROMOTED, PlannedJob
 from flows.routing import lineage_model, receipt_fields
 from horse_actors import RenderOutcome
 
@@ -37,10 +37,35 @@ def delivered(job: PlannedJob, outcome: RenderOutcome) -> dict[str, Any]:
             "fallback": "+".join(outcome.fallback) or None}
 
 
+def staged(job: PlannedJob, outcome: RenderOutcome) -> dict[str, Any]:
+    """What links a preview to its promote in receipts and version entries. A preview names its
+    base latent by stage key only (GC keeps it `gc.preview_latent_days`); a promoted clip names
+    its preview and the base latent it was finished from by URI, so its version keeps that latent,
+    and says whether the latent was gone and the base stage rendered again."""
+    base = outcome.stage_results.get("base") if outcome.blob_uri else None
+    if job.role == PREVIEW and base:
+        return {"stage_key": base["stage_key"]}
+    if job.role == PROMOTED and outcome.blob_uri:
+        rerendered = base_rerendered(outcome)
+        latent = {} if rerendered or not base else {"stage_result_uri": base["uri"],
+                                                    "stage_result_sha256": base["sha256"]}
+        return {"promoted_from": {**(job.promoted_from or {}), **latent}, "base_rerendered": rerendered}
+    return {}
+
+
+def base_rerendered(outcome: RenderOutcome) -> bool:
+    """Whether any attempt of the render ran the base stage (a promote should not need to)."""
+    return any("base" in stages for stages in outcome.stages_run.values())
+
+
 def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict[str, Any]:
     return {
         **job.entry(),
         **delivered(job, outcome),
+        **staged(job, outcome),
+        "stages_run": outcome.stages_run or None,  # {try: stages started}: "1", "1+tiled_decode", "2"
+        "resumed_from": outcome.resumed_from,
+        "stage_results": outcome.stage_results or None,
         "blob_uri": outcome.blob_uri,
         "sha256": outcome.sha256,
         "bytes": outcome.bytes,
@@ -90,7 +115,7 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
         tags |= {"adapter": job.adapter.name, "adapter_strength": job.adapter.strength}
     rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
-        inputs=inputs,
+        inputs=[*inputs, *promoted_inputs(job, outcome)],
         outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
         runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
                  "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings,
@@ -104,6 +129,18 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
     if stored:
         record_masters(store, rendered.run.runId, tags, outcome)
     return receipt
+
+
+def promoted_inputs(job: PlannedJob, outcome: RenderOutcome) -> list[dict]:
+    """Lineage inputs of a promoted clip: its preview clip, and the preview's base latent when
+    the clip was finished from it."""
+    if job.role != PROMOTED or not job.promoted_from:
+        return []
+    origin = {**job.promoted_from, **staged(job, outcome).get("promoted_from", {})}
+    inputs = [{"uri": origin["blob_uri"], "version": origin.get("sha256")}]
+    if origin.get("stage_result_uri"):
+        inputs.append({"uri": origin["stage_result_uri"], "version": origin.get("stage_result_sha256")})
+    return inputs
 
 
 def record_masters(store: Store, render_run_id: str, tags: dict[str, str], outcome: RenderOutcome) -> None:
@@ -131,8 +168,11 @@ def describe(job: PlannedJob, outcome: RenderOutcome) -> str:
         heard = {"passed": "", "unchecked": f", dialogue unchecked ({said.get('reason')})",
                  "dialogue_failed": f", DIALOGUE FAILED after {said.get('attempts')} attempts ({said.get('reason')}; "
                                     f"heard {said.get('transcript')!r})"}.get(said.get("status"), "")
+        resumed = f", from the stored {outcome.resumed_from} result" if outcome.resumed_from else ""
+        if job.role == PROMOTED and base_rerendered(outcome):
+            resumed += ", base stage rendered again: the preview's latent was gone"
         return (f"rendered {job.campaign_id}/{job.shot_id} {job.variant} in {outcome.duration_s or 0:.1f}s "
-                f"(attempt {outcome.attempt}){heard} -> {outcome.blob_uri}")
+                f"(attempt {outcome.attempt}{resumed}){heard} -> {outcome.blob_uri}")
     if outcome.status == "degraded":
         return (f"degraded {job.campaign_id}/{job.shot_id} {job.variant}: rendered at {outcome.rendered_resolution} "
                 f"instead of {job.resolution} (fallback {'+'.join(outcome.fallback)}) -> {outcome.blob_uri}")

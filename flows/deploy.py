@@ -1,5 +1,5 @@
-"""Deployments: the nightly render on a cron schedule, the backfill on demand, and catalog
-maintenance on its own cron schedule.
+"""Deployments: the nightly render on a cron schedule, the backfill and the promote on demand, and
+catalog maintenance on its own cron schedule.
 
 The render deployments carry a concurrency limit (default 1, later runs wait in line) so two runs
 never fight over the same GPUs, and `horse serve` keeps the schedules active when it stops
@@ -13,9 +13,10 @@ from prefect.client.schemas.schedules import CronSchedule
 
 from flows.maintenance import catalog_maintenance
 from flows.nightly import backfill_variants, nightly_campaign_render
+from flows.promote import promote_takes
 from flows.settings import HorseSettings
 
-NIGHTLY, BACKFILL, MAINTENANCE = "nightly", "backfill", "maintenance"
+NIGHTLY, BACKFILL, PROMOTE, MAINTENANCE = "nightly", "backfill", "promote", "maintenance"
 
 
 def _limit(settings: HorseSettings) -> ConcurrencyLimitConfig:
@@ -49,7 +50,14 @@ def build_deployments(settings: HorseSettings, config_file: str | None = None) -
         description="Render extra languages, aspect ratios or takes of a published campaign.",
         tags=["horse", "backfill"],
     )
-    return [nightly, backfill]
+    promote = promote_takes.to_deployment(
+        name=PROMOTE,
+        parameters={k: v for k, v in common.items() if v is not None},
+        concurrency_limit=_limit(settings),
+        description="Finish chosen preview takes at 540p or 1080p from their stored base latents.",
+        tags=["horse", "promote"],
+    )
+    return [nightly, backfill, promote]
 
 
 def build_maintenance_deployment(settings: HorseSettings, config_file: str | None = None):

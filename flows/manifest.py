@@ -50,6 +50,7 @@ SCHEMA = pa.schema(
         ("reference_audio_uri", pa.string()),
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
+        ("preview", pa.bool_()),
         ("destinations", pa.list_(pa.string())),
         ("must_say", pa.list_(pa.string())),
         ("backend", pa.string()),
@@ -124,6 +125,7 @@ class Shot(BaseModel):
     reference_audio_uri: str | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
+    preview: bool = False  # render 256p previews of every take, keeping their base latents to promote
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
     must_say: tuple[str, ...] = ()  # product names and terms the dialogue gate checks on their own
     backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide

@@ -24,13 +24,16 @@ def nightly_campaign_render(
     config_file: str | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    preview: bool = False,
     destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
-    publish the campaign's next version. Parameters carry URIs and options, never shot lists;
-    `destinations` replaces `render.destinations` (for rows without their own)."""
+    publish the campaign's next version. Parameters carry URIs and options, never shot lists.
+    `preview`: every take as a 256p preview whose base latent is kept for `promote-takes` (as if
+    every row had the manifest's `preview` column set); `destinations` replaces
+    `render.destinations` (for rows without their own)."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
-    return render_campaign(manifest_uri, settings, force=force).as_dict()
+    return render_campaign(manifest_uri, settings, Filters(preview=True if preview else None), force=force).as_dict()
 
 
 @flow(name="backfill-variants", log_prints=True)

@@ -3,6 +3,10 @@
 A variant is one (language, aspect ratio, take) of a shot; a shot without dialogue and without
 languages (B-roll) has no language axis: one variant per (aspect ratio, take). Its `render_key` hashes every input
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
+
+A preview (the manifest's `preview` column, or a run's `preview` parameter) renders a take at 256p
+as variant `<variant>-preview` and keeps its base latent, so `flows.promote` can finish the
+chosen takes at 540p or 1080p later: a preview is a plain 256p render, with the same render key.
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
 is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant the
 dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too. A variant with a
@@ -24,6 +28,7 @@ from flows.dialogue import DialoguePolicy
 from flows.manifest import Shot
 from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
+from model.geometry import BASE_TIER
 from model.prompt import compose_prompt
 from model.stages import adapter_key_input
 
@@ -31,6 +36,7 @@ from model.stages import adapter_key_input
 # settings, mp4 tags): every render key changes, so the next run re-renders everything.
 PIPELINE_CACHE_VERSION = 2    # 2: x264 with a fixed count of frame threads, audio interleaved
 FPS = 25
+PREVIEW, PROMOTED = "preview", "promoted"  # roles of a job (and of its version entry) in preview -> promote
 
 
 class PlanError(ValueError):
@@ -45,6 +51,8 @@ class Filters:
     aspect_ratios: tuple[str, ...] | None = None
     takes: int | None = None
     shot_ids: tuple[str, ...] | None = None
+    resolution: str | None = None  # render at this tier instead of the manifest's (a promote)
+    preview: bool | None = None    # True: previews of every take; False: none; None: the manifest's column
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class PlannedJob:
     image_path: str | None = None
     audio_path: str | None = None
     key_inputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    role: str | None = None  # PREVIEW, PROMOTED, or None for a plain render
+    # a promoted take's preview: {render_key, variant, blob_uri, sha256, stage_key} of its version entry
+    promoted_from: dict[str, Any] | None = field(default=None, compare=False)
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
@@ -90,7 +101,7 @@ class PlannedJob:
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
-        return {
+        entry = {
             "campaign_id": self.campaign_id,
             "shot_id": self.shot_id,
             "variant": self.variant,
@@ -100,6 +111,9 @@ class PlannedJob:
             "seed": self.seed,
             "render_key": self.render_key,
         }
+        if self.role:
+            entry["role"] = self.role
+        return entry
 
 
 @dataclass
@@ -119,10 +133,11 @@ class Plan:
         return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
-def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
-    """`en-16x9-t1`; without a language axis just `16x9-t1`."""
+def variant_id(language: str | None, aspect_ratio: str, take: int, preview: bool = False) -> str:
+    """`en-16x9-t1`; without a language axis just `16x9-t1`; a preview `en-16x9-t1-preview`."""
     axes = [language] if language else []
-    return validate_id("-".join([*axes, aspect_ratio.replace(":", "x"), f"t{take}"]), "variant")
+    suffix = ["preview"] if preview else []
+    return validate_id("-".join([*axes, aspect_ratio.replace(":", "x"), f"t{take}", *suffix]), "variant")
 
 
 def take_seed(seed: int, take: int) -> int:
@@ -144,6 +159,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
     takes = filters.takes or shot.takes
+    preview = shot.preview if filters.preview is None else filters.preview
+    resolution = BASE_TIER if preview else filters.resolution or shot.resolution
     if shot.dialogue:
         missing = [code for code in languages if not shot.lines_for(code)]
         if missing:
@@ -165,13 +182,13 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
         gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
                                                [d.name for d in delivered_to]) if dialogue else (None, None)
         for aspect in aspects:
-            width, height = model.size_for(shot.resolution, aspect)
+            width, height = model.size_for(resolution, aspect)
             for take in range(1, takes + 1):
                 seed = take_seed(shot.seed, take)
                 inputs = {
                     "prompt": prompt,
                     "language": language,
-                    "resolution": shot.resolution,
+                    "resolution": resolution,
                     "aspect_ratio": aspect,
                     "width": width,
                     "height": height,
@@ -193,12 +210,12 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                     PlannedJob(
                         campaign_id=shot.campaign_id,
                         shot_id=shot.shot_id,
-                        variant=variant_id(language, aspect, take),
+                        variant=variant_id(language, aspect, take, preview),
                         language=language,
                         aspect_ratio=aspect,
                         take=take,
                         seed=seed,
-                        resolution=shot.resolution,
+                        resolution=resolution,
                         seconds=shot.duration_s,
                         width=width,
                         height=height,
@@ -208,6 +225,7 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                         image_path=image,
                         audio_path=audio,
                         key_inputs=inputs,
+                        role=PREVIEW if preview else None,
                         destinations=delivered_to,
                         max_rerolls=max_rerolls,
                         expects_speech=bool(lines),
@@ -225,6 +243,7 @@ class ModelInfo:
     fingerprint: str
     profile: str
     sizes: Any  # callable (resolution, aspect_ratio) -> (width, height)
+    stage_fingerprints: dict[str, str] = field(default_factory=dict)  # per model stage: what stage keys name
 
     def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
         return self.sizes(resolution, aspect_ratio)
@@ -240,7 +259,7 @@ def model_info(settings: HorseSettings) -> ModelInfo:
         described = describe_tiny()
     else:
         described = describe_checkpoint(resolved.checkpoint_dir)
-    return ModelInfo(described.fingerprint, resolved.profile, described.size_for)
+    return ModelInfo(described.fingerprint, resolved.profile, described.size_for, described.stage_fingerprints)
 
 
 def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_strength: float = 1.0,

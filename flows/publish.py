@@ -3,12 +3,13 @@ campaign's next immutable version, with a contact sheet of its posters."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from catalog import Store
-from flows.collect import delivered
-from flows.plan import Plan, PlannedJob
+from flows.collect import delivered, staged
+from flows.plan import PROMOTED, Plan, PlannedJob
 from flows.routing import version_fields
 from horse_actors import RenderOutcome
 from horse_actors.dialogue_gate import unchecked
@@ -42,13 +43,14 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
         cached = plan.cached.get(job.render_key)
         if cached is not None:
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
-                      "rendered_seed": cached.get("rendered_seed"), "qc_status": cached.get("qc_status")}
+                      "rendered_seed": cached.get("rendered_seed"), "qc_status": cached.get("qc_status"),
+                      **linked_from_record(cached, job)}
         elif job.render_key in outcomes:
             outcome = outcomes[job.render_key][1]
             entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
                       "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
                       "error_message": outcome.error_message, "rendered_seed": outcome.rendered_seed,
-                      "qc_status": outcome.qc_status}
+                      "qc_status": outcome.qc_status, **staged(job, outcome)}
         else:  # the run was cancelled before this variant was rendered
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
         if (qc or {}).get(job.render_key):
@@ -59,6 +61,19 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry["dialogue"], entry["dialogue_status"] = heard, heard["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
+
+
+def linked_from_record(row: dict, job: PlannedJob) -> dict:
+    """The preview/promote links (`flows.collect.staged`) of a render the catalog already has, from
+    its index row or receipt (they live in its `extra` fields); a promoted take that was already
+    rendered names its preview all the same."""
+    extra = row.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    links = {k: extra[k] for k in ("stage_key", "promoted_from", "base_rerendered") if k in extra}
+    if job.role == PROMOTED and "promoted_from" not in links:
+        links["promoted_from"] = job.promoted_from
+    return links
 
 
 def merge_with_previous(store: Store, campaign_id: str, entries: list[dict]) -> list[dict]:

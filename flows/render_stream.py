@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping
 
 from catalog import public_options
 from flows.dialogue import speech_spec
-from flows.plan import PlannedJob
+from flows.plan import PREVIEW, PlannedJob
 from flows.routing import api_render_job
 from flows.settings import HorseSettings
 from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
@@ -70,12 +70,14 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     }
     if job.language:
         metadata["language"] = job.language
+    # a preview's base latent is kept for promotes; other stage results only for retries
+    retention = "preview" if job.role == PREVIEW else "retry"
     delivery = Delivery(job.destinations, job.max_rerolls, job.expects_speech) if job.destinations else None
     adapter = {"adapter_sha256": job.adapter.sha256, "adapter_strength": job.adapter.strength} if job.adapter else {}
     if job.adapter:
         metadata["horse_adapter"] = job.adapter.name
-    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata, delivery=delivery,
-                     dialogue=job.dialogue, **adapter)
+    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
+                     stage_retention=retention, delivery=delivery, dialogue=job.dialogue, **adapter)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

@@ -164,6 +164,14 @@ class DialogueSettings(_Section):
                           no_speech_probability=self.no_speech_probability)
 
 
+class GCSettings(_Section):
+    """What `horse gc` keeps (catalog GC): young blobs, and stage results by their retention."""
+
+    grace_hours: float = Field(ge=0)
+    preview_latent_days: float = Field(ge=0)
+    stage_result_hours: float = Field(ge=0)
+
+
 class RoutingRule(_Section):
     tag: str
     backend: str
@@ -235,6 +243,7 @@ class HorseSettings(BaseSettings):
     schedule: ScheduleSettings
     maintenance: MaintenanceSettings
     render: RenderSettings
+    gc: GCSettings
     dialogue: DialogueSettings
     routing: RoutingSettings
 

@@ -2,20 +2,21 @@
 
 A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (the "where").
 It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
-Frames never leave the process: they are encoded to a local temp file, checked, hashed and put
-into the catalog, and only a small `RenderOutcome` is returned. A job with a `Delivery` also gets
-delivery QC and a master per destination here, on that local file (horse_actors.delivery).
-A job with a brand adapter gets it applied on the resident model (read from the catalog through
-a node-local cache the first time, then held on the model: no reload, no base weight touched).
-Calls may run in two threads at once (`Scheduling.overlap`): the model renders one job at a time
-(`_model_lock`), so the next job renders while this one's CPU tail (encode, QC, upload) runs.
+How the clip is produced — stage by stage, resuming from stored stage results, the OOM ladder —
+is `horse_actors.staged`. Frames never leave the process: they are encoded to a local temp file,
+checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned. A job with
+a `Delivery` also gets delivery QC and a master per destination here, on that local file
+(horse_actors.delivery). A job with a brand adapter gets it applied on the resident model (read
+from the catalog through a node-local cache the first time, then held on the model: no reload,
+no base weight touched). Calls may run in two threads at once (`Scheduling.overlap`): the model
+renders one job at a time (`_model_lock`), so the next job renders while this one's CPU tail
+(encode, QC, upload) runs.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import gc
 import logging
 import os
 import shutil
@@ -29,17 +30,14 @@ from media import encode_mp4, poster_jpeg
 from .config import Encoding, ModelSpec, StoreTarget
 from .delivery import make_deliverables, render_checked
 from .dialogue_gate import DialogueGate
-from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
-                   is_sticky_cuda)
+from .jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_sticky_cuda
+from .staged import StagedRenderer, StageReport
 
 log = logging.getLogger(__name__)
 
 # Pipelines built by this process. A Ray actor owns its worker process for life, so this is the
 # number of model loads the actor has done; tests assert it stays 1.
 _LOADS_IN_PROCESS = 0
-
-# Lower SR steps for the "lower_sr" rung of the OOM ladder.
-_LOWER_SR = {"1080p": "540p"}
 
 
 def _ray_context() -> dict[str, Any]:
@@ -67,6 +65,11 @@ def _ray_cancel_requested() -> bool:
         return ray.is_initialized() and ray.get_runtime_context().is_canceled()
     except Exception:
         return False
+
+
+def _stages(report: StageReport) -> dict[str, Any]:
+    return {"stages_run": report.stages_run, "resumed_from": report.resumed_from,
+            "stage_results": report.stage_results}
 
 
 def _rss_bytes() -> int | None:
@@ -105,6 +108,7 @@ class RenderActor:
         from catalog import Store
 
         self.store = Store(store.url, storage_options=store.options)
+        self.staged = StagedRenderer(self.pipe, self.store, model.oom_ladder, self.device)
         self.gate = DialogueGate(model.speech, self.device)  # the speech recogniser, resident like the model
         self.scratch = encoding.scratch_dir or tempfile.gettempdir()
         self.ids = _ray_context()
@@ -220,12 +224,14 @@ class RenderActor:
         timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
         base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
+        report = StageReport(attempt)
         try:
             path = os.path.join(scratch, "clip.mp4")
             # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery)
             # or the dialogue gate hears the wrong line (jobs with a DialogueCheck).
             (info, poster, rendered, fallback), clip_qc, qc_attempts, dialogue = render_checked(
-                job, lambda request: self._render_and_encode(job, request, path, timings), path, timings, self.gate)
+                job, lambda request: self._render_and_encode(job, request, path, timings, report), path, timings,
+                self.gate)
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
@@ -240,7 +246,7 @@ class RenderActor:
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
-                rendered_seed=rendered.seed, dialogue=dialogue, **base,
+                rendered_seed=rendered.seed, dialogue=dialogue, **base, **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -255,73 +261,29 @@ class RenderActor:
                 render_key=job.render_key, status=status, error_class=error_class,
                 error_message=f"{type(exc).__name__}: {exc}"[:2000], retryable=retryable,
                 timings=timings, duration_s=round(time.time() - started, 3), **base,
+                stages_run=report.stages_run,
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _render_and_encode(self, job: RenderJob, request, path: str, timings: dict[str, float]):
-        """Render `request` (the job's, or a re-roll of it) and encode it to `path`:
+    def _render_and_encode(self, job: RenderJob, request, path: str, timings: dict[str, float],
+                           report: StageReport):
+        """Render `request` (the job's, or a re-roll of it) stage by stage and encode it to `path`:
         (EncodeInfo, poster JPEG, the request it was rendered from, OOM ladder rungs used).
         Stage times add up over the re-rolls of a job: they are what the job cost."""
         job = dataclasses.replace(job, request=request)
         t0 = time.perf_counter()
         with self._model_lock:      # overlapping calls: wait here while the other one renders
             timings["model_wait"] = round(timings.get("model_wait", 0.0) + time.perf_counter() - t0, 4)
-            clip, rendered, fallback = self._render_with_ladder(job, self._adapter_for(job, timings))
-        for stage, seconds in (clip.timings or {}).items():
+            clip = self.staged.render(job, report, should_stop=_ray_cancel_requested,
+                                      adapter=self._adapter_for(job, timings))
+        for stage, seconds in report.timings.items():
             timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
         t0 = time.perf_counter()
         info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
         poster = poster_jpeg(clip.frames)
         timings["encode"] = round(timings.get("encode", 0.0) + time.perf_counter() - t0, 4)
-        return info, poster, rendered, fallback
-
-    def _render_with_ladder(self, job: RenderJob, adapter: dict[str, Any]):
-        """(clip, the request it was rendered from, rungs used): as requested first; on GPU OOM,
-        again with each rung of `ModelSpec.oom_ladder` that applies to the request.
-
-        Rungs accumulate: "tiled_decode" decodes the video latent in tiles (diffusers VAE tiling,
-        only for this job, so other jobs stay bit-identical to a plain decode); "lower_sr" also
-        renders 1080p requests at 540p. OOM on the last rung is raised (GpuOutOfMemory).
-        """
-        plan = [(None, job.request)]
-        for rung in self.model.oom_ladder:
-            request = self._apply_rung(rung, job.request)
-            if request is not None:  # the rung applies to this request
-                plan.append((rung, request))
-        vae = self.pipe.video_codec.vae
-        for i, (rung, request) in enumerate(plan):
-            used = [r for r, _ in plan[1 : i + 1]]  # rungs accumulate: lower SR keeps tiled decode
-            tiled = "tiled_decode" in used
-            try:
-                if tiled:
-                    vae.enable_tiling()
-                return self.pipe(request, should_stop=_ray_cancel_requested, **adapter), request, used
-            except Exception as exc:
-                if not is_oom(exc) or i == len(plan) - 1:
-                    raise
-                log.warning("%s: GPU OOM (rung %s), trying %s", job.render_key, rung, plan[i + 1][0])
-                self._free_gpu_memory()
-            finally:
-                if tiled:
-                    vae.disable_tiling()
-        raise AssertionError("the last rung re-raises")
-
-    @staticmethod
-    def _apply_rung(rung: str, request):
-        if rung == "tiled_decode":
-            return request
-        if rung == "lower_sr":
-            lower = _LOWER_SR.get(request.resolution)
-            return dataclasses.replace(request, resolution=lower) if lower else None
-        raise ValueError(f"unknown OOM ladder rung {rung!r}")
-
-    def _free_gpu_memory(self) -> None:
-        gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        return info, poster, report.request, report.fallback
 
     def _tags(self, job: RenderJob) -> dict[str, str]:
         """mp4 tags: the job's own, then provenance (which the job cannot override)."""

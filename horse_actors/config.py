@@ -29,7 +29,7 @@ class ModelSpec:
     offload: bool = False
     tiny_seed: int = 0
     warmup_seconds: float = 1.0       # length of the warm-up render after loading; 0: none
-    # Rungs tried in order after a GPU OOM, accumulating (RenderActor._render_with_ladder).
+    # Rungs tried in order after a GPU OOM, accumulating (horse_actors.staged).
     oom_ladder: tuple[str, ...] = ("tiled_decode", "lower_sr")
     speech: SpeechSpec | None = None  # the dialogue gate's recogniser; None: no gate on this actor
     # Brand adapters each actor keeps on its model at once (least recently used out); the pool

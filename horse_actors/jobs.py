@@ -76,6 +76,8 @@ class RenderJob:
     variant: str
     metadata: dict[str, str] = field(default_factory=dict)
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
+    # how long the catalog keeps this job's stage results: "preview" (promotable) or "retry"
+    stage_retention: str = "retry"
     delivery: Delivery | None = None  # None: no delivery QC, no masters
     dialogue: DialogueCheck | None = None  # None: no line to check
     # Brand adapter: the sha256 of its catalog blob (model.adapters.Adapter.sha256) and its
@@ -110,8 +112,14 @@ class RenderOutcome:
     model_fingerprint: str | None = None
     rendered_resolution: str | None = None  # what the clip was rendered at (differs from the request when degraded)
     fallback: list[str] = field(default_factory=list)  # OOM ladder rungs the clip was rendered with, in order
-    # one {attempt, error_class, error_message, actor_id} per earlier failed attempt of this job
+    # one {attempt, error_class, error_message, actor_id, stages_run} per earlier failed attempt of this job
     earlier_attempts: list[dict] = field(default_factory=list)
+    # staged renders (horse_actors.staged): stages started per try ("1", "1+tiled_decode", "2": [...]),
+    # the stored stage the delivering try started from, and {stage: {stage_key, uri, sha256, bytes}}
+    # of the stored results the clip was made from
+    stages_run: dict[str, list[str]] = field(default_factory=dict)
+    resumed_from: str | None = None
+    stage_results: dict[str, dict] = field(default_factory=dict)
     # Delivery QC (jobs with a Delivery): per destination {passed, checks, master | refused}
     # (horse_actors.delivery); the QC of every seed rendered (the take's, then re-rolls); the
     # seed of the delivered clip.
@@ -139,6 +147,22 @@ class RenderOutcome:
     def ok(self) -> bool:
         """Rendered exactly as requested (a degraded clip is not ok)."""
         return self.status == OK
+
+
+def sorted_stages_run(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Stages started per try, merged (stages of one try in the order they ran) and ordered by
+    attempt, then by how many ladder rungs the try used ("1" < "1+tiled_decode" < "2")."""
+    merged: dict[str, list[str]] = {}
+    for part in parts:
+        for label, stages in (part or {}).items():
+            merged.setdefault(label, [])
+            merged[label] += [s for s in stages if s not in merged[label]]
+
+    def order(label: str):
+        head, *rungs = label.split("+")
+        return (int(head) if head.isdigit() else 0, len(rungs), label)
+
+    return {label: merged[label] for label in sorted(merged, key=order)}
 
 
 def is_oom(exc: BaseException) -> bool:

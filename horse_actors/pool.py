@@ -38,7 +38,7 @@ from ray.exceptions import RayActorError, TaskCancelledError
 from .actor import RenderActor
 from .config import PoolConfig, Scheduling
 from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, RenderJob, RenderOutcome,
-                   classify, failed)
+                   classify, failed, sorted_stages_run)
 from .slots import ActorSlots, ActorStartFailed, Call, Slot, first_line
 
 log = logging.getLogger(__name__)
@@ -272,13 +272,16 @@ class _Run:
             log.info("%s attempt %d failed (%s); retrying", task.job.render_key, task.attempt,
                      outcome.error_class)
             summary = {"attempt": task.attempt, "error_class": outcome.error_class,
-                       "error_message": outcome.error_message, "actor_id": outcome.actor_id}
+                       "error_message": outcome.error_message, "actor_id": outcome.actor_id,
+                       "stages_run": outcome.stages_run}
             self.pending.appendleft(_Task(task.index, task.job, task.attempt + 1, [*task.history, summary]))
             return
         self._finish(task, outcome)
 
     def _finish(self, task: _Task, outcome: RenderOutcome) -> None:
         outcome.earlier_attempts = list(task.history)
+        # the stages of every attempt this run saw (a lost actor's attempt reports none)
+        outcome.stages_run = sorted_stages_run(*(h["stages_run"] for h in task.history), outcome.stages_run)
         self.finished += 1
         self.record(task.index, outcome)
         if self.on_outcome is not None:

@@ -153,9 +153,9 @@ class StageResult:
 
         tensors = {name: getattr(self, name).detach().to("cpu", getattr(torch, dtype)).contiguous()
                    for name, (_, dtype) in _TENSORS[self.stage].items()}
-        return save(tensors, metadata={"format": _FORMAT, "version": str(STAGE_RESULT_VERSION), "stage": self.stage,
-                                       "device_type": self.device_type,
-                                       "key_inputs": json.dumps(self.key_inputs, sort_keys=True)})
+        return _sorted_header(save(tensors, metadata={
+            "format": _FORMAT, "version": str(STAGE_RESULT_VERSION), "stage": self.stage,
+            "device_type": self.device_type, "key_inputs": json.dumps(self.key_inputs, sort_keys=True)}))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "StageResult":
@@ -198,6 +198,16 @@ class StageResult:
             raise StageResultError(f"{stage} stage result: video latent {list(video.shape)} and audio latent "
                                    f"{list(audio.shape)} do not belong to one clip")
         return cls(stage, key_inputs, device_type=meta.get("device_type", ""), **tensors)
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted. safetensors writes them in
+    hash-map order, which changes from process to process; stage results are stored under their
+    content hash, so equal results must be equal bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)                # the format pads the header to 8 bytes with spaces
+    return struct.pack("<Q", len(header)) + header + data[8 + n:]
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -18,7 +18,7 @@ app = typer.Typer()
 @app.command()
 def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None,
            ray_address: RayOpt = None) -> None:
-    """Register the nightly and backfill deployments with the Prefect server's work pool."""
+    """Register the nightly, backfill and promote deployments with the Prefect server's work pool."""
 
     def body(settings) -> Outcome:
         from flows.deploy import build_deployments, ensure_work_pool
@@ -41,7 +41,7 @@ def deploy(as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt =
 
 @app.command()
 def serve(config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
-    """Serve the nightly (cron) and backfill deployments from this process until Ctrl-C."""
+    """Serve the nightly (cron), backfill and promote deployments from this process until Ctrl-C."""
 
     def body(settings) -> Outcome:
         from flows.deploy import serve_deployments

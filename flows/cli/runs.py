@@ -55,10 +55,14 @@ def show_plan(document: dict[str, Any]) -> None:
     show_skipped(document["row_errors"])
 
 
+PreviewOpt = Annotated[bool, typer.Option("--preview", help="every take as a 256p preview, base latents kept for "
+                                                            "`horse promote`")]
+
+
 @app.command()
-def render(manifest: ManifestArg, force: ForceOpt = False, destinations: DestinationsOpt = None,
-           as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None,
-           ray_address: RayOpt = None) -> None:
+def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt = False,
+           destinations: DestinationsOpt = None, as_json: JsonOpt = False, config: ConfigOpt = None,
+           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Run the nightly flow for a manifest now."""
 
     def body(settings) -> Outcome:
@@ -66,13 +70,13 @@ def render(manifest: ManifestArg, force: ForceOpt = False, destinations: Destina
 
         return run_flow(lambda: nightly_campaign_render(
             manifest_uri=manifest, store_url=store, model=model, config_file=str(config) if config else None,
-            ray_address=ray_address, force=force, destinations=_split(destinations), return_state=True),
-            "rendering", as_json)
+            ray_address=ray_address, force=force, preview=preview, destinations=split_csv(destinations),
+            return_state=True), "rendering", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
 
-def _split(text: str | None) -> list[str] | None:
+def split_csv(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
@@ -97,17 +101,19 @@ def backfill(
         from flows.nightly import backfill_variants
 
         return run_flow(lambda: backfill_variants(
-            campaign_id=campaign, languages=_split(languages), aspect_ratios=_split(aspect_ratios), takes=takes,
-            shot_ids=_split(shots), store_url=store, model=model, config_file=str(config) if config else None,
-            ray_address=ray_address, force=force, destinations=_split(destinations), return_state=True),
+            campaign_id=campaign, languages=split_csv(languages), aspect_ratios=split_csv(aspect_ratios), takes=takes,
+            shot_ids=split_csv(shots), store_url=store, model=model, config_file=str(config) if config else None,
+            ray_address=ray_address, force=force, destinations=split_csv(destinations), return_state=True),
             "backfilling", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
 
-def run_flow(start: Callable[[], Any], label: str, as_json: bool) -> Outcome:
+def run_flow(start: Callable[[], Any], label: str, as_json: bool,
+             show: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Run a flow in this process with a progress bar (on stderr) and turn its end state into an
-    outcome: invalid input raises InvalidInput; a failed or crashed run is an error document."""
+    outcome, shown with `show` (default `show_run`): invalid input raises InvalidInput; a failed
+    or crashed run is an error document."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.manifest import ManifestError
@@ -128,7 +134,7 @@ def run_flow(start: Callable[[], Any], label: str, as_json: bool) -> Outcome:
     if state.is_completed():
         document = state.result()
         ok = not (document["failed"] or document["degraded"] or document["row_errors"])
-        return Outcome({"ok": ok, **document}, lambda: show_run(document))
+        return Outcome({"ok": ok, **document}, lambda: (show or show_run)(document))
     try:
         state.result()
     except (ManifestError, ConfigError, ValueError) as exc:  # invalid input: nothing was rendered
@@ -161,6 +167,8 @@ def show_run(document: dict[str, Any]) -> None:
             table.add_row(row["shot"], row["variant"], row["destination"], row["failed_checks"])
         console.print(table)
     show_skipped(document["row_errors"])
+    for notice in document.get("notices", []):
+        console.print(f"[yellow]notice:[/yellow] {notice}", highlight=False)
 
 
 def show_skipped(errors: list[str]) -> None:

@@ -15,15 +15,22 @@ from horse_actors import RenderActor
 
 
 class ClipHashingActor(RenderActor):
-    def _render_with_ladder(self, job, *args):
-        clip, request, used = super()._render_with_ladder(job, *args)
-        digest = hashlib.sha256(np.ascontiguousarray(clip.frames).tobytes())
-        digest.update(np.ascontiguousarray(clip.audio).tobytes())
-        self.__dict__.setdefault("clip_hashes", {})[job.render_key] = digest.hexdigest()
-        return clip, request, used
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clip_hashes: dict[str, str] = {}
+        render = self.staged.render
+
+        def render_and_hash(job, report, *more, **kwargs):
+            clip = render(job, report, *more, **kwargs)
+            digest = hashlib.sha256(np.ascontiguousarray(clip.frames).tobytes())
+            digest.update(np.ascontiguousarray(clip.audio).tobytes())
+            self.clip_hashes[job.render_key] = digest.hexdigest()
+            return clip
+
+        self.staged.render = render_and_hash
 
     def stats(self):
-        return {**super().stats(), "clip_hashes": dict(self.__dict__.get("clip_hashes", {}))}
+        return {**super().stats(), "clip_hashes": dict(self.clip_hashes)}
 
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -22,57 +22,97 @@ from horse_actors import RenderActor
 class FaultyRenderActor(RenderActor):
     hang_keys: frozenset[str] = frozenset()       # these jobs hang on attempt 1, like a stuck kernel
     oom_at: dict[str, frozenset[str]] = {}        # render_key -> stages that raise torch's OOM error
+    oom_once: dict[str, frozenset[str]] = {}      # render_key -> stages that raise it the first time they run
+    die_after: dict[str, str] = {}                # render_key -> stage: the process exits on attempt 1 once
+                                                  # that stage's result is stored
     render_log: str | None = None                 # file that gets one line per render started
+    stage_log: str | None = None                  # file that gets one line per pipeline stage started
     black_seeds: frozenset[int] = frozenset()     # clips rendered with these seeds come out all black
     seed_log: str | None = None                   # file that gets one line per clip rendered: key, seed
     speech: dict[int, np.ndarray] = {}            # seed -> 16 kHz mono speech that replaces the clip's sound
 
     @classmethod
-    def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None, render_log: str | None = None,
-                black_seeds=(), seed_log: str | None = None,
-                speech: dict[int, np.ndarray] | None = None) -> type["FaultyRenderActor"]:
+    def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None,
+                oom_once: dict[str, set[str]] | None = None, die_after: dict[str, str] | None = None,
+                render_log: str | None = None, stage_log: str | None = None, black_seeds=(),
+                seed_log: str | None = None, speech: dict[int, np.ndarray] | None = None) -> type["FaultyRenderActor"]:
         """`oom_at` stages: a DiT stage ("distill", "540p_sr", "1080p_sr", ...), which raises
         whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles.
+        `oom_once`: the same stages, raising only the first time they run for that job.
         `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch).
         `speech`: the clip's soundtrack becomes this speech (from 0.1 s, on both channels) for these seeds:
         what the dialogue gate hears."""
-        plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "black_seeds": frozenset(black_seeds),
-                "seed_log": seed_log, "speech": dict(speech or {}), "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
+        plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "stage_log": stage_log,
+                "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()},
+                "oom_once": {key: frozenset(stages) for key, stages in (oom_once or {}).items()},
+                "die_after": dict(die_after or {}), "black_seeds": frozenset(black_seeds), "seed_log": seed_log,
+                "speech": dict(speech or {})}
         return type("PlannedFaultyRenderActor", (cls,), plan)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # loads and warms up without faults
-        self._job = None
+        self._job, self._attempt, self._raised = None, None, set()
         for stage, dit in self.pipe.dits.items():
             dit.forward = self._oom_when(stage, dit.forward, lambda: True)
         vae = self.pipe.video_codec.vae
         vae.decode = self._oom_when("decode", vae.decode, lambda: not vae.use_tiling)
+        for stage, method in (("base", "_base"), ("sr", "_super_resolve"), ("decode", "_decode")):
+            setattr(self.pipe, method, self._logged(stage, getattr(self.pipe, method)))
+        self.staged.keep = self._die_after_keeping(self.staged.keep)
+        self.staged.render = self._blacked(self.staged.render)
 
     def _oom_when(self, stage: str, forward, applies):
         def guarded(*args, **kwargs):
-            if self._job is not None and stage in self.oom_at.get(self._job.render_key, ()) and applies():
-                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory in {stage} (planned by the test)")
+            if self._job is not None and applies():
+                key = self._job.render_key
+                once = stage in self.oom_once.get(key, ()) and (key, stage) not in self._raised
+                if once or stage in self.oom_at.get(key, ()):
+                    self._raised.add((key, stage))
+                    raise torch.cuda.OutOfMemoryError(f"CUDA out of memory in {stage} (planned by the test)")
             return forward(*args, **kwargs)
 
         return guarded
 
-    def _render_with_ladder(self, job, *args):
-        clip, request, used = super()._render_with_ladder(job, *args)
-        if self.seed_log:
-            with open(self.seed_log, "a") as log:
-                log.write(f"{job.render_key} {request.seed}\n")
-        if request.seed in self.black_seeds:
-            clip.frames = np.zeros_like(clip.frames)
-        if request.seed in self.speech:
-            from scipy.signal import resample_poly
+    def _logged(self, stage: str, run_stage):
+        def logged(*args, **kwargs):
+            if self.stage_log and self._job is not None:
+                with open(self.stage_log, "a") as log:
+                    log.write(f"{self._job.render_key} {self._attempt} {stage}\n")
+            return run_stage(*args, **kwargs)
 
-            said = resample_poly(self.speech[request.seed], clip.sample_rate, 16000).astype(np.float32)
-            track = np.zeros(clip.audio.shape[1], np.float32)
-            start = int(0.1 * clip.sample_rate)
-            said = said[: max(0, track.size - start)]
-            track[start:start + said.size] = said
-            clip.audio = np.stack([track] * clip.audio.shape[0])
-        return clip, request, used
+        return logged
+
+    def _die_after_keeping(self, keep):
+        def keep_then_maybe_die(job, stage, *args, **kwargs):
+            stored = keep(job, stage, *args, **kwargs)
+            if self._attempt == 1 and self.die_after.get(job.render_key) == stage:
+                os._exit(1)  # like a machine lost right after the stage result reached the store
+            return stored
+
+        return keep_then_maybe_die
+
+    def _blacked(self, render):
+        """The staged renderer's clip, blanked or given speech for the planned seeds."""
+        def render_then_fault(job, report, *args, **kwargs):
+            clip = render(job, report, *args, **kwargs)
+            seed = report.request.seed
+            if self.seed_log:
+                with open(self.seed_log, "a") as log:
+                    log.write(f"{job.render_key} {seed}\n")
+            if seed in self.black_seeds:
+                clip.frames = np.zeros_like(clip.frames)
+            if seed in self.speech:
+                from scipy.signal import resample_poly
+
+                said = resample_poly(self.speech[seed], clip.sample_rate, 16000).astype(np.float32)
+                track = np.zeros(clip.audio.shape[1], np.float32)
+                start = int(0.1 * clip.sample_rate)
+                said = said[: max(0, track.size - start)]
+                track[start:start + said.size] = said
+                clip.audio = np.stack([track] * clip.audio.shape[0])
+            return clip
+
+        return render_then_fault
 
     def render(self, job, attempt=1, submitted_at=None, call_id=None):
         if self.render_log:
@@ -80,7 +120,7 @@ class FaultyRenderActor(RenderActor):
                 log.write(f"{job.render_key} {attempt} {os.getpid()}\n")
         if attempt == 1 and job.render_key in self.hang_keys:
             time.sleep(3600)  # far past any deadline: the pool must kill and replace this actor
-        self._job = job
+        self._job, self._attempt = job, attempt
         try:
             return super().render(job, attempt, submitted_at, call_id)
         finally:
@@ -94,6 +134,16 @@ def render_starts(render_log) -> dict[str, list[int]]:
         for line in Path(render_log).read_text().splitlines():
             key, attempt, _pid = line.split()
             starts.setdefault(key, []).append(int(attempt))
+    return starts
+
+
+def stage_starts(stage_log) -> dict[str, list[tuple[int, str]]]:
+    """(attempt, stage) of every pipeline stage started, per render key, in order, from a `stage_log`."""
+    starts: dict[str, list[tuple[int, str]]] = {}
+    if os.path.exists(stage_log):
+        for line in Path(stage_log).read_text().splitlines():
+            key, attempt, stage = line.split()
+            starts.setdefault(key, []).append((int(attempt), stage))
     return starts
 
 

@@ -18,14 +18,14 @@ def test_the_next_job_renders_while_the_last_one_encodes(tmp_store, monkeypatch)
     first_renders, second_renders = threading.Event(), threading.Event()
     rendering, most_at_once, encoded_meanwhile = [], [], []
 
-    real_render = actor._render_with_ladder
+    real_render = actor.staged.render
 
-    def render(job, *adapter):
+    def render(job, *args, **kwargs):
         rendering.append(job.render_key)
         most_at_once.append(len(rendering))
         (first_renders if job.render_key == first.render_key else second_renders).set()
         try:
-            return real_render(job, *adapter)
+            return real_render(job, *args, **kwargs)
         finally:
             rendering.remove(job.render_key)
 
@@ -36,7 +36,7 @@ def test_the_next_job_renders_while_the_last_one_encodes(tmp_store, monkeypatch)
             encoded_meanwhile.append(second_renders.wait(timeout=120))
         return real_encode(clip, path, tags, **kwargs)
 
-    monkeypatch.setattr(actor, "_render_with_ladder", render)
+    monkeypatch.setattr(actor.staged, "render", render)
     monkeypatch.setattr(actor_module, "encode_mp4", encode)
     outcomes = {}
     threads = [threading.Thread(target=lambda j=j: outcomes.update({j.render_key: actor.render(j, call_id=j.render_key)}))

@@ -48,27 +48,33 @@ def test_versions_and_show(tmp_store):
     assert bad.returncode == 2 and "invalid campaign_id" in json.loads(bad.stdout)["error"]
 
 
-def test_deploy_registers_nightly_and_backfill(prefect_api, tmp_path, tmp_store):
+def test_deploy_registers_nightly_backfill_and_promote(prefect_api, tmp_path, tmp_store):
     config = tmp_path / "studio.yaml"
     config.write_text("schedule: {cron: '15 2 * * *', timezone: America/Los_Angeles, manifest_uri: s3://briefs/nightly.parquet}\n"
                       "prefect: {work_pool: horse-test-pool}\n")
     result = horse("deploy", "--config", str(config), "--store", tmp_store, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert set(json.loads(result.stdout)["deployments"]) == {"nightly", "backfill"}
+    assert set(json.loads(result.stdout)["deployments"]) == {"nightly", "backfill", "promote"}
 
     async def read():
         async with get_client() as client:
             return (await client.read_deployment_by_name("nightly-campaign-render/nightly"),
                     await client.read_deployment_by_name("backfill-variants/backfill"),
+                    await client.read_deployment_by_name("promote-takes/promote"),
                     await client.read_work_pool("horse-test-pool"))
 
-    nightly, backfill, pool = asyncio.run(read())
+    nightly, backfill, promote, pool = asyncio.run(read())
     assert pool.type == "process" and pool.concurrency_limit == 1, "deploy created the work pool"
     [schedule] = nightly.schedules
     assert schedule.schedule.cron == "15 2 * * *" and schedule.schedule.timezone == "America/Los_Angeles"
     assert nightly.parameters["manifest_uri"] == "s3://briefs/nightly.parquet"
     assert nightly.parameters["store_url"] == tmp_store
     assert nightly.work_pool_name == backfill.work_pool_name == "horse-test-pool"
-    for deployment in (nightly, backfill):
+    for deployment in (nightly, backfill, promote):
         assert deployment.global_concurrency_limit.limit == 1, "one run owns the GPUs at a time"
     assert not backfill.schedules
+    # promote runs on demand with parameters: the campaign, the tier, which shots and variants
+    assert not promote.schedules and promote.work_pool_name == "horse-test-pool"
+    assert promote.parameters["store_url"] == tmp_store
+    assert {"campaign_id", "to", "shot_ids", "variants"} <= set(promote.parameter_openapi_schema["properties"])
+    assert set(promote.parameter_openapi_schema["required"]) == {"campaign_id", "to"}

@@ -58,9 +58,14 @@ def test_offload_benchmark_replays_real_renders():
     assert bench.sequential_offload(clips, sizes) == [262, 262, 412]     # weights streamed per forward
 
 
-def test_staged_benchmark_smoke(capsys):
-    assert load("staged").main(["--seconds", "0.4", "--repeats", "1"]) == 0
+@pytest.mark.slow  # renders a small campaign through the actor
+def test_staged_benchmark_smoke(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert load("staged").main(["--seconds", "0.4", "--repeats", "1", "--takes", "2", "--campaign-seconds", "0.4",
+                                "--campaign-repeats", "1", "--no-s3"]) == 0
     out = capsys.readouterr().out
+    assert "staged (2 previews + 1 promote)" in out and "per delivered 1080p clip" in out
+    assert "file://" in out and "put MB/s" in out
     assert "store+load" in out and "of the published 31 s H100 stage" in out
 
 
