@@ -11,6 +11,8 @@ from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
 from .lineage import Lineage
+from .provider_tasks import ProviderTasks
+from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .stage_results import Retention, StageResults
@@ -19,6 +21,7 @@ from .versions import CampaignVersions, version_key
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -33,7 +36,9 @@ class Store:
         self.stage_results = StageResults(self.root, self.blobs)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
+        self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.provider_tasks = ProviderTasks(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -74,6 +79,7 @@ class Store:
         interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
         receipts = self.receipts.read_ok(render_keys)
         if receipts:
+            self.qc.commit(receipts.values(), run_id=run_id)
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
         return receipts
@@ -92,7 +98,7 @@ class Store:
         records past their retention are deleted first (`now`: the time GC judges ages by).
         Raises, deleting nothing, if any reference cannot be read."""
         named_as = self.versions.referenced()  # every reference is read before anything is deleted
-        referenced = [set(named_as), self.index.referenced_uris()]
+        referenced = [set(named_as), self.index.referenced_uris(), self.qc.referenced_uris()]
         if include_receipts:
             referenced.append(self.receipts.referenced_uris())
         kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run, now)

@@ -21,12 +21,14 @@ from prefect.exceptions import MissingContextError
 
 from catalog import Store
 from flows.collect import RunRecord, describe, record_render
+from flows.destinations import RunDestinations, run_destinations
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
 from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
-from flows.report import artifact_key, create_failures_table, create_summary, failure_rows, summary_markdown
+from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
+                          qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings
 from horse_actors import RenderOutcome, RenderPool
 
@@ -44,6 +46,7 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # what a person should know, one line each
+    qc_failures: list[dict[str, Any]] = field(default_factory=list)  # clip x destination that failed delivery QC
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class RunResult:
             "failures": self.failures,
             "contact_sheets": self.contact_sheets,
             "notices": self.notices,
+            "qc_failures": self.qc_failures,
         }
 
 
@@ -68,8 +72,9 @@ def _logger():
 
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
-def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
+def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -79,9 +84,10 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
 
 
 @task(name="plan-variants", cache_policy=NO_CACHE)
-def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str) -> Plan:
+def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
+                  destinations: RunDestinations) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations)
     if force:
         plan.cached = {}
     else:
@@ -95,9 +101,13 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
 
 @task(name="index-chunk", cache_policy=NO_CACHE)
 def index_chunk(receipts: list[dict], settings: HorseSettings, run_id: str) -> int:
-    """One Delta commit for a chunk's receipts: the UI follows a run in tens of steps, never one
-    task run per shot."""
-    Store(settings.store_url, settings.storage_options).index.commit(receipts, run_id=run_id)
+    """One Delta commit for a chunk's receipts (and one for their delivery QC rows): the UI follows
+    a run in tens of steps, never one task run per shot."""
+    store = Store(settings.store_url, settings.storage_options)
+    # QC rows first: the render index is what marks a clip done, and an interrupted commit is
+    # redone by the next run (Store.recover_unindexed), QC rows included.
+    store.qc.commit(receipts, run_id=run_id)
+    store.index.commit(receipts, run_id=run_id)
     return len(receipts)
 
 
@@ -112,12 +122,14 @@ def publish(campaign_id: str, entries: list[dict], settings: HorseSettings, mani
 
 
 @task(name="report-run", cache_policy=NO_CACHE)
-def report(label: str, failures: list[dict], summaries: dict[str, str]) -> None:
-    """The failures table and one summary per campaign, as Prefect artifacts."""
+def report(label: str, failures: list[dict], summaries: dict[str, str], qc_tables: dict[str, list[dict]]) -> None:
+    """The failures table, and per campaign its summary and its delivery QC table, as Prefect artifacts."""
     if failures:
         create_failures_table(label, failures)
     for campaign_id, markdown in summaries.items():
         create_summary(campaign_id, markdown)
+    for campaign_id, rows in qc_tables.items():
+        create_qc_table(campaign_id, rows)
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -156,8 +168,9 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
                     merge_previous: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
     run_id = current_run_id()
-    manifest = read_manifest_rows(manifest_uri, settings)
-    plan = plan_variants(manifest, settings, filters, force, run_id)
+    destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
+    manifest = read_manifest_rows(manifest_uri, settings, destinations)
+    plan = plan_variants(manifest, settings, filters, force, run_id, destinations)
     return run_plan(manifest, plan, settings, run_id, merge_previous)
 
 
@@ -198,16 +211,21 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         progress.update(totals, force=True)
         failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
         result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []))
-        summaries = {}
-        for campaign_id, entries in version_entries(plan, outcomes).items():
+        summaries, qc_tables = {}, {}
+        qc = store.qc.results(job.render_key for job in plan.jobs if job.destinations)
+        for campaign_id, entries in version_entries(plan, outcomes, qc).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
             result.campaigns[campaign_id] = version.number
             if version.contact_sheet_uri:
                 result.contact_sheets[campaign_id] = version.contact_sheet_uri
+            result.qc_failures += qc_failures(entries)
             summaries[campaign_id] = summary_markdown(campaign_id, version.number, totals, store.url, version.uri,
-                                                      row_errors, version.contact_sheet_uri, version.contact_sheet)
+                                                      row_errors, version.contact_sheet_uri, version.contact_sheet,
+                                                      qc_markdown(entries))
+            if any("qc" in e for e in entries):
+                qc_tables[campaign_id] = qc_table_rows(entries)
         if in_flow:
-            report(label, result.failures, summaries)
+            report(label, result.failures, summaries, qc_tables)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
         store.lineage.complete(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                                outputs=outputs, tags=run.lineage_tags)

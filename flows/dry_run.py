@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog import Store
+from flows.destinations import run_destinations
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info, quote_gpu_seconds
 from flows.settings import HorseSettings
@@ -13,12 +14,15 @@ from flows.settings import HorseSettings
 
 def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
     """Raises ManifestError when the manifest as a whole cannot be read."""
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
+    destinations = run_destinations(settings)
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known)
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store)
+    plan = make_plan(manifest.shots, model_info(settings), store, destinations=destinations)
     gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
-             "height": job.height, "cached": job.render_key in plan.cached} for job in plan.jobs]
+             "height": job.height, "destinations": [d.name for d in job.destinations],
+             "cached": job.render_key in plan.cached} for job in plan.jobs]
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     return {
         "ok": not row_errors,

@@ -25,12 +25,14 @@ def nightly_campaign_render(
     ray_address: str | None = None,
     force: bool = False,
     preview: bool = False,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
     publish the campaign's next version. Parameters carry URIs and options, never shot lists.
     `preview`: every take as a 256p preview whose base latent is kept for `promote-takes` (as if
-    every row had the manifest's `preview` column set)."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
+    every row had the manifest's `preview` column set). `destinations` replaces `render.destinations`
+    (for rows without their own)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
     return render_campaign(manifest_uri, settings, Filters(preview=True if preview else None), force=force).as_dict()
 
 
@@ -46,17 +48,19 @@ def backfill_variants(
     config_file: str | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
+    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
     filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
     return run_backfill(campaign_id, settings, filters, force).as_dict()
 
 
-def flow_settings(config_file, store_url, model, ray_address) -> HorseSettings:
+def flow_settings(config_file, store_url, model, ray_address, destinations=None) -> HorseSettings:
     return load_settings(config_file, store_url=store_url, model=model,
-                         ray={"address": ray_address} if ray_address else None)
+                         ray={"address": ray_address} if ray_address else None,
+                         render={"destinations": destinations} if destinations is not None else None)
 
 
 def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:

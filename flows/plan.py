@@ -7,6 +7,9 @@ that changes pixels or sound, so the same key means the same clip: reruns and ba
 A preview (the manifest's `preview` column, or a run's `preview` parameter) renders a take at 256p
 as variant `<variant>-preview` and keeps its base latent, so `flows.promote` can finish the
 chosen takes at 540p or 1080p later: a preview is a plain 256p render, with the same render key.
+
+A variant with destinations also hashes their specs and the re-roll count: they decide which seed
+is delivered (a black or frozen picture is re-rolled) and the masters made from it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Iterable
 
 from catalog import Store, render_key, sha256_file
 from catalog.ids import validate_id
+from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
 from flows.settings import HorseSettings
 from model.geometry import BASE_TIER
@@ -67,6 +71,9 @@ class PlannedJob:
     role: str | None = None  # PREVIEW, PROMOTED, or None for a plain render
     # a promoted take's preview: {render_key, variant, blob_uri, sha256, stage_key} of its version entry
     promoted_from: dict[str, Any] | None = field(default=None, compare=False)
+    destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
+    max_rerolls: int = 0
+    expects_speech: bool = False  # the variant has dialogue lines
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -117,8 +124,10 @@ def take_seed(seed: int, take: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) -> list[PlannedJob]:
-    """Every variant of a validated shot (its reference files are already checked paths)."""
+def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
+                destinations: RunDestinations | None = None) -> list[PlannedJob]:
+    """Every variant of a validated shot (its reference files are already checked paths);
+    `destinations`: the run's (None: no delivery QC)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -135,6 +144,11 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) ->
                 "audio_sha256": sha256_file(audio)[0] if audio else None}
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
+    # a preview is for review, not for delivery: its masters are made when it is promoted
+    delivered_to = destinations.for_shot(shot.destinations) if destinations and not preview else ()
+    max_rerolls = destinations.max_rerolls if delivered_to else 0
+    delivery = {"destinations": sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"]),
+                "max_rerolls": max_rerolls}
     jobs = []
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
@@ -158,6 +172,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) ->
                     "model_fingerprint": model.fingerprint,
                     "pipeline_cache_version": PIPELINE_CACHE_VERSION,
                 }
+                if delivered_to:  # without destinations the key stays what it was before delivery QC
+                    inputs["delivery"] = {**delivery, "expects_speech": bool(lines)}
                 jobs.append(
                     PlannedJob(
                         campaign_id=shot.campaign_id,
@@ -178,6 +194,9 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) ->
                         audio_path=audio,
                         key_inputs=inputs,
                         role=PREVIEW if preview else None,
+                        destinations=delivered_to,
+                        max_rerolls=max_rerolls,
+                        expects_speech=bool(lines),
                     )
                 )
     return jobs
@@ -209,7 +228,8 @@ def model_info(settings: HorseSettings) -> ModelInfo:
     return ModelInfo(described.fingerprint, resolved.profile, described.size_for, described.stage_fingerprints)
 
 
-def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters()) -> Plan:
+def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
+              destinations: RunDestinations | None = None) -> Plan:
     """Expand every shot, then ask the catalog once which render keys already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
@@ -217,7 +237,7 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters))
+            jobs.extend(expand_shot(shot, model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # Highest priority first, then manifest order: the nightly run renders what matters most first.

@@ -26,6 +26,7 @@ from prefect import flow
 from catalog import Store
 from catalog.stage_results import EXT as STAGE_EXT
 from catalog.ids import validate_id
+from flows.destinations import run_destinations
 from flows.campaign_run import RunResult, _logger, current_run_id, plan_variants, read_manifest_rows, run_plan
 from flows.nightly import flow_settings
 from flows.plan import PREVIEW, PROMOTED, Filters, ModelInfo, Plan, PlannedJob, model_info
@@ -74,9 +75,10 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
         raise PromoteError(f"campaign {campaign_id!r} version {latest} has no rendered preview takes{asked}; "
                            "render previews first (horse render MANIFEST --preview)")
     run_id = current_run_id()
-    manifest = read_manifest_rows(version["manifest_uri"], settings)
+    destinations = run_destinations(settings)  # a promoted take gets its destination masters
+    manifest = read_manifest_rows(version["manifest_uri"], settings, destinations)
     filters = Filters(resolution=to, preview=False, shot_ids=tuple(sorted({shot for shot, _ in previews})))
-    planned = plan_variants(manifest, settings, filters, False, run_id)
+    planned = plan_variants(manifest, settings, filters, False, run_id, destinations)
     jobs = [dataclasses.replace(job, role=PROMOTED, promoted_from=previews[(job.shot_id, job.variant)])
             for job in planned.jobs if job.campaign_id == campaign_id and (job.shot_id, job.variant) in previews]
     lost = sorted(set(previews) - {(job.shot_id, job.variant) for job in jobs})

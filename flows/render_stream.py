@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from catalog import public_options
 from flows.plan import PREVIEW, PlannedJob
 from flows.settings import HorseSettings
-from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
+from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
 from media import load_audio, load_image
 
 
@@ -66,8 +66,9 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
         metadata["language"] = job.language
     # a preview's base latent is kept for promotes; other stage results only for retries
     retention = "preview" if job.role == PREVIEW else "retry"
+    delivery = Delivery(job.destinations, job.max_rerolls, job.expects_speech) if job.destinations else None
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
-                     stage_retention=retention)
+                     stage_retention=retention, delivery=delivery)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

@@ -11,8 +11,8 @@ Usable from a plain script (no Prefect here):
 from .actor import RenderActor
 from .cluster import connect, preserved_signal_handlers
 from .config import Encoding, ModelSpec, PoolConfig, Scheduling, StoreTarget
-from .jobs import RenderJob, RenderOutcome, classify
+from .jobs import Delivery, RenderJob, RenderOutcome, classify
 from .pool import RenderPool
 
-__all__ = ["Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
+__all__ = ["Delivery", "Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
            "Scheduling", "StoreTarget", "classify", "connect", "preserved_signal_handlers"]

@@ -4,12 +4,15 @@ A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (th
 It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
 How the clip is produced — stage by stage, resuming from stored stage results, the OOM ladder —
 is `horse_actors.staged`. Frames never leave the process: they are encoded to a local temp file,
-checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned.
+checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned. A job
+with a `Delivery` also gets delivery QC and a master per destination here, on that local file
+(horse_actors.delivery).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,6 +23,7 @@ from typing import Any
 from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
+from .delivery import make_deliverables, render_checked
 from .jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_sticky_cuda
 from .staged import StagedRenderer, StageReport
 
@@ -166,21 +170,17 @@ class RenderActor:
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         report = StageReport(attempt)
         try:
-            clip = self.staged.render(job, report, should_stop=_ray_cancel_requested)
-            rendered = report.request
-            timings.update({k: round(float(v), 4) for k, v in report.timings.items()})
-
-            t0 = time.perf_counter()
             path = os.path.join(scratch, "clip.mp4")
-            info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
-            poster = poster_jpeg(clip.frames)
-            del clip
-            timings["encode"] = round(time.perf_counter() - t0, 4)
+            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery).
+            (info, poster), clip_qc, qc_attempts = render_checked(
+                job, lambda request: self._render_and_encode(job, request, report, path, timings), path, timings)
+            rendered = report.request
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
             poster_ref = self.store.put_blob(poster, ext="jpg")
             timings["upload"] = round(time.perf_counter() - t0, 4)
+            qc = make_deliverables(path, job, clip_qc, self.store, scratch, timings) if clip_qc else None
             self.renders += 1
             # A clip at another resolution than asked is not the deliverable: say so.
             status = OK if rendered.resolution == job.request.resolution else DEGRADED
@@ -188,7 +188,8 @@ class RenderActor:
                 render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
-                rendered_resolution=rendered.resolution, fallback=report.fallback, **base, **_stages(report),
+                rendered_resolution=rendered.resolution, fallback=report.fallback, qc=qc, qc_attempts=qc_attempts,
+                rendered_seed=rendered.seed, **base, **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -207,6 +208,21 @@ class RenderActor:
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _render_and_encode(self, job: RenderJob, request, report: StageReport, path: str,
+                           timings: dict[str, float]):
+        """Render `request` (the job's, or a re-roll of it) stage by stage and encode it to `path`:
+        (EncodeInfo, poster JPEG); `report` says what it was rendered from. Stage times add up over
+        the re-rolls of a job: they are what the job cost."""
+        clip = self.staged.render(dataclasses.replace(job, request=request), report, should_stop=_ray_cancel_requested)
+        for stage, seconds in report.timings.items():
+            timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
+        t0 = time.perf_counter()
+        info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
+        poster = poster_jpeg(clip.frames)
+        del clip
+        timings["encode"] = round(timings.get("encode", 0.0) + time.perf_counter() - t0, 4)
+        return info, poster
 
     def _tags(self, job: RenderJob) -> dict[str, str]:
         """mp4 tags: the job's own, then provenance (which the job cannot override)."""

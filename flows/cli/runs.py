@@ -15,6 +15,8 @@ from flows.cli.command import (
 app = typer.Typer()
 ManifestArg = Annotated[str, typer.Argument(help="Parquet manifest (path or URL)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="render again even what the catalog has")]
+DestinationsOpt = Annotated[Optional[str], typer.Option(
+    "--destinations", help="comma-separated delivery destinations for rows without their own (render.destinations)")]
 
 
 @app.command()
@@ -54,8 +56,9 @@ PreviewOpt = Annotated[bool, typer.Option("--preview", help="every take as a 256
 
 
 @app.command()
-def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt = False, as_json: JsonOpt = False,
-           config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt = False,
+           destinations: DestinationsOpt = None, as_json: JsonOpt = False, config: ConfigOpt = None,
+           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Run the nightly flow for a manifest now."""
 
     def body(settings) -> Outcome:
@@ -63,7 +66,8 @@ def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt =
 
         return run_flow(lambda: nightly_campaign_render(
             manifest_uri=manifest, store_url=store, model=model, config_file=str(config) if config else None,
-            ray_address=ray_address, force=force, preview=preview, return_state=True), "rendering", as_json)
+            ray_address=ray_address, force=force, preview=preview, destinations=split_csv(destinations),
+            return_state=True), "rendering", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
@@ -80,6 +84,7 @@ def backfill(
     takes: Annotated[Optional[int], typer.Option("--takes", min=1, help="takes per variant")] = None,
     shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids")] = None,
     force: ForceOpt = False,
+    destinations: DestinationsOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
@@ -94,7 +99,8 @@ def backfill(
         return run_flow(lambda: backfill_variants(
             campaign_id=campaign, languages=split_csv(languages), aspect_ratios=split_csv(aspect_ratios), takes=takes,
             shot_ids=split_csv(shots), store_url=store, model=model, config_file=str(config) if config else None,
-            ray_address=ray_address, force=force, return_state=True), "backfilling", as_json)
+            ray_address=ray_address, force=force, destinations=split_csv(destinations), return_state=True),
+            "backfilling", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
@@ -148,6 +154,13 @@ def show_run(document: dict[str, Any]) -> None:
             table.add_column(column)
         for row in document["failures"]:
             table.add_row(row["shot"], row["variant"], row["error_class"], row["message"], str(row["retryable"]))
+        console.print(table)
+    if document["qc_failures"]:
+        table = Table(title="delivery QC failures (published, marked failed)", header_style="bold yellow")
+        for column in ("shot", "variant", "destination", "failed checks: measured (limit)"):
+            table.add_column(column, overflow="fold")
+        for row in document["qc_failures"]:
+            table.add_row(row["shot"], row["variant"], row["destination"], row["failed_checks"])
         console.print(table)
     show_skipped(document["row_errors"])
     for notice in document.get("notices", []):

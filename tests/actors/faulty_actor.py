@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.cloudpickle
 import torch
 
@@ -26,18 +27,22 @@ class FaultyRenderActor(RenderActor):
                                                   # that stage's result is stored
     render_log: str | None = None                 # file that gets one line per render started
     stage_log: str | None = None                  # file that gets one line per pipeline stage started
+    black_seeds: frozenset[int] = frozenset()     # clips rendered with these seeds come out all black
+    seed_log: str | None = None                   # file that gets one line per clip rendered: key, seed
 
     @classmethod
     def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None,
                 oom_once: dict[str, set[str]] | None = None, die_after: dict[str, str] | None = None,
-                render_log: str | None = None, stage_log: str | None = None) -> type["FaultyRenderActor"]:
+                render_log: str | None = None, stage_log: str | None = None, black_seeds=(),
+                seed_log: str | None = None) -> type["FaultyRenderActor"]:
         """`oom_at` stages: a DiT stage ("distill", "540p_sr", "1080p_sr", ...), which raises
         whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles.
-        `oom_once`: the same stages, raising only the first time they run for that job."""
+        `oom_once`: the same stages, raising only the first time they run for that job.
+        `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch)."""
         plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "stage_log": stage_log,
                 "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()},
                 "oom_once": {key: frozenset(stages) for key, stages in (oom_once or {}).items()},
-                "die_after": dict(die_after or {})}
+                "die_after": dict(die_after or {}), "black_seeds": frozenset(black_seeds), "seed_log": seed_log}
         return type("PlannedFaultyRenderActor", (cls,), plan)
 
     def __init__(self, *args, **kwargs):
@@ -50,6 +55,7 @@ class FaultyRenderActor(RenderActor):
         for stage, method in (("base", "_base"), ("sr", "_super_resolve"), ("decode", "_decode")):
             setattr(self.pipe, method, self._logged(stage, getattr(self.pipe, method)))
         self.staged.keep = self._die_after_keeping(self.staged.keep)
+        self.staged.render = self._blackened(self.staged.render)
 
     def _oom_when(self, stage: str, forward, applies):
         def guarded(*args, **kwargs):
@@ -80,6 +86,18 @@ class FaultyRenderActor(RenderActor):
             return stored
 
         return keep_then_maybe_die
+
+    def _blackened(self, render):
+        def render_then_maybe_blacken(job, report, *args, **kwargs):
+            clip = render(job, report, *args, **kwargs)
+            if self.seed_log:
+                with open(self.seed_log, "a") as log:
+                    log.write(f"{job.render_key} {report.request.seed}\n")
+            if report.request.seed in self.black_seeds:
+                clip.frames = np.zeros_like(clip.frames)
+            return clip
+
+        return render_then_maybe_blacken
 
     def render(self, job, attempt=1, submitted_at=None, call_id=None):
         if self.render_log:
