@@ -9,6 +9,8 @@ commands) load without deltalake, fsspec or openlineage.
 from importlib import import_module
 
 _EXPORTS = {
+    "Approvals": "approvals", "InvalidDecision": "approvals", "decision_event": "approvals",
+    "review_slots": "approvals", "slot_of": "approvals",
     "BlobRef": "blobs", "blob_key": "blobs",
     "GCReport": "gc",
     "sha256_file": "hashing",

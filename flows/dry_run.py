@@ -29,4 +29,6 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
         "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
         "gpu_seconds_quote": round(gpu_seconds, 1), "quote_basis": basis,
         "row_errors": row_errors, "plan": jobs,
+        "kept_approved": [{"campaign_id": e["campaign_id"], "shot_id": e["shot_id"], "variant": e["variant"],
+                           "render_key": e["render_key"], "approved_by": e["approval"]["who"]} for e in plan.kept],
     }

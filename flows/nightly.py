@@ -5,6 +5,7 @@ Progress reaches a caller in this process through `flows.progress.progress_liste
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow
@@ -26,14 +27,17 @@ def nightly_campaign_render(
     force: bool = False,
     preview: bool = False,
     destinations: list[str] | None = None,
+    force_approved: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
     publish the campaign's next version. Parameters carry URIs and options, never shot lists.
     `preview`: every take as a 256p preview whose base latent is kept for `promote-takes` (as if
     every row had the manifest's `preview` column set). `destinations` replaces `render.destinations`
-    (for rows without their own)."""
+    (for rows without their own). Approved variants are kept as they are, except on the
+    `force_approved` shots, which render again (on record as forced)."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
-    return render_campaign(manifest_uri, settings, Filters(preview=True if preview else None), force=force).as_dict()
+    filters = Filters(preview=True if preview else None, force_approved=tuple(force_approved or ()))
+    return render_campaign(manifest_uri, settings, filters, force=force).as_dict()
 
 
 @flow(name="backfill-variants", log_prints=True)
@@ -49,11 +53,13 @@ def backfill_variants(
     ray_address: str | None = None,
     force: bool = False,
     destinations: list[str] | None = None,
+    force_approved: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
-    filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
+    filters = dataclasses.replace(backfill_filters(languages, aspect_ratios, takes, shot_ids),
+                                  force_approved=tuple(force_approved or ()))
     return run_backfill(campaign_id, settings, filters, force).as_dict()
 
 

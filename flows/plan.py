@@ -47,6 +47,7 @@ class Filters:
     shot_ids: tuple[str, ...] | None = None
     resolution: str | None = None  # render at this tier instead of the manifest's (a promote)
     preview: bool | None = None    # True: previews of every take; False: none; None: the manifest's column
+    force_approved: tuple[str, ...] = ()  # shots whose approved variants are rendered again (recorded as forced)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class Plan:
     cached: dict[str, dict]  # render_key -> index row (or receipt) of a finished render
     model_fingerprint: str
     errors: list[str] = field(default_factory=list)
+    # approved variants (catalog.approvals): their approved version entries, published as they
+    # are ("kept (approved)"), never rendered again; `lifted`: those `force_approved` renders again
+    kept: list[dict] = field(default_factory=list)
+    lifted: list[dict] = field(default_factory=list)
 
     @property
     def todo(self) -> list[PlannedJob]:
@@ -230,7 +235,8 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
               destinations: RunDestinations | None = None) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist."""
+    """Expand every shot, keep approved variants as they are (except on `filters.force_approved` shots),
+    then ask the catalog once which render keys already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
@@ -240,10 +246,30 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
             jobs.extend(expand_shot(shot, model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
+    jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
     jobs.sort(key=lambda job: -job.priority)
     cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
-    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
+    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors, kept=kept, lifted=lifted)
+
+
+def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str]):
+    """(jobs to plan, approved entries kept, approved entries lifted by `force_approved`): an
+    approved variant is never rendered again nor replaced, whatever its inputs are now."""
+    approved: dict[tuple[str, str, str], dict] = {}
+    for campaign_id in sorted({job.campaign_id for job in jobs}):
+        approved |= {(campaign_id, *k): e for k, e in store.approved_entries(campaign_id).items()}
+    planned, kept, lifted = [], [], []
+    for job in jobs:
+        entry = approved.get((job.campaign_id, job.shot_id, job.variant))
+        if entry is None:
+            planned.append(job)
+        elif job.shot_id in force_approved:
+            planned.append(job)
+            lifted.append(entry)
+        else:
+            kept.append(entry)
+    return planned, kept, lifted
 
 
 def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:

@@ -144,6 +144,14 @@ class DialogueSettings(_Section):
                           no_speech_probability=self.no_speech_probability)
 
 
+class ReviewSettings(_Section):
+    """Review and approval (README "Review, approval, delivery")."""
+
+    user: str | None          # who CLI decisions are by (None: the login name)
+    timeout_hours: float = Field(gt=0)  # a review step's pause; after it the run ends, the review stays open
+    poll_seconds: int = Field(ge=1, le=60)  # how often a paused review checks for the submitted form
+
+
 class GCSettings(_Section):
     """What `horse gc` keeps (catalog GC): young blobs, and stage results by their retention."""
 
@@ -175,6 +183,7 @@ class HorseSettings(BaseSettings):
     render: RenderSettings
     dialogue: DialogueSettings
     gc: GCSettings
+    review: ReviewSettings
 
     @classmethod
     def settings_customise_sources(
