@@ -14,6 +14,7 @@ from catalog import Store
 from flows.campaign_run import RunResult, render_campaign
 from flows.manifest import ManifestError
 from flows.plan import Filters
+from flows.review import review_step
 from flows.settings import HorseSettings, load_settings
 
 
@@ -28,16 +29,25 @@ def nightly_campaign_render(
     preview: bool = False,
     destinations: list[str] | None = None,
     force_approved: list[str] | None = None,
+    review: bool = False,
+    promote_to: str = "1080p",
+    review_timeout_s: int | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
     publish the campaign's next version. Parameters carry URIs and options, never shot lists.
     `preview`: every take as a 256p preview whose base latent is kept for `promote-takes` (as if
     every row had the manifest's `preview` column set). `destinations` replaces `render.destinations`
     (for rows without their own). Approved variants are kept as they are, except on the
-    `force_approved` shots, which render again (on record as forced)."""
+    `force_approved` shots, which render again (on record as forced). `review`: then pause for
+    review in the UI (flows.review; approved previews are promoted to `promote_to`)."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
     filters = Filters(preview=True if preview else None, force_approved=tuple(force_approved or ()))
-    return render_campaign(manifest_uri, settings, filters, force=force).as_dict()
+    result = render_campaign(manifest_uri, settings, filters, force=force).as_dict()
+    if review:
+        result["review"] = {campaign: review_step(campaign, number, settings, promote_to=promote_to,
+                                                  timeout_s=review_timeout_s, run_id=result["run_id"])
+                            for campaign, number in result["versions"].items()}
+    return result
 
 
 @flow(name="backfill-variants", log_prints=True)

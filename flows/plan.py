@@ -255,21 +255,18 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
 
 def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str]):
     """(jobs to plan, approved entries kept, approved entries lifted by `force_approved`): an
-    approved variant is never rendered again nor replaced, whatever its inputs are now."""
+    approved variant of a planned shot is never rendered again nor replaced, whatever its inputs
+    are now, and stays in the campaign's next version even when this run does not plan it (a
+    preview run keeps the approved promoted clip)."""
+    shots = {(job.campaign_id, job.shot_id) for job in jobs}
     approved: dict[tuple[str, str, str], dict] = {}
-    for campaign_id in sorted({job.campaign_id for job in jobs}):
-        approved |= {(campaign_id, *k): e for k, e in store.approved_entries(campaign_id).items()}
-    planned, kept, lifted = [], [], []
-    for job in jobs:
-        entry = approved.get((job.campaign_id, job.shot_id, job.variant))
-        if entry is None:
-            planned.append(job)
-        elif job.shot_id in force_approved:
-            planned.append(job)
-            lifted.append(entry)
-        else:
-            kept.append(entry)
-    return planned, kept, lifted
+    for campaign_id in sorted({campaign for campaign, _ in shots}):
+        approved |= {(campaign_id, *k): e for k, e in store.approved_entries(campaign_id).items()
+                     if (campaign_id, k[0]) in shots}
+    kept = [e for (_, shot, _), e in approved.items() if shot not in force_approved]
+    lifted = [e for (_, shot, _), e in approved.items() if shot in force_approved]
+    pinned = {(e["campaign_id"], e["shot_id"], e["variant"]) for e in kept}
+    return [job for job in jobs if (job.campaign_id, job.shot_id, job.variant) not in pinned], kept, lifted
 
 
 def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:
