@@ -161,6 +161,25 @@ class SlotState:
         return self.latest if self.decision == APPROVED else None
 
 
+def review_rows(store, campaign_id: str, number: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """(version number, one row per shot and language/aspect: its takes and its newest decision)."""
+    version = store.versions.read(campaign_id, number)
+    state = store.approvals.state(campaign_id)
+    rows = []
+    for (shot, slot), takes in sorted(review_slots(version["entries"]).items()):
+        decided = state.get((shot, slot))
+        latest = decided.latest if decided else {}
+        rows.append({
+            "shot_id": shot, "slot": slot,
+            "takes": [{"take": t, "variant": e["variant"], "status": e["status"], "preview": slot_of(e["variant"])[2],
+                       "blob_uri": e.get("blob_uri"), "poster_uri": e.get("poster_uri"), "qc_status": e.get("qc_status")}
+                      for t, e in sorted(takes.items())],
+            "decision": latest.get("decision"), "take": latest.get("take"), "who": latest.get("who"),
+            "note": latest.get("note"),
+        })
+    return version["version"], rows
+
+
 class Approvals:
     def __init__(self, root: Root):
         self.table = DeltaRef(root, APPROVALS_TABLE, APPROVAL_SCHEMA)

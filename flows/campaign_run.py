@@ -30,7 +30,7 @@ from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
 from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
                           qc_markdown, qc_table_rows, summary_markdown)
-from flows.settings import HorseSettings
+from flows.settings import HorseSettings, reviewer_name
 from horse_actors import RenderOutcome, RenderPool
 
 
@@ -67,16 +67,6 @@ def forced_event(entry: dict, who: str, run_id: str) -> dict:
     return new_event(entry["campaign_id"], entry["shot_id"], slot, FORCED, entry=entry, take=take, who=who,
                      note=f"approved take rendered again on purpose (--force-approved) in run {run_id}",
                      source="render", campaign_version=None, run_id=run_id, forced=True)
-
-
-def reviewer_name() -> str:
-    """Who a decision made here is by when `review.user` is not configured: the login name."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _logger():

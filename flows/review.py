@@ -19,32 +19,14 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from pydantic import Field, create_model
 
-from catalog import Store, decision_event, review_slots, slot_of
+from catalog import Store, decision_event, slot_of
+from catalog.approvals import review_rows
 from catalog.approvals import APPROVED, CHANGES_REQUESTED, REJECTED, new_event
 from flows.report import artifact_key
 from flows.settings import HorseSettings
 
 AWAITING, CHANGES, REJECT = "awaiting", "request changes", "reject"
 UI_SOURCE = "prefect-ui"
-
-
-def review_rows(store: Store, campaign_id: str, number: int | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """(version number, one row per shot and language/aspect: its takes and its newest decision)."""
-    version = store.versions.read(campaign_id, number)
-    state = store.approvals.state(campaign_id)
-    rows = []
-    for (shot, slot), takes in sorted(review_slots(version["entries"]).items()):
-        decided = state.get((shot, slot))
-        latest = decided.latest if decided else {}
-        rows.append({
-            "shot_id": shot, "slot": slot,
-            "takes": [{"take": t, "variant": e["variant"], "status": e["status"], "preview": slot_of(e["variant"])[2],
-                       "blob_uri": e.get("blob_uri"), "poster_uri": e.get("poster_uri"), "qc_status": e.get("qc_status")}
-                      for t, e in sorted(takes.items())],
-            "decision": latest.get("decision"), "take": latest.get("take"), "who": latest.get("who"),
-            "note": latest.get("note"),
-        })
-    return version["version"], rows
 
 
 def review_form(rows: list[dict[str, Any]]) -> type[RunInput]:

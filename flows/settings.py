@@ -275,3 +275,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Ho
         raise ConfigError(_describe(exc)) from None
     finally:
         _user_files.reset(token)
+
+
+def reviewer_name() -> str:
+    """Who a decision made here is by when `review.user` is not configured: the login name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

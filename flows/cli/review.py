@@ -24,7 +24,7 @@ def _decide(campaign: str, shot: str, variant: str, decision: str, take: int | N
     def body(settings) -> Outcome:
         from catalog import InvalidDecision, InvalidId, Store, decision_event, slot_of
         from catalog.versions import VersionNotFound
-        from flows.campaign_run import reviewer_name
+        from flows.settings import reviewer_name
 
         with invalid_input(InvalidDecision, InvalidId, VersionNotFound):
             slot, chosen = variant, take
@@ -79,7 +79,7 @@ def review(campaign: CampaignArg, version: VersionOpt = None, as_json: JsonOpt =
     def body(settings) -> Outcome:
         from catalog import InvalidId, Store
         from catalog.versions import VersionNotFound
-        from flows.review import review_rows
+        from catalog.approvals import review_rows
 
         with invalid_input(InvalidId, VersionNotFound):
             catalog = Store(settings.store_url, settings.storage_options)
