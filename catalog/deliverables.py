@@ -3,7 +3,8 @@ destination, under a human name, in shot order. Selection and naming only; `flow
 the files and writes the manifest and the timelines.
 
 A file is `<shot>_<language>_<aspect>_t<take>.mp4` (`<shot>_<aspect>_t<take>.mp4` for a shot without
-a language axis), e.g. `hero_en_16x9_t2.mp4`. Ids are allowlisted, so names are safe as paths.
+a language axis), e.g. `hero_en_16x9_t2.mp4`. Ids are allowlisted, so names are safe as paths. A master that failed a QC
+check is delivered (the take was approved with its QC in view) and its failed checks travel with it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ class Deliverable:
     master_uri: str
     master_sha256: str
     approval: dict[str, Any]
+    qc_failed: tuple[str, ...] = ()  # the master's failed QC checks: delivered as approved, never hidden
 
     def provenance(self) -> dict[str, Any]:
         return {"shot_id": self.shot_id, "variant": self.variant, "language": self.language, "aspect": self.aspect,
                 "take": self.take, "render_key": self.render_key, "clip_sha256": self.clip_sha256,
                 "master_uri": self.master_uri, "sha256": self.master_sha256,
-                "approved_by": self.approval.get("who"), "approved_at": self.approval.get("at")}
+                "approved_by": self.approval.get("who"), "approved_at": self.approval.get("at"),
+                "qc_failed": list(self.qc_failed)}
 
 
 def file_name(shot_id: str, language: str | None, aspect: str, take: int) -> str:
@@ -74,9 +77,7 @@ def approved_deliverables(store: Store, campaign_id: str, destination: str,
                                 f"render or promote it with --destinations {destination})")
         if not qc.get("master_uri"):
             raise DeliveryError(f"{label}: {destination} refused to make a master (see horse qc {campaign_id})")
-        if not qc.get("passed"):
-            failed = ", ".join(name for name, c in qc.get("checks", {}).items() if not c.get("passed"))
-            raise DeliveryError(f"{label}: its {destination} master failed QC ({failed})")
+        failed = sorted(name for name, c in qc.get("checks", {}).items() if not c.get("passed"))
         slot, take, _ = slot_of(entry["variant"])
         aspect = (entry.get("aspect_ratio") or slot.rsplit("-", 1)[-1]).replace(":", "x")
         language = entry.get("language")
@@ -84,7 +85,8 @@ def approved_deliverables(store: Store, campaign_id: str, destination: str,
             name=file_name(entry["shot_id"], language, aspect, take), shot_id=entry["shot_id"],
             variant=entry["variant"], language=language, aspect=aspect, take=take, render_key=entry["render_key"],
             clip_sha256=entry["sha256"], master_uri=qc["master_uri"], master_sha256=qc["master_sha256"],
-            approval=approved[(entry["shot_id"], entry["variant"])]["approval"]))
+            approval=approved[(entry["shot_id"], entry["variant"])]["approval"],
+            qc_failed=tuple(failed) if not qc.get("passed") else ()))
     names = [d.name for d in out]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:  # two approved variants of one slot and take (a preview and its promote): say which

@@ -6,7 +6,8 @@ provenance: render key, approved clip, who approved it and when), and per langua
 an OpenTimelineIO timeline (`.otio`) with the clips in shot order and each clip's provenance in
 its metadata, plus a CMX 3600 EDL where the adapter can write one.
 
-Re-delivering is incremental: a file already there with the bytes the previous delivery listed
+A master that failed QC is delivered with its failed checks in `delivery.json`, the timeline's
+metadata and the report (the command exits 1). Re-delivering is incremental: a file already there with the bytes the previous delivery listed
 is not copied again. `verify` re-hashes every file the manifest lists.
 """
 
@@ -42,9 +43,10 @@ class DeliveryReport:
     edl_skipped: dict[str, str] = field(default_factory=dict)  # timeline -> why the EDL adapter refused
     verified: int | None = None
     mismatched: list[str] = field(default_factory=list)  # files missing or not matching SHA256SUMS
+    qc_failed: dict[str, list[str]] = field(default_factory=dict)  # file -> its master's failed QC checks
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": not self.mismatched, **self.__dict__}
+        return {"ok": not (self.mismatched or self.qc_failed), **self.__dict__}
 
 
 def deliver(store: Store, campaign_id: str, destination: str, out: str, *, version: int | None = None,
@@ -57,6 +59,7 @@ def deliver(store: Store, campaign_id: str, destination: str, out: str, *, versi
     report = DeliveryReport(campaign_id, body["version"], destination, folder)
     before = _previous(fs, f"{folder}/{RECORD}")
     files = []
+    report.qc_failed = {item.name: list(item.qc_failed) for item in items if item.qc_failed}
     for item in items:
         path = f"{folder}/{item.name}"
         known = before.get(item.name)

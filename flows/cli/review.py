@@ -28,8 +28,11 @@ def _decide(campaign: str, shot: str, variant: str, decision: str, take: int | N
 
         with invalid_input(InvalidDecision, InvalidId, VersionNotFound):
             slot, chosen = variant, take
-            if "-t" in variant:  # a take's variant: its slot and take
+            try:  # a take's variant (en-16x9-t2): its slot and take
                 slot, chosen, _ = slot_of(variant)
+            except InvalidId:  # a slot (en-16x9): the take comes from --take
+                pass
+            else:
                 if take is not None and take != chosen:
                     raise InvalidInput(f"{variant}: --take {take} names another take")
             catalog = Store(settings.store_url, settings.storage_options)
@@ -136,6 +139,8 @@ def show_delivery(d: dict[str, Any]) -> None:
     console.print(f"delivered {d['campaign_id']} version {d['version']} for {d['destination']} to {d['folder']}: "
                   f"{len(d['copied'])} copied, {len(d['unchanged'])} unchanged, timelines {', '.join(d['timelines'])}",
                   highlight=False)
+    for name, checks in d["qc_failed"].items():
+        console.print(f"[yellow]QC failed[/yellow] {name}: {', '.join(checks)}", highlight=False)
     for name, why in d["edl_skipped"].items():
         console.print(f"[yellow]no EDL[/yellow] {name}: {why}", highlight=False)
     if d["verified"] is not None:

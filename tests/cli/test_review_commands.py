@@ -51,6 +51,9 @@ def test_decide_and_deliver_from_the_command_line(tmp_path, tmp_store):
         "error: s1/en-16x9-t2: cannot approve a render that failed (GpuOutOfMemory)"), refused.stderr
     approved = horse("approve", "spot", "s1", "en-16x9-t1", "--who", "ari", *at)
     assert approved.returncode == 0, approved.stderr
+    listed = one_json_document(horse("review", "spot", "--json", *at))
+    assert [(r["shot_id"], r["slot"], r["decision"], r["take"], r["who"]) for r in listed["slots"]] == [
+        ("s1", "en-16x9", "approved", 1, "ari"), ("s2", "en-16x9", None, None, None)] and listed["awaiting"] == 1
     store.approvals.record([decision_event("spot", store.versions.read("spot", 1), "s2", "en-16x9", "approved",
                                            take=1, who="dana", source="cli")])
 

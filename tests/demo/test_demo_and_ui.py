@@ -218,7 +218,8 @@ def check_review_form(base_url: str, env: dict, store_dir, artifacts_dir) -> Non
         assert "Review aurora-tea-launch version" in page and "Contact sheet" in page
         assert 'src="data:image/jpeg;base64,' in page, "the contact sheet and posters are shown"
 
-        resumed = httpx.post(f"{base_url}/api/flow_runs/{run_id}/resume", json={"run_input": {"reviewer": "ci"}})
+        resumed = httpx.post(f"{base_url}/api/flow_runs/{run_id}/resume", json={"run_input": {"reviewer": "ci"}},
+                             timeout=60)
         assert resumed.json()["status"] == "ACCEPT", resumed.text
         assert review.wait(timeout=300) == 0, review.stdout.read()[-3000:]
     finally:
