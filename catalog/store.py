@@ -129,16 +129,18 @@ class Store:
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
            include_receipts: bool = True, retention: Retention = Retention(),
            now: datetime | None = None) -> GCReport:
-        """Delete blobs older than `grace` that no index row, version, stage result record within
+        """Delete blobs older than `grace` that no index row, QC row (masters), version, approval, stage result record within
         its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
         records past their retention are deleted first (`now`: the time GC judges ages by).
         Raises, deleting nothing, if any reference cannot be read."""
-        named_as = self.versions.referenced()  # every reference is read before anything is deleted
-        named_as |= {uri: field for uri, field in self.approved_uris().items() if uri not in named_as}
-        referenced = [set(named_as), self.index.referenced_uris(), self.qc.referenced_uris()]
+        in_versions = self.versions.referenced()  # every reference is read before anything is deleted
+        in_versions |= {uri: field for uri, field in self.approved_uris().items() if uri not in in_versions}
+        masters = self.qc.referenced_uris()
+        referenced = [set(in_versions), self.index.referenced_uris(), masters]
         if include_receipts:
             referenced.append(self.receipts.referenced_uris())
-        kept_stages, expired = self.stage_results.expire(retention, set(named_as), dry_run, now)
+        kept_stages, expired = self.stage_results.expire(retention, set(in_versions), dry_run, now)
+        named_as = {**in_versions, **dict.fromkeys(masters, "master_uri")}  # for the report's kinds
         references = [lambda uris=uris: uris for uris in [*referenced, kept_stages]]
         report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, now=now, named_as=named_as)
         report.expired_stage_results = sorted(r.stage_key for r in expired)

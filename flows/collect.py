@@ -126,6 +126,8 @@ def promoted_inputs(job: PlannedJob, outcome: RenderOutcome) -> list[dict]:
     if origin.get("stage_result_uri"):
         inputs.append({"uri": origin["stage_result_uri"], "version": origin.get("stage_result_sha256")})
     return inputs
+
+
 def record_masters(store: Store, render_run_id: str, tags: dict[str, str], outcome: RenderOutcome) -> None:
     """One lineage run per destination master, parented to the render: the clip's blob in, the
     master's blob out with its QC; a master that could not be made is a failed run saying why."""

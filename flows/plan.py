@@ -7,7 +7,6 @@ that changes pixels or sound, so the same key means the same clip: reruns and ba
 A preview (the manifest's `preview` column, or a run's `preview` parameter) renders a take at 256p
 as variant `<variant>-preview` and keeps its base latent, so `flows.promote` can finish the
 chosen takes at 540p or 1080p later: a preview is a plain 256p render, with the same render key.
-
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
 is delivered (a black or frozen picture is re-rolled) and the masters made from it.
 """

@@ -24,10 +24,10 @@ from typing import Any
 from prefect import flow
 
 from catalog import Store
-from catalog.stage_results import EXT as STAGE_EXT
 from catalog.ids import validate_id
-from flows.destinations import run_destinations
+from catalog.stage_results import EXT as STAGE_EXT
 from flows.campaign_run import RunResult, _logger, current_run_id, plan_variants, read_manifest_rows, run_plan
+from flows.destinations import run_destinations
 from flows.nightly import flow_settings
 from flows.plan import PREVIEW, PROMOTED, Filters, ModelInfo, Plan, PlannedJob, model_info
 from flows.render_stream import to_render_job
@@ -53,11 +53,13 @@ def promote_takes(
     model: str | None = None,
     config_file: str | None = None,
     ray_address: str | None = None,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Finish the chosen preview takes of a campaign's latest version at `to` (540p or 1080p) from
     their stored base latents; the new version lists each promoted clip beside its preview.
-    `variants` are preview variant ids, with or without the `-preview` suffix."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
+    `variants` are preview variant ids, with or without the `-preview` suffix; `destinations`
+    replaces `render.destinations` (promoted clips get delivery QC like any other render)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
     return run_promote(campaign_id, to, settings, shot_ids, variants)
 
 
@@ -76,7 +78,7 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
         raise PromoteError(f"campaign {campaign_id!r} version {latest} has no rendered preview takes{asked}; "
                            "render previews first (horse render MANIFEST --preview)")
     run_id = current_run_id()
-    destinations = run_destinations(settings)  # a promoted take gets its destination masters
+    destinations = run_destinations(settings)
     manifest = read_manifest_rows(version["manifest_uri"], settings, destinations)
     filters = Filters(resolution=to, preview=False, shot_ids=tuple(sorted({shot for shot, _ in previews})))
     planned = plan_variants(manifest, settings, filters, False, run_id, destinations)

@@ -4,8 +4,8 @@ A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (th
 It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
 How the clip is produced — stage by stage, resuming from stored stage results, the OOM ladder —
 is `horse_actors.staged`. Frames never leave the process: they are encoded to a local temp file,
-checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned. A job
-with a `Delivery` also gets delivery QC and a master per destination here, on that local file
+checked, hashed and put into the catalog, and only a small `RenderOutcome` is returned. A job with
+a `Delivery` also gets delivery QC and a master per destination here, on that local file
 (horse_actors.delivery).
 """
 
@@ -172,9 +172,8 @@ class RenderActor:
         try:
             path = os.path.join(scratch, "clip.mp4")
             # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery).
-            (info, poster), clip_qc, qc_attempts = render_checked(
-                job, lambda request: self._render_and_encode(job, request, report, path, timings), path, timings)
-            rendered = report.request
+            (info, poster, rendered, fallback), clip_qc, qc_attempts = render_checked(
+                job, lambda request: self._render_and_encode(job, request, path, timings, report), path, timings)
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
@@ -188,7 +187,7 @@ class RenderActor:
                 render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
-                rendered_resolution=rendered.resolution, fallback=report.fallback, qc=qc, qc_attempts=qc_attempts,
+                rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
                 rendered_seed=rendered.seed, **base, **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
@@ -209,20 +208,20 @@ class RenderActor:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _render_and_encode(self, job: RenderJob, request, report: StageReport, path: str,
-                           timings: dict[str, float]):
+    def _render_and_encode(self, job: RenderJob, request, path: str, timings: dict[str, float],
+                           report: StageReport):
         """Render `request` (the job's, or a re-roll of it) stage by stage and encode it to `path`:
-        (EncodeInfo, poster JPEG); `report` says what it was rendered from. Stage times add up over
-        the re-rolls of a job: they are what the job cost."""
-        clip = self.staged.render(dataclasses.replace(job, request=request), report, should_stop=_ray_cancel_requested)
+        (EncodeInfo, poster JPEG, the request it was rendered from, OOM ladder rungs used).
+        Stage times add up over the re-rolls of a job: they are what the job cost."""
+        job = dataclasses.replace(job, request=request)
+        clip = self.staged.render(job, report, should_stop=_ray_cancel_requested)
         for stage, seconds in report.timings.items():
             timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
         t0 = time.perf_counter()
         info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
         poster = poster_jpeg(clip.frames)
-        del clip
         timings["encode"] = round(timings.get("encode", 0.0) + time.perf_counter() - t0, 4)
-        return info, poster
+        return info, poster, report.request, report.fallback
 
     def _tags(self, job: RenderJob) -> dict[str, str]:
         """mp4 tags: the job's own, then provenance (which the job cannot override)."""

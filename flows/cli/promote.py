@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.command import ConfigOpt, JsonOpt, ModelOpt, Outcome, RayOpt, StoreOpt, console, run_command
-from flows.cli.runs import split_csv, run_flow, show_run
+from flows.cli.runs import DestinationsOpt, run_flow, show_run, split_csv
 
 app = typer.Typer()
 
@@ -20,6 +20,7 @@ def promote(
     shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids (default: all)")] = None,
     variants: Annotated[Optional[str], typer.Option("--variants", help="comma-separated preview variants, e.g. "
                                                                          "en-16x9-t2 (default: all)")] = None,
+    destinations: DestinationsOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
@@ -35,7 +36,8 @@ def promote(
 
         return run_flow(lambda: promote_takes(
             campaign_id=campaign, to=to, shot_ids=split_csv(shots), variants=split_csv(variants), store_url=store,
-            model=model, config_file=str(config) if config else None, ray_address=ray_address, return_state=True),
+            model=model, config_file=str(config) if config else None, ray_address=ray_address,
+            destinations=split_csv(destinations), return_state=True),
             f"promoting to {to}", as_json, show_promoted)
 
     run_command(as_json, body, config, store, model, ray_address)

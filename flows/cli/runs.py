@@ -60,8 +60,8 @@ PreviewOpt = Annotated[bool, typer.Option("--preview", help="every take as a 256
 
 @app.command()
 def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt = False,
-           destinations: DestinationsOpt = None, force_approved: ForceApprovedOpt = None, as_json: JsonOpt = False, config: ConfigOpt = None,
-           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+           destinations: DestinationsOpt = None, force_approved: ForceApprovedOpt = None, as_json: JsonOpt = False,
+           config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Run the nightly flow for a manifest now."""
 
     def body(settings) -> Outcome:

@@ -69,12 +69,14 @@ def assert_plays_back(outcome, job: RenderJob) -> None:
 
 
 def blob_files(store_url: str) -> dict[str, list[Path]]:
-    """Every file under the store's blobs/ folder, grouped as final blobs and leftovers."""
+    """Every file under the store's blobs/ folder, grouped as final blobs (clips, posters, stage
+    results) and leftovers."""
     root = local_path(store_url) / "blobs"
     files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
     final = [p for p in files if not p.name.startswith(".")]
-    return {"mp4": [p for p in final if p.suffix == ".mp4"], "jpg": [p for p in final if p.suffix == ".jpg"],
-            "other": [p for p in files if p not in final or p.suffix not in (".mp4", ".jpg")]}
+    kinds = (".mp4", ".jpg", ".safetensors")
+    return {**{kind[1:]: [p for p in final if p.suffix == kind] for kind in kinds},
+            "other": [p for p in files if p not in final or p.suffix not in kinds]}
 
 
 def pid_alive(pid: int) -> bool:

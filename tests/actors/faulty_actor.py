@@ -55,7 +55,7 @@ class FaultyRenderActor(RenderActor):
         for stage, method in (("base", "_base"), ("sr", "_super_resolve"), ("decode", "_decode")):
             setattr(self.pipe, method, self._logged(stage, getattr(self.pipe, method)))
         self.staged.keep = self._die_after_keeping(self.staged.keep)
-        self.staged.render = self._blackened(self.staged.render)
+        self.staged.render = self._blacked(self.staged.render)
 
     def _oom_when(self, stage: str, forward, applies):
         def guarded(*args, **kwargs):
@@ -87,8 +87,8 @@ class FaultyRenderActor(RenderActor):
 
         return keep_then_maybe_die
 
-    def _blackened(self, render):
-        def render_then_maybe_blacken(job, report, *args, **kwargs):
+    def _blacked(self, render):
+        def render_then_maybe_blank(job, report, *args, **kwargs):
             clip = render(job, report, *args, **kwargs)
             if self.seed_log:
                 with open(self.seed_log, "a") as log:
@@ -97,7 +97,7 @@ class FaultyRenderActor(RenderActor):
                 clip.frames = np.zeros_like(clip.frames)
             return clip
 
-        return render_then_maybe_blacken
+        return render_then_maybe_blank
 
     def render(self, job, attempt=1, submitted_at=None, call_id=None):
         if self.render_log:

@@ -40,6 +40,7 @@ def test_twelve_jobs_on_two_actors_each_loading_the_model_once(ray_cluster, tmp_
         assert_plays_back(outcome, job)
     files = blob_files(tmp_store)
     assert (len(files["mp4"]), files["other"]) == (12, [])
+    assert len(files["safetensors"]) == 12, "each job kept its base stage result"
 
 
 def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, tmp_store, tmp_path):
@@ -74,6 +75,7 @@ def test_sigkill_of_a_rendering_actor_loses_and_duplicates_nothing(ray_cluster, 
         assert_plays_back(outcome, job)
     files = blob_files(tmp_store)
     assert len(files["mp4"]) == 6 and len(files["jpg"]) == 6, "no duplicate blob"
+    assert len(files["safetensors"]) == 6, "a retried job's base stage result is the same blob"
     assert files["other"] == [], "no partial or temporary file left behind"
 
 

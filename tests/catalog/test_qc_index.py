@@ -60,8 +60,9 @@ def test_failed_true_peak_is_one_query_and_results_summarise_each_clip(tmp_path)
 
     masters = store.qc.referenced_uris()
     assert len(masters) == 4
-    assert not masters & set(store.gc(grace=0, dry_run=True, include_receipts=False).deleted), \
-        "the QC index keeps the masters it names"
+    report = store.gc(grace=0, dry_run=True, include_receipts=False)
+    assert not masters & set(report.deleted), "the QC index keeps the masters it names"
+    assert report.by_kind["masters"]["files"] == 4, "gc reports the masters as their own kind"
 
 
 def test_a_master_outside_the_store_is_refused(tmp_path):
