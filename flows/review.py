@@ -4,17 +4,20 @@ input): per shot and language/aspect, approve a take, request changes with a not
 
 On submit the decisions go on record (catalog.approvals, source "prefect-ui") and the approved
 preview takes are promoted (flows.promote), which makes their destination masters; the promoted
-clip carries its preview's approval. Past the pause's timeout the run ends cleanly and the review
-stays open: the same decisions can be made later with `horse approve` and friends.
+clip carries its preview's approval. When the timeout comes first, the run submits its own form
+with nothing decided and ends cleanly, the review still open: the same decisions can be made
+later with `horse approve` and friends.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from pydantic import Field, create_model
@@ -26,6 +29,7 @@ from flows.report import artifact_key
 from flows.settings import HorseSettings
 
 AWAITING, CHANGES, REJECT = "awaiting", "request changes", "reject"
+PAUSE_MARGIN_S = 300  # Prefect's own pause deadline, past ours: the run answers its form before it
 UI_SOURCE = "prefect-ui"
 
 
@@ -99,6 +103,15 @@ def publish_review_artifacts(store: Store, campaign_id: str, version: dict, rows
     return key
 
 
+def _resume_undecided(flow_run_id, form_class: type[RunInput]) -> None:
+    """Resume the paused run with the form as it starts (every slot awaiting), as if submitted empty."""
+    from prefect.client.orchestration import get_client
+
+    undecided = {name: field.default for name, field in form_class.model_fields.items()}
+    with get_client(sync_client=True) as client:
+        client.resume_flow_run(flow_run_id, run_input=undecided)  # a no-op if a person answered first
+
+
 def review_step(campaign_id: str, number: int, settings: HorseSettings, *, promote_to: str = "1080p",
                 timeout_s: int | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Show, pause for the form, record, promote. Call inside a flow run."""
@@ -110,16 +123,28 @@ def review_step(campaign_id: str, number: int, settings: HorseSettings, *, promo
     _, rows = review_rows(store, campaign_id, number)
     publish_review_artifacts(store, campaign_id, version, rows)
     timeout = int(timeout_s if timeout_s is not None else settings.review.timeout_hours * 3600)
+    form_class = review_form(rows)
+    # Prefect fails a run whose pause runs out, whatever it does next. So the run answers its own
+    # form (nothing decided) when our timeout comes, well inside the pause's, and ends cleanly.
+    expiry = threading.Timer(timeout, _resume_undecided, (FlowRunContext.get().flow_run.id, form_class))
+    expiry.daemon = True
+    expiry.start()
     try:
-        form = pause_flow_run(wait_for_input=review_form(rows), timeout=timeout,
+        form = pause_flow_run(wait_for_input=form_class, timeout=timeout + PAUSE_MARGIN_S,
                               poll_interval=min(settings.review.poll_seconds, max(1, timeout)),
                               key=artifact_key("review", campaign_id, str(number)))
-    except FlowPauseTimeout:
-        log.warning("review of %s version %d timed out after %d s: it stays open (horse review %s)",
-                    campaign_id, number, timeout, campaign_id)
-        return {"status": "open", "campaign_id": campaign_id, "version": number}
+    except FlowPauseTimeout:  # the run could not answer its own form: the run fails, the review stays open
+        log.error("review of %s version %d was never resumed; it stays open (horse review %s)",
+                  campaign_id, number, campaign_id)
+        raise
+    finally:
+        expiry.cancel()
     who = form.reviewer.strip() or UI_SOURCE
     events = store.approvals.record(decisions_from_form(campaign_id, version, rows, form, who, run_id))
+    if not events:
+        log.warning("review of %s version %d: nothing decided%s; it stays open (horse review %s)", campaign_id,
+                    number, f" within {timeout} s" if expiry.finished.is_set() else "", campaign_id)
+        return {"status": "open", "campaign_id": campaign_id, "version": number, "decisions": []}
     log.info("review of %s version %d: %d decision(s) by %s", campaign_id, number, len(events), who)
     previews = [e["variant"] for e in events if e["decision"] == APPROVED and slot_of(e["variant"])[2]]
     result: dict[str, Any] = {"status": "decided", "campaign_id": campaign_id, "version": number,

@@ -39,3 +39,12 @@ def test_an_approved_take_is_kept_whatever_changes_until_forced(tmp_path, tmp_st
     forced = make_plan(changed, new_model, store, Filters(force_approved=("h100",)))
     assert [j.variant for j in forced.jobs] == ["en-16x9-t1", "en-16x9-t2"] and not forced.kept
     assert [e["variant"] for e in forced.lifted] == ["en-16x9-t1"]
+
+
+def test_the_summary_says_what_was_kept_approved():
+    from flows.progress import RunTotals
+    from flows.report import summary_markdown
+
+    summary = summary_markdown("c", 2, RunTotals(planned=1, kept_approved=1), "file:///s", None, [], None, None)
+    assert "**Kept (approved):** 1 approved variant(s)" in summary
+    assert "Kept (approved)" not in summary_markdown("c", 2, RunTotals(planned=1), "file:///s", None, [], None, None)
