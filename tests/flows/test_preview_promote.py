@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from catalog import Store
 from catalog.lineage import dataset_name
 from catalog.stage_results import record_key
+from flows.destinations import run_destinations
 from flows.manifest import read_manifest, write_manifest
 from flows.plan import Filters, make_plan, model_info
 from flows.render_stream import to_render_job
@@ -73,7 +74,7 @@ def test_preview_three_takes_promote_two_and_collect_garbage(prefect_api, ray_cl
     store.root.delete(store.blobs.key_from(gone.blob_uri))
 
     result = horse("promote", "spring-launch", "--to", "1080p", "--variants", "en-16x9-t2,en-16x9-t3-preview",
-                   "--config", config_file)
+                   "--destinations", "social", "--config", config_file)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "notice: spring-launch/h100 en-16x9-t3: the base latent of en-16x9-t3-preview is gone" in output
@@ -91,6 +92,11 @@ def test_preview_three_takes_promote_two_and_collect_garbage(prefect_api, ray_cl
                                    "sha256": v1["en-16x9-t2-preview"]["sha256"], "stage_key": t2_latent.stage_key,
                                    "stage_result_uri": t2_latent.blob_uri, "stage_result_sha256": t2_latent.sha256}
     assert (t3["status"], t3["base_rerendered"]) == ("ok", True) and "stage_result_uri" not in t3["promoted_from"]
+    # a promoted clip gets delivery QC and a master like any other render (its previews had none)
+    for promoted in (t2, t3):
+        assert set(promoted["qc"]) == {"social"} and promoted["qc_status"] in ("passed", "failed")
+        assert store.blob_exists(promoted["qc"]["social"]["master_sha256"], "mp4")
+    assert "qc" not in v2["en-16x9-t2-preview"]
     assert json.loads(store.read_receipt(t2["render_key"])["extra"])["stages_run"] == {"1": ["sr", "decode"]}
     assert json.loads(store.read_receipt(t3["render_key"])["extra"])["stages_run"] == {"1": ["base", "sr", "decode"]}
 
@@ -103,10 +109,11 @@ def test_preview_three_takes_promote_two_and_collect_garbage(prefect_api, ray_cl
     # byte-identical to the one the promote decoded; that latent decodes to the straight render's
     # frames and audio. (libx264 is not deterministic here, so two encodes of one clip can differ:
     # the latents and the decoded clip are what is compared.)
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, render={"destinations": ["social"]})
     model = model_info(settings)
     [job] = [j for j in make_plan(read_manifest(str(manifest)).shots, model, store,
-                                  Filters(resolution="1080p", preview=False)).jobs if j.variant == "en-16x9-t2"]
+                                  Filters(resolution="1080p", preview=False), run_destinations(settings)).jobs
+             if j.variant == "en-16x9-t2"]
     assert job.render_key == t2["render_key"]
     request = to_render_job(job, model.fingerprint).request
     promoted_sr = json.loads(store.read_receipt(t2["render_key"])["extra"])["stage_results"]["sr"]
@@ -126,8 +133,8 @@ def test_preview_three_takes_promote_two_and_collect_garbage(prefect_api, ray_cl
     assert dry.returncode == 0, dry.stderr
     report = one_json_document(dry)
     assert report["by_kind"]["stage results"]["deleted_files"] == report["by_kind"]["stage results"]["files"] - 1
-    assert {"clips", "posters", "contact sheets", "manifests"} <= set(report["by_kind"])
-    assert all(report["by_kind"][k]["deleted_files"] == 0 for k in ("clips", "posters", "manifests"))
+    assert {"clips", "posters", "contact sheets", "manifests", "masters"} <= set(report["by_kind"])
+    assert all(report["by_kind"][k]["deleted_files"] == 0 for k in ("clips", "posters", "manifests", "masters"))
     assert len(store.stage_results.records()) == len(report["expired_stage_results"]) + 1, "a dry run deletes nothing"
 
     real = horse("gc", "--config", str(no_retention))
