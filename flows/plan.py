@@ -21,6 +21,7 @@ from catalog import Store, render_key, sha256_file
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.geometry import BASE_TIER
 from model.prompt import compose_prompt
@@ -74,6 +75,8 @@ class PlannedJob:
     destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -109,7 +112,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 def variant_id(language: str | None, aspect_ratio: str, take: int, preview: bool = False) -> str:
@@ -233,16 +237,21 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None) -> Plan:
-    """Expand every shot, keep approved variants as they are (except on `filters.force_approved` shots),
-    then ask the catalog once which render keys already exist."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes()) -> Plan:
+    """Expand every shot on the backend `routes` give it, keep approved variants as they are
+    (except on `filters.force_approved` shots), then ask the catalog once which render keys
+    already exist."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, destinations))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations))
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))

@@ -7,12 +7,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from catalog import public_options
 from flows.plan import PREVIEW, PlannedJob
+from flows.routing import api_render_job
 from flows.settings import HorseSettings
 from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
+from horse_actors.api_actor import run_routed
 from media import load_audio, load_image
 
 
@@ -42,6 +44,8 @@ def pool_config(settings: HorseSettings) -> PoolConfig:
 
 
 def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
+    if job.api_request is not None:  # rendered by a provider: the request it was planned with
+        return api_render_job(job)
     from model import RenderRequest
 
     request = RenderRequest(
@@ -101,8 +105,9 @@ class RenderStream:
 
     _END = object()
 
-    def __init__(self, pool: RenderPool, jobs: list[RenderJob]):
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob], providers: Mapping[str, Any] | None = None):
         self.pool = pool
+        self.providers = providers or {}  # ProviderSpec by name, for the jobs an API provider renders
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -113,7 +118,7 @@ class RenderStream:
 
     def _render(self, jobs: list[RenderJob]) -> None:
         try:
-            self.pool.run(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
+            run_routed(self.pool, jobs, self._queue.put, self.cancel, self.providers)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:

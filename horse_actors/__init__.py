@@ -6,13 +6,25 @@ Usable from a plain script (no Prefect here):
     config = PoolConfig(ModelSpec("tiny"), StoreTarget("file:///tmp/store"), scheduling=Scheduling(cpu_mode=True))
     with RenderPool(config) as pool:
         outcomes = pool.run(jobs, on_outcome=print)
+
+Names are imported on first use, so what needs no Ray (the job records, the API providers' specs
+that configuration checks) loads without it.
 """
 
-from .actor import RenderActor
-from .cluster import connect, preserved_signal_handlers
-from .config import Encoding, ModelSpec, PoolConfig, Scheduling, StoreTarget
-from .jobs import Delivery, RenderJob, RenderOutcome, classify
-from .pool import RenderPool
+from importlib import import_module
 
-__all__ = ["Delivery", "Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
-           "Scheduling", "StoreTarget", "classify", "connect", "preserved_signal_handlers"]
+_EXPORTS = {
+    "RenderActor": "actor", "connect": "cluster", "preserved_signal_handlers": "cluster",
+    "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
+    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs", "RenderPool": "pool",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -40,10 +40,10 @@ def plan(manifest: ManifestArg, as_json: JsonOpt = False, config: ConfigOpt = No
 def show_plan(document: dict[str, Any]) -> None:
     jobs = document["plan"]
     table = Table(header_style="bold")
-    for column in ("campaign", "shot", "variant", "size", "s", "seed", "status"):
+    for column in ("campaign", "shot", "variant", "backend", "size", "s", "seed", "status"):
         table.add_column(column)
     for job in jobs[:200]:
-        table.add_row(job["campaign_id"], job["shot_id"], job["variant"], f"{job['width']}x{job['height']}",
+        table.add_row(job["campaign_id"], job["shot_id"], job["variant"], job["backend"], f"{job['width']}x{job['height']}",
                       f"{job['seconds']:g}", str(job["seed"]), "[dim]cached[/dim]" if job["cached"] else "render")
     console.print(table)
     if len(jobs) > 200:
@@ -51,6 +51,10 @@ def show_plan(document: dict[str, Any]) -> None:
     console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, "
                   f"{len(document['kept_approved'])} kept (approved), [bold]{document['to_render']} "
                   f"to render[/bold], about {document['gpu_seconds_quote'] / 3600:.2f} GPU-hours ({document['quote_basis']})")
+    for name, quote in document["api_quote"].items():
+        money = "no price configured" if quote["usd"] is None else f"about ${quote['usd']:,.2f}"
+        console.print(f"{name} ({quote['model']}): {quote['clips']} clips to render, {money}, "
+                      f"~{quote['estimated_tokens']:,} tokens")
     show_skipped(document["row_errors"])
 
 
