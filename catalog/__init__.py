@@ -10,6 +10,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "AdapterRegistry": "adapters", "UnknownAdapter": "adapters",
+    "Approvals": "approvals", "InvalidDecision": "approvals", "decision_event": "approvals",
+    "review_slots": "approvals", "slot_of": "approvals",
     "BlobRef": "blobs", "blob_key": "blobs",
     "GCReport": "gc",
     "sha256_file": "hashing",

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Iterable
 
 from .adapters import AdapterRegistry
+from .approvals import Approvals
 from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
 from .ids import InvalidId
@@ -42,6 +43,7 @@ class Store:
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
         self.provider_tasks = ProviderTasks(self.root)
         self.adapters = AdapterRegistry(self.root, self.blobs)
+        self.approvals = Approvals(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -92,15 +94,50 @@ class Store:
         """Where the manifest of a campaign version lives."""
         return self.root.uri(version_key(campaign_id, number))
 
+    # approvals
+    def approved_entries(self, campaign_id: str) -> dict[tuple[str, str], dict]:
+        """{(shot, variant): the version entry approved for its slot, with an `approval` field}
+        for every slot whose newest decision is an approval: what reruns keep and what delivery
+        ships. The entry is the one of the version the approval was made on."""
+        out: dict[tuple[str, str], dict] = {}
+        versions: dict[int, dict] = {}
+        for state in self.approvals.state(campaign_id).values():
+            event = state.approved
+            if event is None:
+                continue
+            number = event["campaign_version"]
+            if number not in versions:
+                versions[number] = self.versions.read(campaign_id, number)
+            entry = next((e for e in versions[number]["entries"] if e["shot_id"] == event["shot_id"]
+                          and e["variant"] == event["variant"] and e["render_key"] == event["render_key"]), None)
+            if entry is None:  # the table and the versions disagree: never guess which clip was meant
+                raise LookupError(f"approval {event['event_id']} names {event['shot_id']}/{event['variant']} "
+                                  f"{event['render_key'][:12]}, which {campaign_id} version {number} does not list")
+            out[(event["shot_id"], event["variant"])] = {**entry, "approval": approval_field(event)}
+        return out
+
+    def approved_uris(self) -> dict[str, str]:
+        """{URI: field} of every file an approved take stands on: the clip of every approval
+        ever made, and the poster, masters and preview latent of the approved entries now."""
+        uris = {uri: "approved clip" for uri in self.approvals.referenced_uris()}
+        for campaign_id in sorted({e["campaign_id"] for e in self.approvals.events()}):
+            for entry in self.approved_entries(campaign_id).values():
+                named = {"poster_uri": entry.get("poster_uri"),
+                         "stage_result_uri": (entry.get("promoted_from") or {}).get("stage_result_uri")}
+                named |= {f"master_uri {d}": q.get("master_uri") for d, q in (entry.get("qc") or {}).items()}
+                uris |= {uri: field for field, uri in named.items() if uri}
+        return uris
+
     # maintenance
     def gc(self, grace: timedelta | float = timedelta(days=7), dry_run: bool = True,
            include_receipts: bool = True, retention: Retention = Retention(),
            now: datetime | None = None) -> GCReport:
-        """Delete blobs older than `grace` that no index row, QC row (masters), version, stage result record within
+        """Delete blobs older than `grace` that no index row, QC row (masters), version, approval, stage result record within
         its `retention` (and, by default, no receipt) references; unless `dry_run`, stage result
         records past their retention are deleted first (`now`: the time GC judges ages by).
         Raises, deleting nothing, if any reference cannot be read."""
         in_versions = self.versions.referenced()  # every reference is read before anything is deleted
+        in_versions |= {uri: field for uri, field in self.approved_uris().items() if uri not in in_versions}
         masters = self.qc.referenced_uris()
         referenced = [set(in_versions), self.index.referenced_uris(), masters, self.adapters.referenced_uris()]
         if include_receipts:
@@ -120,3 +157,9 @@ class Store:
     def __getstate__(self) -> Any:
         raise TypeError("a Store holds credentials and is not pickled; pass url and storage options "
                         "through your secret mechanism and build a Store where it is used")
+
+
+def approval_field(event: dict) -> dict:
+    """What a version entry says about its approval."""
+    return {"decision": event["decision"], "who": event["who"], "at": event["at"].isoformat().replace("+00:00", "Z"),
+            "take": event["take"], "note": event["note"], "event_id": event["event_id"]}

@@ -20,6 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 
 from catalog import Store
+from catalog.approvals import FORCED, new_event, slot_of
 from flows.collect import RunRecord, describe, record_render
 from flows.destinations import RunDestinations, run_destinations
 from flows.dialogue import DialoguePolicy, dialogue_policy
@@ -31,7 +32,7 @@ from flows.render_stream import RenderStream, pool_config, start_pool, to_render
 from flows.routing import Routes
 from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
                           qc_markdown, qc_table_rows, summary_markdown)
-from flows.settings import HorseSettings
+from flows.settings import HorseSettings, reviewer_name
 from horse_actors import RenderOutcome, RenderPool
 
 
@@ -61,6 +62,13 @@ class RunResult:
             "notices": self.notices,
             "qc_failures": self.qc_failures,
         }
+
+
+def forced_event(entry: dict, who: str, run_id: str) -> dict:
+    slot, take, _ = slot_of(entry["variant"])
+    return new_event(entry["campaign_id"], entry["shot_id"], slot, FORCED, entry=entry, take=take, who=who,
+                     note=f"approved take rendered again on purpose (--force-approved) in run {run_id}",
+                     source="render", campaign_version=None, run_id=run_id, forced=True)
 
 
 def _logger():
@@ -98,6 +106,13 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     else:
         plan.cached.update(store.recover_unindexed([job.render_key for job in plan.todo], run_id))
     log = _logger()
+    if plan.lifted:  # on record before anything renders: who forced which approved take, in which run
+        who = settings.review.user or reviewer_name()
+        store.approvals.record([forced_event(entry, who, run_id) for entry in plan.lifted])
+        log.warning("forced: %d approved variant(s) rendered again: %s", len(plan.lifted),
+                    ", ".join(f"{e['shot_id']}/{e['variant']}" for e in plan.lifted))
+    if plan.kept:
+        log.info("kept (approved): %s", ", ".join(f"{e['shot_id']}/{e['variant']}" for e in plan.kept))
     log.info("plan: %d variants, %d already rendered, %d to render", len(plan.jobs), len(plan.cached), len(plan.todo))
     for error in plan.errors:
         log.warning("skipped %s", error)
@@ -225,7 +240,8 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         campaigns=tuple(manifest.campaign_ids),
     )
     row_errors = [str(e) for e in manifest.errors] + plan.errors
-    totals = RunTotals(planned=len(plan.jobs), cached=len(plan.cached), invalid_rows=len(row_errors))
+    totals = RunTotals(planned=len(plan.jobs), cached=len(plan.cached), invalid_rows=len(row_errors),
+                       kept_approved=len(plan.kept))
     label = "-".join(run.campaigns) or "empty"
     progress = Progress(artifact_key(label, "progress") if in_flow else None, f"Shots finished for {label}")
     progress.start(totals)

@@ -38,4 +38,6 @@ def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
         "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
         "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",
+        "kept_approved": [{"campaign_id": e["campaign_id"], "shot_id": e["shot_id"], "variant": e["variant"],
+                           "render_key": e["render_key"], "approved_by": e["approval"]["who"]} for e in plan.kept],
     }

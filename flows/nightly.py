@@ -5,6 +5,7 @@ Progress reaches a caller in this process through `flows.progress.progress_liste
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow
@@ -13,6 +14,7 @@ from catalog import Store
 from flows.campaign_run import RunResult, render_campaign
 from flows.manifest import ManifestError
 from flows.plan import Filters
+from flows.review import review_step
 from flows.settings import HorseSettings, load_settings
 
 
@@ -26,14 +28,26 @@ def nightly_campaign_render(
     force: bool = False,
     preview: bool = False,
     destinations: list[str] | None = None,
+    force_approved: list[str] | None = None,
+    review: bool = False,
+    promote_to: str = "1080p",
+    review_timeout_s: int | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
     publish the campaign's next version. Parameters carry URIs and options, never shot lists.
     `preview`: every take as a 256p preview whose base latent is kept for `promote-takes` (as if
-    every row had the manifest's `preview` column set); `destinations` replaces
-    `render.destinations` (for rows without their own)."""
+    every row had the manifest's `preview` column set). `destinations` replaces `render.destinations`
+    (for rows without their own). Approved variants are kept as they are, except on the
+    `force_approved` shots, which render again (on record as forced). `review`: then pause for
+    review in the UI (flows.review; approved previews are promoted to `promote_to`)."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
-    return render_campaign(manifest_uri, settings, Filters(preview=True if preview else None), force=force).as_dict()
+    filters = Filters(preview=True if preview else None, force_approved=tuple(force_approved or ()))
+    result = render_campaign(manifest_uri, settings, filters, force=force).as_dict()
+    if review:
+        result["review"] = {campaign: review_step(campaign, number, settings, promote_to=promote_to,
+                                                  timeout_s=review_timeout_s, run_id=result["run_id"])
+                            for campaign, number in result["versions"].items()}
+    return result
 
 
 @flow(name="backfill-variants", log_prints=True)
@@ -49,11 +63,13 @@ def backfill_variants(
     ray_address: str | None = None,
     force: bool = False,
     destinations: list[str] | None = None,
+    force_approved: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
     settings = flow_settings(config_file, store_url, model, ray_address, destinations)
-    filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
+    filters = dataclasses.replace(backfill_filters(languages, aspect_ratios, takes, shot_ids),
+                                  force_approved=tuple(force_approved or ()))
     return run_backfill(campaign_id, settings, filters, force).as_dict()
 
 

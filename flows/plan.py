@@ -53,6 +53,7 @@ class Filters:
     shot_ids: tuple[str, ...] | None = None
     resolution: str | None = None  # render at this tier instead of the manifest's (a promote)
     preview: bool | None = None    # True: previews of every take; False: none; None: the manifest's column
+    force_approved: tuple[str, ...] = ()  # shots whose approved variants are rendered again (recorded as forced)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ class Plan:
     cached: dict[str, dict]  # render_key -> index row (or receipt) of a finished render
     model_fingerprint: str
     errors: list[str] = field(default_factory=list)
+    # approved variants (catalog.approvals): their approved version entries, published as they
+    # are ("kept (approved)"), never rendered again; `lifted`: those `force_approved` renders again
+    kept: list[dict] = field(default_factory=list)
+    lifted: list[dict] = field(default_factory=list)
 
     @property
     def todo(self) -> list[PlannedJob]:
@@ -171,7 +176,8 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                 "audio_sha256": sha256_file(audio)[0] if audio else None}
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
-    delivered_to = destinations.for_shot(shot.destinations) if destinations else ()
+    # a preview is for review, not for delivery: its masters are made when it is promoted
+    delivered_to = destinations.for_shot(shot.destinations) if destinations and not preview else ()
     max_rerolls = destinations.max_rerolls if delivered_to else 0
     delivery = {"destinations": sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"]),
                 "max_rerolls": max_rerolls}
@@ -286,8 +292,9 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
               dialogue: DialoguePolicy | None = None, default_adapter: str | None = None,
               default_adapter_strength: float = 1.0) -> Plan:
     """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
-    `default_adapter`), then ask the catalog once which render keys already exist. `dialogue`: the
-    run's gate, for local renders (API clips are not heard)."""
+    `default_adapter`), keep approved variants as they are (except on `filters.force_approved`
+    shots), then ask the catalog once which render keys already exist. `dialogue`: the run's
+    gate, for local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
@@ -305,12 +312,29 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
                 jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
+    jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))
     # Highest priority first, then manifest order: the nightly run renders what matters most first.
     jobs.sort(key=lambda job: -job.priority)
     # Looked up in the plan's campaigns only: the cost follows the campaign, not the whole index.
     # A key first rendered for another campaign is found by its receipt (Store.recover_unindexed).
     cached = store.index.existing([job.render_key for job in jobs], campaigns={job.campaign_id for job in jobs}) if jobs else {}
-    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
+    return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors, kept=kept, lifted=lifted)
+
+
+def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str]):
+    """(jobs to plan, approved entries kept, approved entries lifted by `force_approved`): an
+    approved variant of a planned shot is never rendered again nor replaced, whatever its inputs
+    are now, and stays in the campaign's next version even when this run does not plan it (a
+    preview run keeps the approved promoted clip)."""
+    shots = {(job.campaign_id, job.shot_id) for job in jobs}
+    approved: dict[tuple[str, str, str], dict] = {}
+    for campaign_id in sorted({campaign for campaign, _ in shots}):
+        approved |= {(campaign_id, *k): e for k, e in store.approved_entries(campaign_id).items()
+                     if (campaign_id, k[0]) in shots}
+    kept = [e for (_, shot, _), e in approved.items() if shot not in force_approved]
+    lifted = [e for (_, shot, _), e in approved.items() if shot in force_approved]
+    pinned = {(e["campaign_id"], e["shot_id"], e["variant"]) for e in kept}
+    return [job for job in jobs if (job.campaign_id, job.shot_id, job.variant) not in pinned], kept, lifted
 
 
 def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:

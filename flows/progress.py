@@ -45,6 +45,7 @@ class RunTotals:
     failed: int = 0
     cancelled: int = 0
     invalid_rows: int = 0
+    kept_approved: int = 0  # approved variants published as they are, not planned (catalog.approvals)
     gpu_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
 
@@ -75,6 +76,7 @@ class RunTotals:
             "failed": self.failed,
             "cancelled": self.cancelled,
             "invalid_rows": self.invalid_rows,
+            "kept_approved": self.kept_approved,
             "gpu_seconds": round(self.gpu_seconds, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
         }

@@ -32,6 +32,7 @@ from flows.dialogue import dialogue_policy
 from flows.nightly import flow_settings
 from flows.plan import PREVIEW, PROMOTED, Filters, ModelInfo, Plan, PlannedJob, model_info
 from flows.render_stream import to_render_job
+from flows.review import carry_approvals
 from flows.settings import HorseSettings
 from horse_actors.staged import stage_key
 
@@ -95,6 +96,7 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
         _logger().warning(notice)
     result = run_plan(manifest, plan, settings, run_id, merge_previous=True, notices=notices)
     number = result.campaigns[campaign_id]
+    carry_approvals(store, campaign_id, number, run_id)  # an approved preview's finished clip is approved too
     return {**result.as_dict(), "promoted": promoted_entries(store, campaign_id, number, set(previews))}
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from catalog import Store
+from catalog.approvals import slot_of
+from catalog.store import approval_field
 from flows.collect import delivered, staged
 from flows.plan import PROMOTED, Plan, PlannedJob
 from flows.routing import version_fields
@@ -60,6 +62,8 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
         if heard and entry["status"] != "failed":
             entry["dialogue"], entry["dialogue_status"] = heard, heard["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
+    for entry in plan.kept:  # approved: exactly as signed off, whatever the manifest says now
+        per_campaign.setdefault(entry["campaign_id"], []).append(entry)
     return per_campaign
 
 
@@ -87,6 +91,22 @@ def merge_with_previous(store: Store, campaign_id: str, entries: list[dict]) -> 
     return list(merged.values())
 
 
+def with_review_state(store: Store, campaign_id: str, entries: list[dict]) -> list[dict]:
+    """Each entry with its slot's review state when the version is published (`approval`: the
+    newest decision on its shot/language/aspect, `this_take`: whether it is about this variant;
+    None: nothing decided yet). The live state is `horse review`."""
+    state = store.approvals.state(campaign_id)
+    out = []
+    for entry in entries:
+        slot, _, _ = slot_of(entry["variant"])
+        decided = state.get((entry["shot_id"], slot))
+        approval = None
+        if decided is not None:
+            approval = {**approval_field(decided.latest), "this_take": decided.latest["variant"] == entry["variant"]}
+        out.append({**entry, "approval": approval})
+    return out
+
+
 def publish_contact_sheet(store: Store, entries: list[dict]) -> tuple[str | None, bytes | None]:
     posters = []
     for entry in entries[:48]:
@@ -103,6 +123,7 @@ def publish_version(store: Store, campaign_id: str, entries: list[dict], *, mani
                     model_fingerprint: str, run_id: str, merge_previous: bool) -> PublishedVersion:
     if merge_previous:
         entries = merge_with_previous(store, campaign_id, entries)
+    entries = with_review_state(store, campaign_id, entries)
     sheet_uri, sheet = publish_contact_sheet(store, entries)  # first, so the version can name it
     number = store.versions.publish(
         campaign_id, entries, manifest_uri=manifest_uri, manifest_sha256=manifest_sha256,

@@ -60,6 +60,9 @@ def summary_markdown(
         "",
         f"- Store: `{store_url}`",
     ]
+    if totals.kept_approved:
+        lines.insert(6, f"**Kept (approved):** {totals.kept_approved} approved variant(s) published as they were "
+                        "signed off, not rendered again.\n")
     if version_uri:
         lines.append(f"- Version manifest: `{version_uri}`")
     if sheet_uri:

@@ -164,6 +164,14 @@ class DialogueSettings(_Section):
                           no_speech_probability=self.no_speech_probability)
 
 
+class ReviewSettings(_Section):
+    """Review and approval (README "Review, approval, delivery")."""
+
+    user: str | None          # who CLI decisions are by (None: the login name)
+    timeout_hours: float = Field(gt=0)  # a review step's pause; after it the run ends, the review stays open
+    poll_seconds: int = Field(ge=1, le=60)  # how often a paused review checks for the submitted form
+
+
 class GCSettings(_Section):
     """What `horse gc` keeps (catalog GC): young blobs, and stage results by their retention."""
 
@@ -243,8 +251,9 @@ class HorseSettings(BaseSettings):
     schedule: ScheduleSettings
     maintenance: MaintenanceSettings
     render: RenderSettings
-    gc: GCSettings
     dialogue: DialogueSettings
+    gc: GCSettings
+    review: ReviewSettings
     routing: RoutingSettings
 
     @classmethod
@@ -337,3 +346,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Ho
         raise ConfigError(_describe(exc)) from None
     finally:
         _user_files.reset(token)
+
+
+def reviewer_name() -> str:
+    """Who a decision made here is by when `review.user` is not configured: the login name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -11,7 +11,7 @@ set_library_defaults()  # before any command imports Prefect or Ray
 
 import typer  # noqa: E402
 
-from flows.cli import adapters, campaigns, demo, gc, maintain, manifests, operations, promote, qc, runs  # noqa: E402
+from flows.cli import adapters, campaigns, demo, gc, maintain, manifests, operations, promote, qc, review, runs  # noqa: E402
 
 app = typer.Typer(
     name="horse",
@@ -30,7 +30,7 @@ def _group() -> None:
 app.add_typer(demo.app)
 app.add_typer(manifests.app, name="manifest")
 app.add_typer(adapters.app, name="adapter")
-for group in (runs, promote, campaigns, qc, gc, operations, maintain):
+for group in (runs, promote, review, campaigns, qc, gc, operations, maintain):
     app.add_typer(group.app)
 
 

@@ -14,7 +14,9 @@ from flows.cli.command import (
 
 app = typer.Typer()
 ManifestArg = Annotated[str, typer.Argument(help="Parquet manifest (path or URL)")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="render again even what the catalog has")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="render again even what the catalog has (approved variants stay)")]
+ForceApprovedOpt = Annotated[Optional[str], typer.Option(
+    "--force-approved", help="comma-separated shots whose approved variants render again (recorded as forced)")]
 DestinationsOpt = Annotated[Optional[str], typer.Option(
     "--destinations", help="comma-separated delivery destinations for rows without their own (render.destinations)")]
 
@@ -46,7 +48,8 @@ def show_plan(document: dict[str, Any]) -> None:
     console.print(table)
     if len(jobs) > 200:
         console.print(f"... and {len(jobs) - 200} more")
-    console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, [bold]{document['to_render']} "
+    console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, "
+                  f"{len(document['kept_approved'])} kept (approved), [bold]{document['to_render']} "
                   f"to render[/bold], about {document['gpu_seconds_quote'] / 3600:.2f} GPU-hours ({document['quote_basis']})")
     for name, quote in document["api_quote"].items():
         money = "no price configured" if quote["usd"] is None else f"about ${quote['usd']:,.2f}"
@@ -61,8 +64,8 @@ PreviewOpt = Annotated[bool, typer.Option("--preview", help="every take as a 256
 
 @app.command()
 def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt = False,
-           destinations: DestinationsOpt = None, as_json: JsonOpt = False, config: ConfigOpt = None,
-           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+           destinations: DestinationsOpt = None, force_approved: ForceApprovedOpt = None, as_json: JsonOpt = False,
+           config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Run the nightly flow for a manifest now."""
 
     def body(settings) -> Outcome:
@@ -71,7 +74,7 @@ def render(manifest: ManifestArg, force: ForceOpt = False, preview: PreviewOpt =
         return run_flow(lambda: nightly_campaign_render(
             manifest_uri=manifest, store_url=store, model=model, config_file=str(config) if config else None,
             ray_address=ray_address, force=force, preview=preview, destinations=split_csv(destinations),
-            return_state=True), "rendering", as_json)
+            force_approved=split_csv(force_approved), return_state=True), "rendering", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
@@ -89,6 +92,7 @@ def backfill(
     shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids")] = None,
     force: ForceOpt = False,
     destinations: DestinationsOpt = None,
+    force_approved: ForceApprovedOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
@@ -103,8 +107,8 @@ def backfill(
         return run_flow(lambda: backfill_variants(
             campaign_id=campaign, languages=split_csv(languages), aspect_ratios=split_csv(aspect_ratios), takes=takes,
             shot_ids=split_csv(shots), store_url=store, model=model, config_file=str(config) if config else None,
-            ray_address=ray_address, force=force, destinations=split_csv(destinations), return_state=True),
-            "backfilling", as_json)
+            ray_address=ray_address, force=force, destinations=split_csv(destinations),
+            force_approved=split_csv(force_approved), return_state=True), "backfilling", as_json)
 
     run_command(as_json, body, config, store, model, ray_address)
 
@@ -147,6 +151,7 @@ def run_flow(start: Callable[[], Any], label: str, as_json: bool,
 
 def show_run(document: dict[str, Any]) -> None:
     console.print(f"[bold]{document['rendered']} rendered[/bold], {document['cached']} already rendered, "
+                  f"{document.get('kept_approved', 0)} kept (approved), "
                   f"{document['degraded']} degraded, {document['failed']} failed, {document['gpu_seconds']:.1f} GPU-seconds")
     for campaign, number in document["versions"].items():
         console.print(f"published [bold]{campaign}[/bold] version {number}")

@@ -7,6 +7,7 @@ test-artifacts/.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -25,6 +26,59 @@ from tests.conftest import free_port, require
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_clicking(url: str, button: str, until: str, screenshot: str) -> str:
+    """The DOM after clicking the first `button` (by its text) once the page shows it and waiting
+    for `until` to appear: headless Chromium driven over the DevTools protocol."""
+    from websockets.sync.client import connect
+
+    port, profile = free_port(), tempfile.mkdtemp(prefix="horse-chromium-")
+    browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
+                                f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                page = next(p for p in pages if p["type"] == "page")
+                break
+            except (httpx.HTTPError, StopIteration):
+                assert time.monotonic() < deadline, "chromium's DevTools endpoint did not come up"
+                time.sleep(0.5)
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            calls = iter(range(1, 10_000))
+
+            def call(method: str, **params):
+                number = next(calls)
+                ws.send(json.dumps({"id": number, "method": method, "params": params}))
+                while (message := json.loads(ws.recv(timeout=60))).get("id") != number:
+                    pass
+                return message["result"]
+
+            def evaluate(expression: str):
+                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+            def wait_for(expression: str, what: str) -> None:
+                give_up = time.monotonic() + 90
+                while not evaluate(expression):
+                    assert time.monotonic() < give_up, f"the page never showed {what}"
+                    time.sleep(1)
+
+            call("Page.navigate", url=url)
+            click = (f"(() => {{ const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === "
+                     f"{json.dumps(button)}); if (b) b.click(); return !!b; }})()")
+            wait_for(click, f"a {button!r} button")
+            wait_for(f"document.body.innerText.includes({json.dumps(until)})", repr(until))
+            with open(screenshot, "wb") as f:
+                f.write(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
+            return evaluate("document.documentElement.outerHTML")
+    finally:
+        browser.kill()
+        browser.wait()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def chromium(url: str, *, screenshot: str | None = None) -> str:
@@ -129,7 +183,45 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
     assert '<img src="data:image/jpeg;base64,' in summary_page or 'src="data:image/jpeg;base64,' in summary_page, \
         "the contact sheet is shown in the summary"
 
+    check_review_form(base_url, env, tmp_path, artifacts_dir)
+
     ui_process.send_signal(signal.SIGINT)
     assert ui_process.wait(timeout=30) == 0, "horse ui stops cleanly on Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base_url}/api/health", timeout=2)
+
+
+def check_review_form(base_url: str, env: dict, store_dir, artifacts_dir) -> None:
+    """The review flow on the demo's campaign pauses; in the browser its run page's Resume opens the
+    typed review form (a choice and a note per shot and variant), and its review artifact shows the
+    contact sheet. Resumed through the API with nothing decided, it ends."""
+    review = subprocess.Popen([sys.executable, "-c", "import sys; from flows.review import review_campaign; "
+                               "review_campaign('aurora-tea-launch', store_url=sys.argv[1], timeout_s=600)",
+                               str(store_dir / "horse-store")], env=env, cwd=store_dir, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (paused := httpx.post(f"{base_url}/api/flow_runs/filter", json={
+                "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}).json()):
+            assert review.poll() is None and time.monotonic() < deadline, "the review flow did not pause"
+            time.sleep(1)
+        run_id = paused[0]["id"]
+        form = chromium_clicking(f"{base_url}/runs/flow-run/{run_id}", "Resume", "Reviewer",
+                                 str(artifacts_dir / "ui-review-form.png"))
+        for text in ("Reviewer", "s010-kitchen-hello · en-16x9", "s010-kitchen-hello · en-16x9 note", "awaiting"):
+            assert text in form, f"the review form shows {text!r}"
+
+        reviews = httpx.post(f"{base_url}/api/artifacts/filter",
+                             json={"artifacts": {"key": {"any_": ["aurora-tea-launch-review"]}}}).json()
+        assert reviews, "the review step published its artifact"
+        page = chromium(f"{base_url}/artifacts/artifact/{reviews[0]['id']}", screenshot=str(artifacts_dir / "ui-review.png"))
+        assert "Review aurora-tea-launch version" in page and "Contact sheet" in page
+        assert 'src="data:image/jpeg;base64,' in page, "the contact sheet and posters are shown"
+
+        resumed = httpx.post(f"{base_url}/api/flow_runs/{run_id}/resume", json={"run_input": {"reviewer": "ci"}},
+                             timeout=60)
+        assert resumed.json()["status"] == "ACCEPT", resumed.text
+        assert review.wait(timeout=300) == 0, review.stdout.read()[-3000:]
+    finally:
+        if review.poll() is None:
+            review.kill()
