@@ -15,10 +15,11 @@ _EXPORTS = {
     "ID_PATTERN": "ids", "InvalidId": "ids", "safe_key": "ids", "validate_ext": "ids", "validate_id": "ids",
     "validate_sha256": "ids",
     "CommitResult": "index", "RenderIndex": "index",
-    "canonical_json": "render_keys", "render_key": "render_keys",
+    "canonical_json": "render_keys", "render_key": "render_keys", "variant_render_keys": "render_keys",
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
     "receipt_key": "receipts",
     "public_options": "redact", "redact_options": "redact", "redact_url": "redact",
+    "SpendTable": "spend",
     "Store": "store",
     "CampaignVersions": "versions", "VersionInfo": "versions", "VersionNotFound": "versions",
 }

@@ -112,10 +112,12 @@ class RenderIndex:
         table = self.table.read_table(wanted)
         return None if table is None else _filter(table, render_keys=keys, status=status)
 
-    def existing(self, keys: Iterable[str], status: str | None = "ok") -> dict[str, dict]:
+    def existing(self, keys: Iterable[str], status: str | None = "ok",
+                 columns: list[str] | None = None) -> dict[str, dict]:
         """Bulk lookup: {render_key: index row} for the keys that are in the index (by default
-        only renders that are ok; status=None returns failed and degraded rows too)."""
-        table = self._lookup(keys, status, None)
+        only renders that are ok; status=None returns failed and degraded rows too); rows hold
+        only `columns` (and render_key, status) when given."""
+        table = self._lookup(keys, status, columns)
         if table is None:
             return {}
         return {row["render_key"]: row for row in table.to_pylist()}
@@ -125,10 +127,13 @@ class RenderIndex:
         table = self._lookup(keys, status, ["render_key"])
         return set() if table is None else set(table.column("render_key").to_pylist())
 
-    def to_arrow(self, campaign_id: str | None = None, status: str | None = None) -> pa.Table:
-        table = self.table.read_table()
+    def to_arrow(self, campaign_id: str | None = None, status: str | None = None,
+                 columns: list[str] | None = None) -> pa.Table:
+        """Index rows (only `columns`, when given), of one campaign and/or status."""
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "campaign_id", "status"]))
+        table = self.table.read_table(wanted)
         if table is None:
-            return RENDER_SCHEMA.empty_table()
+            table = RENDER_SCHEMA.empty_table() if wanted is None else RENDER_SCHEMA.empty_table().select(wanted)
         return _filter(table, campaign_id=campaign_id, status=status)
 
     def referenced_uris(self) -> set[str]:

@@ -26,7 +26,9 @@ STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
     "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
     "timings", "actor_id", "node_id", "run_id", "extra", "resolution", "rendered_resolution", "fallback",
+    "profile", "device_type", "device_seconds",
 )
+JSON_FIELDS = ("timings", "device_seconds")  # dicts of seconds per stage, stored as canonical JSON
 INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
 STATUSES = ("ok", "degraded", "failed")
@@ -70,21 +72,22 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     if status not in STATUSES:
         raise InvalidId("status", status, f"must be one of {', '.join(STATUSES)}")
     out["status"] = status
-    timings = r.pop("timings", None)
-    if isinstance(timings, dict):
-        timings = canonical_json(timings).decode()
-    elif isinstance(timings, str):
-        try:
-            json.loads(timings)
-        except ValueError:
-            raise InvalidId("timings", timings, "must be a dict or a JSON string") from None
-    elif timings is not None:
-        raise InvalidId("timings", timings, "must be a dict or a JSON string")
-    out["timings"] = timings
+    for name in JSON_FIELDS:
+        value = r.pop(name, None)
+        if isinstance(value, dict):
+            value = canonical_json(value).decode()
+        elif isinstance(value, str):
+            try:
+                json.loads(value)
+            except ValueError:
+                raise InvalidId(name, value, "must be a dict or a JSON string") from None
+        elif value is not None:
+            raise InvalidId(name, value, "must be a dict or a JSON string")
+        out[name] = value
     out["created_at"] = _to_utc(r.pop("created_at", None))
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
                  "error_message", "model_fingerprint", "actor_id", "node_id", "run_id", "resolution",
-                 "rendered_resolution", "fallback"):
+                 "rendered_resolution", "fallback", "profile", "device_type"):
         value = r.pop(name, None)
         if value is not None:
             value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]

@@ -19,35 +19,51 @@ from typing import Any
 RENDER_KEY_VERSION = 1  # bump only if the canonical form itself changes
 
 
-def _canonical(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"render_key input {path} is {value!r}; only finite numbers are allowed")
-        return int(value) if value.is_integer() else value
-    if isinstance(value, str):
+def _canonical(value: Any, path: Any) -> Any:
+    """`value` in canonical form. `path` names where it sits for error messages: "$", or a
+    (parent path, key or index) pair, made into text only when there is an error to report
+    (planning makes hundreds of thousands of keys)."""
+    kind = type(value)
+    if kind is str:
         return unicodedata.normalize("NFC", value)
-    if isinstance(value, dict):
+    if value is None or kind is bool or kind is int:
+        return value
+    if kind is dict:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(f"render_key input {path} has a non-string key {k!r}")
+                raise TypeError(f"render_key input {_where(path)} has a non-string key {k!r}")
             nk = unicodedata.normalize("NFC", k)
             if nk in out:
-                raise ValueError(f"render_key input {path} has two keys that normalise to {nk!r}")
-            out[nk] = _canonical(v, f"{path}.{nk}")
+                raise ValueError(f"render_key input {_where(path)} has two keys that normalise to {nk!r}")
+            out[nk] = _canonical(v, (path, f".{nk}"))
         return out
+    if isinstance(value, int):  # an int subclass (IntEnum); bool cannot be subclassed
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"render_key input {_where(path)} is {value!r}; only finite numbers are allowed")
+        return int(value) if value.is_integer() else float(value)
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, dict):
+        return _canonical(dict(value), path)
     if isinstance(value, (list, tuple)):
-        return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_canonical(v, (path, f"[{i}]")) for i, v in enumerate(value)]
     if hasattr(value, "item") and callable(value.item) and not hasattr(value, "__len__"):
         return _canonical(value.item(), path)  # numpy scalars, without importing numpy
     raise TypeError(
-        f"render_key input {path} has type {type(value).__name__}; pass str, int, float, bool, "
+        f"render_key input {_where(path)} has type {type(value).__name__}; pass str, int, float, bool, "
         "None, list or dict (hash bytes and arrays first)"
     )
+
+
+def _where(path: Any) -> str:
+    parts = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(part)
+    return path + "".join(reversed(parts))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -62,3 +78,20 @@ def render_key(inputs: dict) -> str:
     if not isinstance(inputs, dict):
         raise TypeError(f"render_key takes a dict of inputs, not {type(inputs).__name__}")
     return hashlib.sha256(canonical_json(inputs)).hexdigest()
+
+
+def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
+    """`render_key({**shared, **variant})` for each variant, with `shared` made canonical once.
+
+    The variants of one shot share most inputs (prompt, model, references) and differ in a few
+    (aspect ratio, size, seed): a planner keys hundreds of thousands of them, and making the
+    shared part canonical again for each one was most of its time. A name in both is refused."""
+    base = _canonical(shared, "$")
+    keys = []
+    for variant in variants:
+        own = _canonical(variant, "$")
+        if not base.keys().isdisjoint(own):
+            raise ValueError(f"variant_render_keys: {sorted(base.keys() & own.keys())} both shared and per variant")
+        data = json.dumps({**base, **own}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        keys.append(hashlib.sha256(data.encode("utf-8")).hexdigest())
+    return keys

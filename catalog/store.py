@@ -1,19 +1,22 @@
-"""Store: the catalog behind one root URL (blobs, receipts, index, versions, lineage, gc)."""
+"""Store: the catalog behind one root URL (blobs, receipts, index, versions, spend, lineage, gc)."""
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, BinaryIO, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
 from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
-from .lineage import Lineage
 from .receipts import Receipts
 from .root import Root
+from .spend import SpendTable
 from .versions import CampaignVersions, version_key
+
+if TYPE_CHECKING:
+    from .lineage import Lineage
 
 
 class Store:
@@ -32,6 +35,7 @@ class Store:
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.spend = SpendTable(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -42,6 +46,8 @@ class Store:
     @property
     def lineage(self) -> Lineage:
         if self._lineage is None:
+            from .lineage import Lineage  # openlineage loads only for runs that emit events (not `horse plan`)
+
             self._lineage = Lineage(self.root, self._lineage_config)
         return self._lineage
 

@@ -9,6 +9,7 @@ Tasks take serialisable inputs (settings, manifests, plans, records); the live o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 
 from catalog import Store
+from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_spend_table, over_budget
 from flows.collect import RunRecord, describe, record_render
+from flows.cost import Quote, cost_model, quote_plan
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
@@ -29,6 +32,7 @@ from flows.render_stream import RenderStream, pool_config, start_pool, to_render
 from flows.report import artifact_key, create_failures_table, create_summary, failure_rows, summary_markdown
 from flows.settings import HorseSettings
 from horse_actors import RenderOutcome, RenderPool
+from horse_actors.jobs import NOT_ADMITTED
 
 
 class RunFailed(RuntimeError):
@@ -43,6 +47,8 @@ class RunResult:
     row_errors: list[str]
     failures: list[dict[str, Any]] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
+    spend: list[dict[str, Any]] = field(default_factory=list)  # the run's rows of the spend table
+    budget_stop: str = ""  # "not rendered: budget (...)" when a budget stopped the run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +58,8 @@ class RunResult:
             "row_errors": self.row_errors,
             "failures": self.failures,
             "contact_sheets": self.contact_sheets,
+            "spend": self.spend,
+            "budget_stop": self.budget_stop,
         }
 
 
@@ -91,6 +99,26 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     return plan
 
 
+@task(name="quote-plan", cache_policy=NO_CACHE)
+def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budget: bool) -> tuple[Quote, list[Budget]]:
+    """The to-do jobs' quote and the budgets the run is held to; a quote over one stops the run
+    here (OverBudget) unless allow_over_budget, which renders what fits."""
+    store = Store(settings.store_url, settings.storage_options)
+    quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint))
+    budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
+    log = _logger()
+    low, high = quote.band
+    log.info("quote: %.3f GPU-hours (%.3f-%.3f) on %s, %s", quote.gpu_seconds / 3600, low / 3600, high / 3600,
+             quote.model.device_type or "an unknown device", quote.basis)
+    over = over_budget(budgets, quote)
+    if over and not allow_over_budget:
+        raise OverBudget(f"{over[0]} (--allow-over-budget starts the run anyway: it renders, most important "
+                         "first, until the budget is reached)")
+    for line in over:
+        log.warning("%s: rendering until the budget is reached", line)
+    return quote, budgets
+
+
 @task(name="index-chunk", cache_policy=NO_CACHE)
 def index_chunk(receipts: list[dict], settings: HorseSettings, run_id: str) -> int:
     """One Delta commit for a chunk's receipts: the UI follows a run in tens of steps, never one
@@ -121,11 +149,26 @@ def report(label: str, failures: list[dict], summaries: dict[str, str]) -> None:
 # ---- the run ----------------------------------------------------------------------------------
 
 
+def record_spend(store: Store, guard: BudgetGuard, run_id: str, settings: HorseSettings,
+                 quiet: bool = False) -> list[dict]:
+    """Append the run's spend to the spend table and return its rows. `quiet` (a run that is
+    failing anyway): a store error is logged, so that it does not hide the run's own error."""
+    rows = guard.rows(run_id, settings)
+    try:
+        store.spend.record(rows, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001
+        if not quiet:
+            raise
+        _logger().error("the spend of run %s could not be recorded: %s", run_id, exc)
+    return rows
+
+
 def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: RunRecord, store: Store,
-                       totals: RunTotals, progress: Progress) -> dict[str, tuple[PlannedJob, RenderOutcome]]:
+                       totals: RunTotals, progress: Progress,
+                       guard: BudgetGuard) -> dict[str, tuple[PlannedJob, RenderOutcome]]:
     """Render the to-do jobs as one stream and collect each as it arrives; returns every outcome
-    by render key. A cancel or crash stops the pool; receipts already written are indexed by the
-    next run (`Store.recover_unindexed`)."""
+    by render key. `guard` counts the spend and stops dispatching at a budget. A cancel or crash
+    stops the pool; receipts already written are indexed by the next run (`Store.recover_unindexed`)."""
     collected: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
     if not todo:
         return collected
@@ -133,11 +176,14 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
     with RenderPool(pool_config(settings)) as pool:
         log.info(start_pool(pool))
         size = settings.render.chunk_size
-        with RenderStream(pool, [to_render_job(job, run.model_fingerprint) for job in todo]) as stream:
+        jobs = [to_render_job(job, run.model_fingerprint) for job in todo]
+        with RenderStream(pool, jobs, admit=guard.admit, on_outcome=guard.settle) as stream:
             # The stream keeps rendering the next chunk while this one is being collected.
             for number, start in enumerate(range(0, len(todo), size), start=1):
                 receipts = []
                 for job, outcome in stream.outcomes_for(todo[start:start + size]):
+                    if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
+                        outcome = dataclasses.replace(outcome, error_message=guard.reason)
                     receipt = record_render(store, run, job, outcome)
                     if receipt is not None:
                         receipts.append(receipt)
@@ -151,7 +197,7 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
 
 
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
-                    merge_previous: bool = False) -> RunResult:
+                    merge_previous: bool = False, allow_over_budget: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
     context = FlowRunContext.get()
     in_flow = bool(context and context.flow_run)
@@ -162,6 +208,8 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
     plan = plan_variants(manifest, settings, filters, force, run_id)
+    quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
+    guard = BudgetGuard(budgets, quote, plan.todo)
 
     resolved = settings.resolved_model()
     run = RunRecord(
@@ -180,10 +228,18 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     store.lineage.start(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                         tags=run.lineage_tags)
     try:
-        outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress)
+        try:
+            outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress, guard)
+        except BaseException:  # what was spent was spent, cancelled or not
+            record_spend(store, guard, run_id, settings, quiet=True)
+            raise
+        spend = record_spend(store, guard, run_id, settings)
         progress.update(totals, force=True)
-        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
-        result = RunResult(run_id, {}, totals, row_errors, failures)
+        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values()
+                                 if not outcome.ok and outcome.error_class != NOT_ADMITTED])
+        result = RunResult(run_id, {}, totals, row_errors, failures, spend=spend, budget_stop=guard.reason)
+        if guard.stopped_by:
+            _logger().warning("%s: %d shots left for a later run", guard.reason, totals.not_rendered_budget)
         summaries = {}
         for campaign_id, entries in version_entries(plan, outcomes).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
@@ -194,6 +250,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
                                                       row_errors, version.contact_sheet_uri, version.contact_sheet)
         if in_flow:
             report(label, result.failures, summaries)
+            create_spend_table(label, spend, budgets, guard.reason)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
         store.lineage.complete(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                                outputs=outputs, tags=run.lineage_tags)
@@ -202,7 +259,7 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
                            error_message=f"{type(exc).__name__}: {exc}")
         raise
 
-    attempted = len(plan.todo)
+    attempted = len(plan.todo)  # shots a budget left for later are missing, not failed
     not_delivered = totals.failed + totals.degraded  # a degraded clip is not what was asked for
     failed_fraction = not_delivered / max(attempted, 1)
     if not_delivered and failed_fraction > settings.render.failure_threshold:

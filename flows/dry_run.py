@@ -1,28 +1,51 @@
-"""A dry run of a manifest: its render jobs, which the catalog already has, and a GPU-time quote
-for the rest. Nothing is rendered or written; `horse plan` prints this document."""
+"""A dry run of a manifest: its render jobs, which the catalog already has, a quote per stage for
+the rest, how long the cluster needs for it and the budgets it is held to. Nothing is rendered
+or written, and neither torch nor (unless a Ray cluster is configured) Ray is imported: `horse
+plan` prints this document. Its fields are listed in the README ("Cost, budgets and priorities")."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from catalog import Store
+from flows.budget import budgets_for, over_budget
+from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
 from flows.manifest import read_manifest
-from flows.plan import make_plan, model_info, quote_gpu_seconds
+from flows.plan import make_plan, model_info
 from flows.settings import HorseSettings
 
 
-def dry_run(manifest_uri: str, settings: HorseSettings) -> dict[str, Any]:
-    """Raises ManifestError when the manifest as a whole cannot be read."""
+def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = None, by: str | None = None,
+            device_type: str | None = None, rows: int | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The plan document; `rows` limits the job list (None: every job). Raises ManifestError when
+    the manifest as a whole cannot be read, ConfigError for unusable options."""
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
     store = Store(settings.store_url, settings.storage_options)
     plan = make_plan(manifest.shots, model_info(settings), store)
-    gpu_seconds, basis = quote_gpu_seconds(plan, store, settings.render.gpu_seconds_per_clip_second)
-    jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
-             "height": job.height, "cached": job.render_key in plan.cached} for job in plan.jobs]
     row_errors = [str(e) for e in manifest.errors] + plan.errors
+    del manifest  # the jobs carry all the rest shows; 100k validated rows are 300+ MB
+    quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
+    budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
+    slots, source = render_slots(settings, gpus)
+    shown = plan.jobs if rows is None else plan.jobs[:rows]
+    jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
+             "height": job.height, "priority": job.priority, "hero": job.hero, "kind": job.kind,
+             "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key))}
+            for job in shown]
     return {
         "ok": not row_errors,
         "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
-        "gpu_seconds_quote": round(gpu_seconds, 1), "quote_basis": basis,
+        "gpu_seconds_quote": round(quote.gpu_seconds, 1), "quote_basis": quote.basis,
+        "quote": quote.as_dict(),
+        "time_to_finish": time_to_finish(quote, slots, source, settings.schedule.timezone, by,
+                                         now or datetime.now(timezone.utc)),
+        "budgets": [budget.as_dict(quote.gpu_seconds if budget.campaign_id is None
+                                   else quote.by_campaign.get(budget.campaign_id, 0.0)) for budget in budgets],
+        "warnings": over_budget(budgets, quote),
         "row_errors": row_errors, "plan": jobs,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -204,7 +204,7 @@ def _reason(error: dict) -> str:
     return message
 
 
-def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = ()) -> tuple[list[Shot], list[RowError]]:
+def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = ()) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
     files are accepted only under `input_roots`."""
     shots: list[Shot] = []
@@ -276,9 +276,11 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = ()) -> Ma
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
-    records = table.to_pylist()
+    # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
+    records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
     shots, errors = validate_rows(records, input_roots)
-    return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
+    return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
+                    data=data)
 
 
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:

@@ -13,7 +13,7 @@ from catalog import Store
 from flows.campaign_run import RunResult, render_campaign
 from flows.manifest import ManifestError
 from flows.plan import Filters
-from flows.settings import HorseSettings, load_settings
+from flows.settings import HorseSettings, load_settings, run_budget_overrides
 
 
 @flow(name="nightly-campaign-render", log_prints=True)
@@ -24,11 +24,16 @@ def nightly_campaign_render(
     config_file: str | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    allow_over_budget: bool = False,
+    budget_gpu_hours: float | None = None,
+    budget_money: float | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
-    publish the campaign's next version. Parameters carry URIs and options, never shot lists."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
-    return render_campaign(manifest_uri, settings, force=force).as_dict()
+    publish the campaign's next version. Parameters carry URIs and options, never shot lists.
+    A quote over a budget stops the run before it renders, unless allow_over_budget: then it
+    renders, most important first, until the budget is reached (flows.budget)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money)
+    return render_campaign(manifest_uri, settings, force=force, allow_over_budget=allow_over_budget).as_dict()
 
 
 @flow(name="backfill-variants", log_prints=True)
@@ -43,17 +48,21 @@ def backfill_variants(
     config_file: str | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    allow_over_budget: bool = False,
+    budget_gpu_hours: float | None = None,
+    budget_money: float | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
-    settings = flow_settings(config_file, store_url, model, ray_address)
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money)
     filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
-    return run_backfill(campaign_id, settings, filters, force).as_dict()
+    return run_backfill(campaign_id, settings, filters, force, allow_over_budget).as_dict()
 
 
-def flow_settings(config_file, store_url, model, ray_address) -> HorseSettings:
+def flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours=None, budget_money=None) -> HorseSettings:
     return load_settings(config_file, store_url=store_url, model=model,
-                         ray={"address": ray_address} if ray_address else None)
+                         ray={"address": ray_address} if ray_address else None,
+                         budget=run_budget_overrides(budget_gpu_hours, budget_money))
 
 
 def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:
@@ -67,11 +76,13 @@ def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:
     )
 
 
-def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False) -> RunResult:
+def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False,
+                 allow_over_budget: bool = False) -> RunResult:
     store = Store(settings.store_url, settings.storage_options)
     latest = store.versions.latest(campaign_id)
     if latest is None:
         raise ManifestError(f"campaign {campaign_id!r} has no published version to backfill; render its manifest first")
     manifest_uri = store.versions.read(campaign_id, latest)["manifest_uri"]
-    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True)
+    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True,
+                           allow_over_budget=allow_over_budget)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
-from catalog import Store, render_key, sha256_file
+from catalog import Store, sha256_file, variant_render_keys
 from catalog.ids import validate_id
 from flows.manifest import Shot
 from flows.settings import HorseSettings
@@ -21,6 +22,9 @@ from model.prompt import compose_prompt
 # settings, mp4 tags): every render key changes, so the next run re-renders everything.
 PIPELINE_CACHE_VERSION = 1
 FPS = 25
+# What a run needs of a render the catalog already has (version entries); the planner reads
+# only these columns of the index.
+CACHED_COLUMNS = ["render_key", "status", "blob_uri", "sha256", "poster_uri"]
 
 
 class PlanError(ValueError):
@@ -37,7 +41,13 @@ class Filters:
     shot_ids: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True)
+# Dispatch order after the manifest's priority and the hero tag: previews (cheap, and what a
+# reviewer waits for) before full renders before promotes (DESIGN §12 staged renders).
+KIND_RANK = {"preview": 2, "render": 1, "promote": 0}
+HERO_TAG = "hero"
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedJob:
     campaign_id: str
     shot_id: str
@@ -52,10 +62,29 @@ class PlannedJob:
     height: int
     prompt: str
     render_key: str
+    profile: str = "distill"
+    model_fingerprint: str = ""
     priority: int = 0
+    hero: bool = False  # tagged `hero` in the manifest: first among shots of its priority
+    kind: str = "render"  # preview | render | promote: which stages it runs (flows.cost)
     image_path: str | None = None
     audio_path: str | None = None
-    key_inputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    image_sha256: str | None = None
+    audio_sha256: str | None = None
+
+    @property
+    def key_inputs(self) -> dict[str, Any]:
+        """Every input that changes pixels or sound: what `render_key` hashes."""
+        return {**_shared_inputs(self.prompt, self.language, self.resolution, self.seconds, self.profile,
+                                 self.image_sha256, self.audio_sha256, self.model_fingerprint),
+                **_variant_inputs(self.aspect_ratio, self.width, self.height, self.seed)}
+
+    @property
+    def dispatch_priority(self) -> tuple[int, int, int]:
+        """Higher goes first: manifest priority, then hero shots, then previews before promotes.
+        The pool dispatches in this order (`RenderJob.priority`), so a budget or deadline cut
+        drops the least important work."""
+        return (self.priority, int(self.hero), KIND_RANK[self.kind])
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -69,6 +98,17 @@ class PlannedJob:
             "seed": self.seed,
             "render_key": self.render_key,
         }
+
+
+def _shared_inputs(prompt, language, resolution, seconds, profile, image_sha256, audio_sha256, fingerprint) -> dict:
+    """The key inputs every variant of one shot and language shares."""
+    return {"prompt": prompt, "language": language, "resolution": resolution, "fps": FPS, "seconds": seconds,
+            "profile": profile, "image_sha256": image_sha256, "audio_sha256": audio_sha256,
+            "model_fingerprint": fingerprint, "pipeline_cache_version": PIPELINE_CACHE_VERSION}
+
+
+def _variant_inputs(aspect_ratio: str, width: int, height: int, seed: int) -> dict:
+    return {"aspect_ratio": aspect_ratio, "width": width, "height": height, "seed": seed}
 
 
 @dataclass
@@ -87,6 +127,7 @@ class Plan:
         return sum(job.seconds for job in self.todo)
 
 
+@lru_cache(maxsize=4096)
 def variant_id(language: str | None, aspect_ratio: str, take: int) -> str:
     """`en-16x9-t1`; without a language axis just `16x9-t1`."""
     axes = [language] if language else []
@@ -114,54 +155,26 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) ->
             raise PlanError(f"languages: no dialogue lines for {', '.join(missing)}")
     image, audio = shot.reference_image_uri, shot.reference_audio_uri
     try:
-        refs = {"image_sha256": sha256_file(image)[0] if image else None,
-                "audio_sha256": sha256_file(audio)[0] if audio else None}
+        image_sha256 = sha256_file(image)[0] if image else None
+        audio_sha256 = sha256_file(audio)[0] if audio else None
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
+    seeds = [take_seed(shot.seed, take) for take in range(1, takes + 1)]
+    sizes = [model.size_for(shot.resolution, aspect) for aspect in aspects]
+    hero = HERO_TAG in shot.tags
     jobs = []
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
-        for aspect in aspects:
-            width, height = model.size_for(shot.resolution, aspect)
-            for take in range(1, takes + 1):
-                seed = take_seed(shot.seed, take)
-                inputs = {
-                    "prompt": prompt,
-                    "language": language,
-                    "resolution": shot.resolution,
-                    "aspect_ratio": aspect,
-                    "width": width,
-                    "height": height,
-                    "fps": FPS,
-                    "seconds": shot.duration_s,
-                    "seed": seed,
-                    "profile": model.profile,
-                    **refs,
-                    "model_fingerprint": model.fingerprint,
-                    "pipeline_cache_version": PIPELINE_CACHE_VERSION,
-                }
-                jobs.append(
-                    PlannedJob(
-                        campaign_id=shot.campaign_id,
-                        shot_id=shot.shot_id,
-                        variant=variant_id(language, aspect, take),
-                        language=language,
-                        aspect_ratio=aspect,
-                        take=take,
-                        seed=seed,
-                        resolution=shot.resolution,
-                        seconds=shot.duration_s,
-                        width=width,
-                        height=height,
-                        prompt=prompt,
-                        render_key=render_key(inputs),
-                        priority=shot.priority,
-                        image_path=image,
-                        audio_path=audio,
-                        key_inputs=inputs,
-                    )
-                )
+        shared = _shared_inputs(prompt, language, shot.resolution, shot.duration_s, model.profile,
+                                image_sha256, audio_sha256, model.fingerprint)
+        axes = [(aspect, width, height, take, seed) for aspect, (width, height) in zip(aspects, sizes)
+                for take, seed in enumerate(seeds, start=1)]
+        keys = variant_render_keys(shared, [_variant_inputs(a, w, h, seed) for a, w, h, _, seed in axes])
+        jobs += [PlannedJob(shot.campaign_id, shot.shot_id, variant_id(language, aspect, take), language, aspect, take,
+                            seed, shot.resolution, shot.duration_s, width, height, prompt, key, model.profile,
+                            model.fingerprint, shot.priority, hero, "render", image, audio, image_sha256, audio_sha256)
+                 for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
 
 
@@ -201,22 +214,8 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
             jobs.extend(expand_shot(shot, model, filters))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
-    # Highest priority first, then manifest order: the nightly run renders what matters most first.
-    jobs.sort(key=lambda job: -job.priority)
-    cached = store.index.existing([job.render_key for job in jobs]) if jobs else {}
+    # In dispatch order (stable: manifest order among equals), so the run collects its chunks in
+    # the order the pool renders them.
+    jobs.sort(key=lambda job: job.dispatch_priority, reverse=True)
+    cached = store.index.existing([job.render_key for job in jobs], columns=CACHED_COLUMNS) if jobs else {}
     return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)
-
-
-def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:
-    """GPU-seconds to render the plan's to-do list: from past renders in the index when there are
-    any (their GPU-seconds per clip-second), else the configured rate."""
-    seconds = plan.clip_seconds_todo
-    try:
-        history = store.index.to_arrow(status="ok").select(["gpu_seconds", "duration_s"]).to_pylist()
-    except Exception:  # no index yet
-        history = []
-    pairs = [(r["gpu_seconds"], r["duration_s"]) for r in history if r["gpu_seconds"] and r["duration_s"]]
-    if pairs:
-        rate = sum(g for g, _ in pairs) / sum(d for _, d in pairs)
-        return seconds * rate, f"{rate:.2f} GPU-s per clip-s from {len(pairs)} past renders"
-    return seconds * default_per_clip_second, f"{default_per_clip_second:g} GPU-s per clip-s from configuration"

@@ -10,7 +10,11 @@ from catalog import Store
 from flows.collect import delivered
 from flows.plan import Plan, PlannedJob
 from horse_actors import RenderOutcome
+from horse_actors.jobs import NOT_ADMITTED
 from media import contact_sheet
+
+
+NOT_RENDERED = "NotRendered"  # error class of an entry the run did not get to render
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,15 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
         cached = plan.cached.get(job.render_key)
         if cached is not None:
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri")}
-        elif job.render_key in outcomes:
+        elif job.render_key in outcomes and outcomes[job.render_key][1].error_class != NOT_ADMITTED:
             outcome = outcomes[job.render_key][1]
             entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
                       "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
                       "error_message": outcome.error_message}
-        else:  # the run was cancelled before this variant was rendered
-            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
+        else:  # the run was cancelled, or stopped at a budget, before this variant was rendered
+            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": NOT_RENDERED}
+            if job.render_key in outcomes:
+                entry["error_message"] = outcomes[job.render_key][1].error_message  # "not rendered: budget (...)"
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from catalog import public_options
 from flows.plan import PlannedJob
@@ -50,7 +50,7 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
         aspect_ratio=job.aspect_ratio,
         seconds=job.seconds,
         seed=job.seed,
-        profile=job.key_inputs["profile"],
+        profile=job.profile,
         image=load_image(job.image_path) if job.image_path else None,
         **_load_audio(job.audio_path),
     )
@@ -64,7 +64,8 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     }
     if job.language:
         metadata["language"] = job.language
-    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata)
+    return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
+                     priority=job.dispatch_priority)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:
@@ -93,12 +94,17 @@ class RenderStream:
 
         with RenderStream(pool, jobs) as stream:
             for job, outcome in stream.outcomes_for(chunk): ...
+
+    `admit` and `on_outcome` (a budget guard) run on the stream's thread, in the pool's own
+    loop: an outcome is seen before the next job is admitted.
     """
 
     _END = object()
 
-    def __init__(self, pool: RenderPool, jobs: list[RenderJob]):
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob], admit: Callable[[RenderJob], bool] | None = None,
+                 on_outcome: Callable[[RenderOutcome], None] | None = None):
         self.pool = pool
+        self.admit, self.on_outcome = admit, on_outcome
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -109,11 +115,16 @@ class RenderStream:
 
     def _render(self, jobs: list[RenderJob]) -> None:
         try:
-            self.pool.run(jobs, on_outcome=self._queue.put, cancel_event=self.cancel)
+            self.pool.run(jobs, on_outcome=self._arrived, cancel_event=self.cancel, admit=self.admit)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:
             self._queue.put(self._END)
+
+    def _arrived(self, outcome: RenderOutcome) -> None:
+        self._queue.put(outcome)  # first: a failing hook must not lose the outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
         """Each of `jobs` with its outcome, in the order they finish; ends early only if the

@@ -78,8 +78,50 @@ class ScheduleSettings(_Section):
 class RenderSettings(_Section):
     chunk_size: int = Field(ge=1, le=1000)
     failure_threshold: float = Field(ge=0, le=1)
-    gpu_seconds_per_clip_second: float = Field(gt=0)
     input_roots: list[str]
+
+
+class ConfiguredCost(_Section):
+    """Per-stage seconds for one clip, quoted until the index has history (flows.cost)."""
+
+    source: str
+    device_type: str
+    clip_seconds: float = Field(gt=0)
+    uncertainty: float = Field(ge=0, lt=1)
+    seconds: dict[str, float]  # cost key (base, sr_540p, decode_1080p, ...) -> seconds for one clip
+
+    @field_validator("seconds")
+    @classmethod
+    def _known_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        from flows.cost import COST_KEYS
+
+        unknown = sorted(set(value) - set(COST_KEYS))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(COST_KEYS)}")
+        if any(seconds < 0 for seconds in value.values()):
+            raise ValueError("stage seconds must be >= 0")
+        return value
+
+
+class CostSettings(_Section):
+    device_type: str | None
+    history_renders: int = Field(ge=1)
+    currency: str
+    price_per_gpu_hour: dict[str, float]
+    configured: ConfiguredCost
+
+
+class BudgetLimit(_Section):
+    """A spend limit; a limit left out is no limit."""
+
+    gpu_hours: float | None = Field(None, gt=0)
+    money: float | None = Field(None, gt=0)
+
+
+class BudgetSettings(_Section):
+    run: BudgetLimit
+    campaign: BudgetLimit  # every campaign, over all its runs, unless `campaigns` names it
+    campaigns: dict[str, BudgetLimit]
 
 
 class ModelSettings(_Section):
@@ -103,6 +145,8 @@ class HorseSettings(BaseSettings):
     prefect: PrefectSettings
     schedule: ScheduleSettings
     render: RenderSettings
+    cost: CostSettings
+    budget: BudgetSettings
 
     @classmethod
     def settings_customise_sources(
@@ -192,3 +236,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Ho
         raise ConfigError(_describe(exc)) from None
     finally:
         _user_files.reset(token)
+
+
+def run_budget_overrides(gpu_hours: float | None, money: float | None) -> dict[str, Any] | None:
+    """`load_settings(budget=...)` for a run budget given on the command line or as flow parameters."""
+    limits = {k: v for k, v in (("gpu_hours", gpu_hours), ("money", money)) if v is not None}
+    return {"run": limits} if limits else None

@@ -6,13 +6,27 @@ Usable from a plain script (no Prefect here):
     config = PoolConfig(ModelSpec("tiny"), StoreTarget("file:///tmp/store"), scheduling=Scheduling(cpu_mode=True))
     with RenderPool(config) as pool:
         outcomes = pool.run(jobs, on_outcome=print)
+
+Names are imported on first use: the job and outcome records (`horse_actors.jobs`) load without
+Ray, so planning (`horse plan`) can use them and stay fast.
 """
 
-from .actor import RenderActor
-from .cluster import connect, preserved_signal_handlers
-from .config import Encoding, ModelSpec, PoolConfig, Scheduling, StoreTarget
-from .jobs import RenderJob, RenderOutcome, classify
-from .pool import RenderPool
+from importlib import import_module
 
-__all__ = ["Encoding", "ModelSpec", "PoolConfig", "RenderActor", "RenderJob", "RenderOutcome", "RenderPool",
-           "Scheduling", "StoreTarget", "classify", "connect", "preserved_signal_handlers"]
+_EXPORTS = {
+    "RenderActor": "actor",
+    "connect": "cluster", "preserved_signal_handlers": "cluster",
+    "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
+    "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
+    "RenderPool": "pool",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'horse_actors' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -22,7 +22,7 @@ from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
 from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
-                   is_sticky_cuda)
+                   is_sticky_cuda, stage_device_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ def _ray_cancel_requested() -> bool:
         return False
 
 
+def _device_type(device: str) -> str:
+    """What renders are timed on, for cost history: "cpu", or the GPU's name ("NVIDIA H100 80GB HBM3")."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return device.split(":")[0]
+
+
 def _rss_bytes() -> int | None:
     try:
         import psutil
@@ -81,6 +90,7 @@ class RenderActor:
         self._recent: collections.OrderedDict[str, RenderOutcome] = collections.OrderedDict()
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
+        self.device_type = _device_type(self.device)
         _LOADS_IN_PROCESS += 1
         self.load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -127,6 +137,7 @@ class RenderActor:
             "model": self.model.name,
             "model_fingerprint": self.pipe.fingerprint,
             "device": self.device,
+            "device_type": self.device_type,
             "load_count": _LOADS_IN_PROCESS,
             "load_s": round(self.load_s, 3),
             "warmup_s": round(self.warmup_s, 3),
@@ -160,7 +171,8 @@ class RenderActor:
 
         started = time.time()
         timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
-        base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
+        base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint,
+                    device_type=self.device_type)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         try:
             clip, rendered, fallback = self._render_with_ladder(job)
@@ -183,6 +195,7 @@ class RenderActor:
             return RenderOutcome(
                 render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
+                device_seconds=stage_device_seconds(timings, rendered.resolution),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, **base,
             )

@@ -8,6 +8,11 @@ every model load is visible here and bounded by Scheduling.
 
 What `run` guarantees:
 - exactly one final outcome per job, returned in input order (and passed to `on_outcome` once);
+- jobs are dispatched highest `RenderJob.priority` first, equals in input order (retries and
+  jobs requeued from a lost actor go first: they were dispatched before);
+- `admit(job)`, when given, is asked before each dispatch; after its first "no" the run takes no
+  new job: the jobs on actors finish as usual, every other one ends `cancelled` (NOT_ADMITTED)
+  and was never started (a budget stop, never a half-written shot);
 - at most one render per attempt: a job is on one actor at a time, and its next attempt is
   dispatched only after the previous one ended, with a failure outcome or with its actor lost
   (crash, hang past its deadline, failed start). The job at the head of a lost actor's queue is
@@ -34,7 +39,7 @@ from ray.exceptions import RayActorError, TaskCancelledError
 
 from .actor import RenderActor
 from .config import PoolConfig, Scheduling
-from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, RenderJob, RenderOutcome,
+from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, NOT_ADMITTED, RenderJob, RenderOutcome,
                    classify, failed)
 from .slots import ActorSlots, ActorStartFailed, Call, Slot, first_line
 
@@ -92,8 +97,12 @@ class RenderPool:
         jobs: Iterable[RenderJob],
         on_outcome: Callable[[RenderOutcome], None] | None = None,
         cancel_event: threading.Event | None = None,
+        admit: Callable[[RenderJob], bool] | None = None,
     ) -> list[RenderOutcome]:
         """Render every job; return one final outcome per job, in input order.
+
+        `admit(job)` is asked just before each dispatch (retries too); once it says no, the
+        run stops taking new jobs and lets the ones on actors finish (see the module doc).
 
         Cancel (cancel_event set, or KeyboardInterrupt) cancels queued jobs, asks running ones to
         stop, waits at most `cancel_grace_s`, then kills every actor; the pool can be run again
@@ -109,7 +118,7 @@ class RenderPool:
             raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
             self._slots.ensure_started()
-            run = _Run(self._slots, self.config.scheduling, jobs, on_outcome)
+            run = _Run(self._slots, self.config.scheduling, jobs, on_outcome, admit)
             try:
                 while not run.done:
                     if cancel_event is not None and cancel_event.is_set():
@@ -128,9 +137,12 @@ class _Run:
     """State of one `RenderPool.run` call: the queue, the calls in flight, the final outcomes,
     and what a failure means (retry, requeue, give up). Actors are reached only through `slots`."""
 
-    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: list[RenderJob], on_outcome):
+    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: list[RenderJob], on_outcome, admit=None):
         self.slots, self.sched = slots, sched
-        self.pending: deque[_Task] = deque(_Task(i, job) for i, job in enumerate(jobs))
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority, reverse=True)  # stable: equals keep input order
+        self.pending: deque[_Task] = deque(_Task(i, jobs[i]) for i in order)
+        self.admit = admit
+        self.taking_jobs = True
         self.final: dict[int, RenderOutcome] = {}
         self.calls: dict[Any, Call] = {}
         self.on_outcome = on_outcome
@@ -172,6 +184,15 @@ class _Run:
         while self.pending:
             slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor)
             if slot is None:
+                return
+            if self.taking_jobs and self.admit is not None and not self.admit(self.pending[0].job):
+                log.info("no longer taking new jobs: %d not dispatched", len(self.pending))
+                self.taking_jobs = False
+            if not self.taking_jobs:
+                for task in self.pending:
+                    self._finish(task, failed(task.job, NOT_ADMITTED, "not dispatched: the run stopped taking new jobs",
+                                              retryable=False, attempt=task.attempt, status=CANCELLED))
+                self.pending.clear()
                 return
             call = self.slots.dispatch(slot, self.pending.popleft())
             self.calls[call.ref] = call
