@@ -21,8 +21,8 @@ RENDER_KEY_VERSION = 1  # bump only if the canonical form itself changes
 
 def _canonical(value: Any, path: Any) -> Any:
     """`value` in canonical form. `path` names where it sits for error messages: "$", or a
-    (parent path, key or index) pair, made into text only when there is an error to report
-    (planning makes hundreds of thousands of keys)."""
+    (parent path, key or index) pair, made into text only for an error (`_where`): planning makes
+    hundreds of thousands of keys."""
     kind = type(value)
     if kind is str:
         return unicodedata.normalize("NFC", value)
@@ -36,7 +36,7 @@ def _canonical(value: Any, path: Any) -> Any:
             nk = unicodedata.normalize("NFC", k)
             if nk in out:
                 raise ValueError(f"render_key input {_where(path)} has two keys that normalise to {nk!r}")
-            out[nk] = _canonical(v, (path, f".{nk}"))
+            out[nk] = _canonical(v, (path, nk))
         return out
     if isinstance(value, int):  # an int subclass (IntEnum); bool cannot be subclassed
         return int(value)
@@ -49,7 +49,7 @@ def _canonical(value: Any, path: Any) -> Any:
     if isinstance(value, dict):
         return _canonical(dict(value), path)
     if isinstance(value, (list, tuple)):
-        return [_canonical(v, (path, f"[{i}]")) for i, v in enumerate(value)]
+        return [_canonical(v, (path, i)) for i, v in enumerate(value)]
     if hasattr(value, "item") and callable(value.item) and not hasattr(value, "__len__"):
         return _canonical(value.item(), path)  # numpy scalars, without importing numpy
     raise TypeError(
@@ -59,18 +59,34 @@ def _canonical(value: Any, path: Any) -> Any:
 
 
 def _where(path: Any) -> str:
+    """"$.a.b[2]" from ((("$", "a"), "b"), 2)."""
     parts = []
     while isinstance(path, tuple):
         path, part = path
-        parts.append(part)
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
     return path + "".join(reversed(parts))
+
+
+# One encoder for every canonical JSON text (json.dumps with these options builds a new one per call).
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_text(value: Any) -> str:
+    """The canonical JSON text of one canonical value; the common scalars without the encoder's
+    per-call set-up (it is what the encoder writes for them: ints in decimal, strings escaped)."""
+    kind = type(value)
+    if kind is str:
+        return json.encoder.encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _JSON.encode(value)
 
 
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding used for render keys (and for stored receipts/manifests)."""
-    return json.dumps(
-        _canonical(value, "$"), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _JSON.encode(_canonical(value, "$")).encode("utf-8")
 
 
 def render_key(inputs: dict) -> str:
@@ -81,17 +97,34 @@ def render_key(inputs: dict) -> str:
 
 
 def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
-    """`render_key({**shared, **variant})` for each variant, with `shared` made canonical once.
+    """`render_key({**shared, **variant})` for each variant; every variant names the same inputs
+    and none of `shared`'s.
 
     The variants of one shot share most inputs (prompt, model, references) and differ in a few
-    (aspect ratio, size, seed): a planner keys hundreds of thousands of them, and making the
-    shared part canonical again for each one was most of its time. A name in both is refused."""
+    (aspect ratio, size, seed), and a planner keys hundreds of thousands of them. So the canonical
+    JSON of the merged inputs is cut once into the fixed text around the per-variant values (keys
+    are sorted, and JSON encodes each value on its own), and each variant only fills those in."""
+    if not variants:
+        return []
     base = _canonical(shared, "$")
-    keys = []
+    names = sorted({*base, *_canonical(variants[0], "$")})
+    texts, slots, text = [], [], "{"
+    for i, name in enumerate(names):
+        text += ("," if i else "") + _json_text(name) + ":"
+        if name in base:
+            text += _json_text(base[name])
+        else:
+            texts.append(text)
+            slots.append(name)
+            text = ""
+    texts.append(text + "}")
+    keys, names_per_variant = [], set(slots)
     for variant in variants:
         own = _canonical(variant, "$")
-        if not base.keys().isdisjoint(own):
-            raise ValueError(f"variant_render_keys: {sorted(base.keys() & own.keys())} both shared and per variant")
-        data = json.dumps({**base, **own}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        keys.append(hashlib.sha256(data.encode("utf-8")).hexdigest())
+        if own.keys() != names_per_variant:
+            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
+        pieces = [texts[0]]
+        for name, after in zip(slots, texts[1:]):
+            pieces += (_json_text(own[name]), after)
+        keys.append(hashlib.sha256("".join(pieces).encode("utf-8")).hexdigest())
     return keys

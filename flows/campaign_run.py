@@ -99,10 +99,10 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     return plan
 
 
-@task(name="quote-plan", cache_policy=NO_CACHE)
 def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budget: bool) -> tuple[Quote, list[Budget]]:
     """The to-do jobs' quote and the budgets the run is held to; a quote over one stops the run
-    here (OverBudget) unless allow_over_budget, which renders what fits."""
+    here (OverBudget) unless allow_over_budget, which renders what fits. Not a task: Prefect
+    would walk the plan's every job as a task input."""
     store = Store(settings.store_url, settings.storage_options)
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint))
     budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())

@@ -210,7 +210,7 @@ def quote_plan(plan: Plan, model: CostModel) -> Quote:
     todo: dict[tuple[str, str], float] = defaultdict(float)
     cached: dict[tuple[str, str], float] = defaultdict(float)
     by_campaign: dict[str, float] = defaultdict(float)
-    promoted: dict[tuple, tuple[str, float]] = {}  # one take per variant: (campaign, shot, language, aspect)
+    promoted: dict[tuple, tuple[str, float]] = {}  # one take per (campaign, shot, language, aspect): its tier, seconds
     job_seconds = {}
     rate = {}
     for job in plan.jobs:
@@ -234,7 +234,10 @@ def quote_plan(plan: Plan, model: CostModel) -> Quote:
     cached_total = sum(s * model.per_clip_second(*kt)[0] for kt, s in cached.items())
     preview_rate = model.per_clip_second("preview", BASE_TIER)[0]
     previews = (len(job_seconds), preview_rate * sum(todo.values()))
-    promotes = (len(promoted), sum(s * model.per_clip_second("promote", tier)[0] for tier, s in promoted.values()))
+    promote_seconds: dict[str, float] = defaultdict(float)
+    for tier, seconds in promoted.values():
+        promote_seconds[tier] += seconds
+    promotes = (len(promoted), sum(s * model.per_clip_second("promote", tier)[0] for tier, s in promote_seconds.items()))
     return Quote(model, stages, dict(by_campaign), cached_total, previews, promotes, job_seconds)
 
 

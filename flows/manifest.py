@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from catalog.ids import InvalidId, validate_id
 from model.geometry import ASPECT_RATIOS, RESOLUTIONS
-from model.prompt import normalize_language
+from model.prompt import normalize_language as _normalize_language
+
+# A manifest repeats a handful of language codes over 100k rows: each is normalised once.
+normalize_language = lru_cache(maxsize=1024)(_normalize_language)
 
 # The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
