@@ -7,6 +7,9 @@ Two clips, measured side by side in one run, CPU seconds of this process (all th
 
     .venv/bin/python benchmarks/qc.py [--repeats 1] [--skip-tiny]
 
+The last row is the step as the render actor runs it after the encode (horse_actors.delivery:
+measure, check, every master, each stored as a blob in a local store).
+
 Masters whose picture already fits are copied: their cost is the AAC encode and re-measure of
 the sound. One that needs a new frame rate (broadcast-us at 29.97) or new frames re-encodes the
 picture, about one encode; `make_masters` does that once for destinations wanting the same picture.
@@ -29,7 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from catalog import Store  # noqa: E402
 from flows.destinations import load_destinations  # noqa: E402
+from horse_actors import Delivery, RenderJob  # noqa: E402
+from horse_actors.delivery import check_clip, make_deliverables  # noqa: E402
 from media import encode_mp4  # noqa: E402
 from media.master import make_master, make_masters  # noqa: E402
 from media.measure import measure  # noqa: E402
@@ -83,6 +89,11 @@ def qc_and_masters(label: str, clip_path: Path, before: float, brief_seconds: fl
         total += seconds
     together, _ = cpu_time(lambda: make_masters(clip_path, list(destinations.values()), workdir / "all",
                                                 brief_seconds=brief_seconds, source=measured), repeats)
+    job = RenderJob("0" * 64, SimpleNamespace(seconds=brief_seconds), "bench", "s1", "v1",
+                    delivery=Delivery(tuple(destinations.values())))
+    store = Store(str(workdir / "store"))
+    actor_step, _ = cpu_time(lambda: make_deliverables(str(clip_path), job, check_clip(str(clip_path), 0, job), store,
+                                                       str(workdir / "actor"), {}), repeats)
     copied = qc + sum(s for (n, s) in rows[2:] if "(copied" in n)
     width = max(len(n) for n, _ in rows) + 2
     for name, seconds in rows:
@@ -92,6 +103,8 @@ def qc_and_masters(label: str, clip_path: Path, before: float, brief_seconds: fl
     print(f"  {'QC + every master by make_masters (shared re-encodes)':<{width}}{qc + together:8.3f} s "
           f"{100 * (qc + together) / before:6.1f} %")
     print(f"  {'QC + the masters that copy video':<{width}}{copied:8.3f} s {100 * copied / before:6.1f} %")
+    print(f"  {'the actor step (measure, check, every master, stored)':<{width}}{actor_step:8.3f} s "
+          f"{100 * actor_step / before:6.1f} %")
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 One run per shot render. The parent run is the orchestrating (Prefect flow) run; inputs are the
 manifest and the model checkpoint (version facet = their sha256); outputs are the blobs with a
-content-hash facet; a custom run facet carries host, GPU, actor, timings and seed.
+content-hash facet; a custom run facet carries host, GPU, actor, timings and seed. A destination
+master is a run of its own (job `make_master`, parented to its render): input the clip's blob,
+output the master's blob with a delivery-QC facet (destination, passed, every check).
 
 Default transport: openlineage-python's FileTransport writing one JSON file per event under
 <root>/lineage/<yyyy-mm-dd>/<run_id>-<EVENT>-<timestamp>.json through the store's own filesystem
@@ -81,8 +83,23 @@ class ContentHashDatasetFacet(DatasetFacet):
         return FACET_SCHEMA.format(name="ContentHashDatasetFacet")
 
 
+@attr.define
+class DeliveryQCDatasetFacet(DatasetFacet):
+    """A destination master's QC: its destination, whether it passed, every check
+    ({name: {passed, measured, limit}})."""
+
+    destination: str | None = attr.field(default=None)
+    passed: bool | None = attr.field(default=None)
+    checks: dict[str, Any] | None = attr.field(default=None)
+
+    @staticmethod
+    def _get_schema() -> str:
+        return FACET_SCHEMA.format(name="DeliveryQCDatasetFacet")
+
+
 RUNTIME_FACET = "horse_renderRuntime"
 CONTENT_HASH_FACET = "horse_contentHash"
+DELIVERY_QC_FACET = "horse_deliveryQC"
 
 
 def dataset_name(uri: str) -> tuple[str, str]:
@@ -262,6 +279,8 @@ class Lineage:
                 datasetVersion=item["sha256"], producer=self.producer)
             facets[CONTENT_HASH_FACET] = ContentHashDatasetFacet(
                 digest=item["sha256"], size=item.get("bytes"), producer=self.producer)
+        if item.get("qc"):
+            facets[DELIVERY_QC_FACET] = DeliveryQCDatasetFacet(**item["qc"], producer=self.producer)
         return OutputDataset(namespace=ns, name=name, facets=facets, outputFacets={
             "outputStatistics": output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
                 size=item.get("bytes"), fileCount=1, producer=self.producer)})
@@ -310,6 +329,8 @@ def _dataset_facets(facets: dict) -> dict:
             out[key] = _facet(dataset_version_dataset.DatasetVersionDatasetFacet, body)
         elif key == CONTENT_HASH_FACET:
             out[key] = _facet(ContentHashDatasetFacet, body)
+        elif key == DELIVERY_QC_FACET:
+            out[key] = _facet(DeliveryQCDatasetFacet, body)
     return out
 
 

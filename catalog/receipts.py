@@ -9,6 +9,13 @@ outputs are not bit-exact, so later duplicates are dropped). Any other receipt g
 replaceable slot (receipts/ab/<render_key>.failed.json, named before `degraded` existed): a
 later attempt replaces it, and an ok receipt supersedes it. So a fallback render is never
 cached under the key of what was asked for.
+
+Delivery QC (a run that names destinations): `qc_status` says whether the clip passed every
+destination ("passed"/"failed"), `rendered_seed` which seed the delivered clip was rendered with
+(a re-roll after a black or frozen picture changes it), and two receipt-only JSON fields keep the
+detail: `qc` (per destination: every check with its measured value and limit, the master's blob)
+and `qc_attempts` (every seed rendered for the take and what its picture QC found). The index
+carries only the two short fields; `index/qc` (catalog.qc_index) has one row per check.
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
     "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
     "timings", "actor_id", "node_id", "run_id", "extra", "resolution", "rendered_resolution", "fallback",
-    "profile", "device_type", "device_seconds",
+    "qc_status", "profile", "device_type", "device_seconds",
 )
-JSON_FIELDS = ("timings", "device_seconds")  # dicts of seconds per stage, stored as canonical JSON
-INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames")
+INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames", "rendered_seed")
+# Kept as canonical JSON text; qc and qc_attempts stay out of the index, device_seconds (seconds
+# per stage, what quotes learn from) is in it.
+JSON_FIELDS = ("timings", "device_seconds", "qc", "qc_attempts")
+QC_STATUSES = ("passed", "failed")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
 STATUSES = ("ok", "degraded", "failed")
 RENDERED = ("ok", "degraded")  # statuses that come with a file
@@ -73,27 +83,19 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
         raise InvalidId("status", status, f"must be one of {', '.join(STATUSES)}")
     out["status"] = status
     for name in JSON_FIELDS:
-        value = r.pop(name, None)
-        if isinstance(value, dict):
-            value = canonical_json(value).decode()
-        elif isinstance(value, str):
-            try:
-                json.loads(value)
-            except ValueError:
-                raise InvalidId(name, value, "must be a dict or a JSON string") from None
-        elif value is not None:
-            raise InvalidId(name, value, "must be a dict or a JSON string")
-        out[name] = value
+        out[name] = _json_text(name, r.pop(name, None))
     out["created_at"] = _to_utc(r.pop("created_at", None))
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
                  "error_message", "model_fingerprint", "actor_id", "node_id", "run_id", "resolution",
-                 "rendered_resolution", "fallback", "profile", "device_type"):
+                 "rendered_resolution", "fallback", "qc_status", "profile", "device_type"):
         value = r.pop(name, None)
         if value is not None:
             value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]
         out[name] = value
     if out["error_message"]:
         out["error_message"] = scrub(out["error_message"])
+    if out["qc_status"] not in (None, *QC_STATUSES):
+        raise InvalidId("qc_status", out["qc_status"], f"must be one of {', '.join(QC_STATUSES)} (or absent)")
     for name in INT_FIELDS:
         value = r.pop(name, None)
         if value is not None:
@@ -123,7 +125,28 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
         for name in ("blob_uri", "poster_uri"):
             if out[name]:
                 check_uri(name, out[name])
+        for uri in master_uris(out):
+            check_uri("qc master", uri)
     return out
+
+
+def _json_text(name: str, value: Any) -> str | None:
+    if isinstance(value, (dict, list)):
+        return canonical_json(value).decode()
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            raise InvalidId(name, value, "must be a dict, a list or a JSON string") from None
+    elif value is not None:
+        raise InvalidId(name, value, "must be a dict, a list or a JSON string")
+    return value
+
+
+def master_uris(receipt: dict) -> list[str]:
+    """The destination masters a receipt's QC names."""
+    qc = json.loads(receipt.get("qc") or "{}")
+    return [d["master"]["uri"] for d in qc.values() if d.get("master")]
 
 
 def receipt_json(receipt: dict) -> bytes:
@@ -176,8 +199,8 @@ class Receipts:
         return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(present).values())}
 
     def referenced_uris(self) -> set[str]:
-        """Every blob URI a receipt names (for GC)."""
-        return {u for r in self.read_all() for u in (r.get("blob_uri"), r.get("poster_uri")) if u}
+        """Every blob URI a receipt names (for GC): clip, poster and destination masters."""
+        return {u for r in self.read_all() for u in (r.get("blob_uri"), r.get("poster_uri"), *master_uris(r)) if u}
 
     def read_all(self) -> list[dict]:
         """Every receipt, one per render key (a success over a failure)."""

@@ -10,6 +10,8 @@ from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
+from .provider_tasks import ProviderTasks
+from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .spend import SpendTable
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, spend, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -34,8 +37,10 @@ class Store:
         self.blobs = BlobStore(self.root)
         self.receipts = Receipts(self.root, self._check_blob_uri)
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
+        self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
         self.spend = SpendTable(self.root)
+        self.provider_tasks = ProviderTasks(self.root)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -78,6 +83,7 @@ class Store:
         interrupted run): commit them now so they count as rendered. {render_key: receipt}."""
         receipts = self.receipts.read_ok(render_keys)
         if receipts:
+            self.qc.commit(receipts.values(), run_id=run_id)
             self.index.commit(receipts.values(), run_id=run_id,
                               metadata={"operation_reason": "recover-interrupted-run"})
         return receipts
@@ -92,7 +98,7 @@ class Store:
            include_receipts: bool = True) -> GCReport:
         """Delete blobs older than `grace` that no index row, version (and, by default, no
         receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.versions.referenced_uris]
+        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris]
         if include_receipts:
             references.append(self.receipts.referenced_uris)
         return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)

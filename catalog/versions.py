@@ -92,12 +92,13 @@ def normalize_entry(entry: dict, check_uri: Callable[[str, str], None] | None) -
         if not e.get("blob_uri"):
             raise InvalidId("blob_uri", None, f"is required for an entry with status {e['status']!r}")
         validate_sha256(e.get("sha256"), "sha256")
-    for name in ("blob_uri", "poster_uri"):
-        if e.get(name) is not None:
-            if not isinstance(e[name], str):
-                raise InvalidId(name, e[name], "must be a string")
+    masters = [("qc master", r.get("master_uri")) for r in (e.get("qc") or {}).values()]
+    for name, uri in [(name, e.get(name)) for name in ("blob_uri", "poster_uri")] + masters:
+        if uri is not None:
+            if not isinstance(uri, str):
+                raise InvalidId(name, uri, "must be a string")
             if check_uri is not None:
-                check_uri(name, e[name])
+                check_uri(name, uri)
     for name in ("resolution", "rendered_resolution", "fallback"):  # what was asked for, what was delivered
         e[name] = _opt_str(e.get(name), name)
     if isinstance(e.get("error_message"), str):

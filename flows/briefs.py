@@ -8,7 +8,7 @@ import csv
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +16,7 @@ import yaml
 
 from flows.manifest import SCHEMA, Manifest, ManifestError, Shot, validate_rows
 
-_LIST_COLUMNS = ("languages", "aspect_ratios", "tags")
+_LIST_COLUMNS = ("languages", "aspect_ratios", "tags", "destinations")
 _INT_COLUMNS = ("takes", "seed", "priority")
 
 
@@ -74,10 +74,11 @@ def _coerce(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_manifest(brief: Path, output: Path, input_roots: Sequence[str] = ()) -> tuple[Manifest, Path]:
+def build_manifest(brief: Path, output: Path, input_roots: Sequence[str] = (),
+                   destinations: Collection[str] | None = None) -> tuple[Manifest, Path]:
     """Convert a CSV/YAML brief to a Parquet manifest; only valid rows are written."""
     records = [_coerce(r) for r in _brief_records(brief)]
-    shots, errors = validate_rows(records, input_roots)
+    shots, errors = validate_rows(records, input_roots, destinations)
     rows = [shot_to_record(shot) for shot in shots]
     table = pa.Table.from_pylist(rows, schema=SCHEMA) if rows else SCHEMA.empty_table()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,6 @@ def build_manifest(brief: Path, output: Path, input_roots: Sequence[str] = ()) -
 def shot_to_record(shot: Shot) -> dict[str, Any]:
     record = shot.model_dump(exclude={"row", "extra"})
     record["dialogue"] = [line.model_dump() for line in shot.dialogue]
-    for key in ("languages", "aspect_ratios", "tags"):
+    for key in _LIST_COLUMNS:
         record[key] = list(record[key])
     return record

@@ -24,12 +24,14 @@ from catalog import Store
 from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_spend_table, over_budget
 from flows.collect import RunRecord, describe, record_render
 from flows.cost import Quote, cost_model, quote_plan
+from flows.destinations import RunDestinations, run_destinations
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
 from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
-from flows.report import artifact_key, create_failures_table, create_summary, failure_rows, summary_markdown
+from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
+                          qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings
 from horse_actors import RenderOutcome, RenderPool
 from horse_actors.jobs import NOT_ADMITTED
@@ -49,6 +51,7 @@ class RunResult:
     contact_sheets: dict[str, str] = field(default_factory=dict)
     spend: list[dict[str, Any]] = field(default_factory=list)  # the run's rows of the spend table
     budget_stop: str = ""  # "not rendered: budget (...)" when a budget stopped the run
+    qc_failures: list[dict[str, Any]] = field(default_factory=list)  # clip x destination that failed delivery QC
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class RunResult:
             "contact_sheets": self.contact_sheets,
             "spend": self.spend,
             "budget_stop": self.budget_stop,
+            "qc_failures": self.qc_failures,
         }
 
 
@@ -74,8 +78,9 @@ def _logger():
 
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
-def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
+def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -85,9 +90,10 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings) -> Manifest:
 
 
 @task(name="plan-variants", cache_policy=NO_CACHE)
-def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str) -> Plan:
+def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
+                  destinations: RunDestinations) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations)
     if force:
         plan.cached = {}
     else:
@@ -121,9 +127,13 @@ def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budg
 
 @task(name="index-chunk", cache_policy=NO_CACHE)
 def index_chunk(receipts: list[dict], settings: HorseSettings, run_id: str) -> int:
-    """One Delta commit for a chunk's receipts: the UI follows a run in tens of steps, never one
-    task run per shot."""
-    Store(settings.store_url, settings.storage_options).index.commit(receipts, run_id=run_id)
+    """One Delta commit for a chunk's receipts (and one for their delivery QC rows): the UI follows
+    a run in tens of steps, never one task run per shot."""
+    store = Store(settings.store_url, settings.storage_options)
+    # QC rows first: the render index is what marks a clip done, and an interrupted commit is
+    # redone by the next run (Store.recover_unindexed), QC rows included.
+    store.qc.commit(receipts, run_id=run_id)
+    store.index.commit(receipts, run_id=run_id)
     return len(receipts)
 
 
@@ -138,12 +148,14 @@ def publish(campaign_id: str, entries: list[dict], settings: HorseSettings, mani
 
 
 @task(name="report-run", cache_policy=NO_CACHE)
-def report(label: str, failures: list[dict], summaries: dict[str, str]) -> None:
-    """The failures table and one summary per campaign, as Prefect artifacts."""
+def report(label: str, failures: list[dict], summaries: dict[str, str], qc_tables: dict[str, list[dict]]) -> None:
+    """The failures table, and per campaign its summary and its delivery QC table, as Prefect artifacts."""
     if failures:
         create_failures_table(label, failures)
     for campaign_id, markdown in summaries.items():
         create_summary(campaign_id, markdown)
+    for campaign_id, rows in qc_tables.items():
+        create_qc_table(campaign_id, rows)
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -203,11 +215,12 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     in_flow = bool(context and context.flow_run)
     run_id = str(context.flow_run.id) if in_flow else str(uuid.uuid4())
     store = Store(settings.store_url, settings.storage_options)
+    destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
 
-    manifest = read_manifest_rows(manifest_uri, settings)
+    manifest = read_manifest_rows(manifest_uri, settings, destinations)
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
-    plan = plan_variants(manifest, settings, filters, force, run_id)
+    plan = plan_variants(manifest, settings, filters, force, run_id, destinations)
     quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
     guard = BudgetGuard(budgets, quote, plan.todo)
 
@@ -240,16 +253,21 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
         result = RunResult(run_id, {}, totals, row_errors, failures, spend=spend, budget_stop=guard.reason)
         if guard.stopped_by:
             _logger().warning("%s: %d shots left for a later run", guard.reason, totals.not_rendered_budget)
-        summaries = {}
-        for campaign_id, entries in version_entries(plan, outcomes).items():
+        summaries, qc_tables = {}, {}
+        qc = store.qc.results(job.render_key for job in plan.jobs if job.destinations)
+        for campaign_id, entries in version_entries(plan, outcomes, qc).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
             result.campaigns[campaign_id] = version.number
             if version.contact_sheet_uri:
                 result.contact_sheets[campaign_id] = version.contact_sheet_uri
+            result.qc_failures += qc_failures(entries)
             summaries[campaign_id] = summary_markdown(campaign_id, version.number, totals, store.url, version.uri,
-                                                      row_errors, version.contact_sheet_uri, version.contact_sheet)
+                                                      row_errors, version.contact_sheet_uri, version.contact_sheet,
+                                                      qc_markdown(entries))
+            if any("qc" in e for e in entries):
+                qc_tables[campaign_id] = qc_table_rows(entries)
         if in_flow:
-            report(label, result.failures, summaries)
+            report(label, result.failures, summaries, qc_tables)
             create_spend_table(label, spend, budgets, guard.reason)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
         store.lineage.complete(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),

@@ -1,6 +1,6 @@
 """Collecting renders into the catalog as they arrive: a receipt and a lineage event per shot
 variant (the receipt is the durable mark that the render exists: a rerun that finds it, indexed
-or not, skips the shot), then one index commit per chunk."""
+or not, skips the shot) and one per destination master, then one index commit per chunk."""
 
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "height": outcome.height,
         "frames": outcome.frames,
         "run_id": run.run_id,
+        "rendered_seed": outcome.rendered_seed,
+        "qc_status": outcome.qc_status,
+        "qc": outcome.qc,
+        "qc_attempts": outcome.qc_attempts or None,
     }
 
 
@@ -73,17 +77,39 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
     # output (the clip and its content hash), with where and how it rendered.
     stored = outcome.blob_uri is not None
     event = store.lineage.complete if stored else store.lineage.fail
-    event(
+    tags = {"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key}
+    rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
         inputs=list(run.lineage_inputs),
         outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
         runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
-                 "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings},
-        tags={"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key,
-              **{k: v for k, v in delivered(job, outcome).items() if v is not None}},
+                 "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings,
+                 "rendered_seed": outcome.rendered_seed, "qc_attempts": outcome.qc_attempts or None},
+        tags={**tags, **{k: v for k, v in delivered(job, outcome).items() if v is not None},
+              **({"qc": outcome.qc_status} if outcome.qc_status else {})},
         error_message=None if stored else f"{outcome.error_class}: {outcome.error_message}",
     )
+    if stored:
+        record_masters(store, rendered.run.runId, tags, outcome)
     return receipt
+
+
+def record_masters(store: Store, render_run_id: str, tags: dict[str, str], outcome: RenderOutcome) -> None:
+    """One lineage run per destination master, parented to the render: the clip's blob in, the
+    master's blob out with its QC; a master that could not be made is a failed run saying why."""
+    clip = {"uri": outcome.blob_uri, "version": outcome.sha256}
+    for destination, result in (outcome.qc or {}).items():
+        checks = {name: {k: v for k, v in c.items() if k != "stretches"} for name, c in result["checks"].items()}
+        master = result["master"]
+        common = dict(job_name="make_master", parent_run_id=render_run_id, parent_job_name="render_shot",
+                      parent_namespace="horse", inputs=[clip],
+                      tags={**tags, "destination": destination, "qc": "passed" if result["passed"] else "failed"})
+        if master is None:
+            store.lineage.fail(**common, error_message=f"no {destination} master: {checks['master']['limit']}")
+            continue
+        store.lineage.complete(**common, outputs=[{
+            "uri": master["uri"], "sha256": master["sha256"], "bytes": master["bytes"],
+            "qc": {"destination": destination, "passed": result["passed"], "checks": checks}}])
 
 
 def describe(job: PlannedJob, outcome: RenderOutcome) -> str:

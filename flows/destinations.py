@@ -6,20 +6,25 @@ in a later folder replaces the same-named one from an earlier folder. The keys a
 
     destinations = load_destinations()                      # {"broadcast-eu": Destination(...), ...}
     pick(destinations, ["social", "broadcast-eu"])          # ConfigError for an unknown name
+
+A run loads them once (`run_destinations(settings)`: the shipped files, then
+`render.destination_folders`); its jobs carry the Destination objects themselves to the actors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from media.qc import Destination
 
-from .settings import CONFIG_DIR, ConfigError
+from .settings import CONFIG_DIR, ConfigError, read_yaml_mapping
 
 DESTINATIONS_DIR = CONFIG_DIR / "destinations"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -31,14 +36,7 @@ def load_destination(path: str | Path) -> Destination:
     name = path.stem
     if not _NAME.match(name):
         raise ConfigError(f"{path}: file name {name!r} is not a destination name ({_NAME.pattern})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, label="")
     if "name" in data:
         raise ConfigError(f"{path}: name: set by the file name ({name!r}); remove the key")
     try:
@@ -62,6 +60,38 @@ def pick(destinations: dict[str, Destination], names: Iterable[str]) -> list[Des
     if unknown:
         raise ConfigError(f"unknown destination {', '.join(map(repr, unknown))}; known: {', '.join(sorted(destinations))}")
     return [destinations[n] for n in names]
+
+
+@dataclass(frozen=True)
+class RunDestinations:
+    """The destinations one run knows, the ones a shot without its own list gets, and how many
+    re-rolls a picture defect may cost."""
+
+    known: dict[str, Destination]
+    default: tuple[str, ...] = ()
+    max_rerolls: int = 0
+
+    def for_shot(self, names: Sequence[str]) -> tuple[Destination, ...]:
+        """The shot's destinations (its own names, validated at intake, else the run's default)."""
+        return tuple(pick(self.known, names or self.default))
+
+
+def run_destinations(settings) -> RunDestinations:
+    """Load the destinations once for a run from its HorseSettings; an unknown `render.destinations`
+    name is a ConfigError naming the key."""
+    known = load_destinations(settings.render.destination_folders)
+    try:
+        pick(known, settings.render.destinations)
+    except ConfigError as exc:
+        raise ConfigError(f"render.destinations: {exc}") from None
+    return RunDestinations(known, tuple(dict.fromkeys(settings.render.destinations)), settings.render.max_rerolls)
+
+
+def destination_spec(destination: Destination) -> dict[str, Any]:
+    """Every value of a destination that decides its master and QC (for render keys; JSON-ready)."""
+    spec = dataclasses.asdict(destination)
+    spec.pop("description")
+    return {k: str(v) if isinstance(v, Fraction) else v for k, v in spec.items()}
 
 
 def _reason(error: dict) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from catalog import Store
 from flows.budget import budgets_for, over_budget
 from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
+from flows.destinations import run_destinations
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info
 from flows.settings import HorseSettings
@@ -20,16 +21,20 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
             device_type: str | None = None, rows: int | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The plan document; `rows` limits the job list (None: every job). Raises ManifestError when
     the manifest as a whole cannot be read, ConfigError for unusable options."""
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots)
+    destinations = run_destinations(settings)
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known)
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(_drained(manifest.shots), model_info(settings), store, cached_columns=["render_key"])
+    plan = make_plan(_drained(manifest.shots), model_info(settings), store, destinations=destinations,
+                     cached_columns=["render_key"])
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
     budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
     slots, source = render_slots(settings, gpus)
     shown = plan.jobs if rows is None else plan.jobs[:rows]
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
-             "height": job.height, "priority": job.priority, "hero": job.hero, "kind": job.kind,
+             "height": job.height, "destinations": [d.name for d in job.destinations], "priority": job.priority,
+             "hero": job.hero, "kind": job.kind,
              "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key))}
             for job in shown]
     return {

@@ -5,7 +5,8 @@ A manifest is one row per shot. Bad rows never stop good ones: each problem beco
 at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
 
 This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
-too, reference files included (they must exist under the configured `render.input_roots`).
+too, reference files included (they must exist under the configured `render.input_roots`) and
+destination names (those of the loaded destination files, `flows.destinations`).
 CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 """
 
@@ -15,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -51,6 +52,7 @@ SCHEMA = pa.schema(
         ("reference_audio_uri", pa.string()),
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
+        ("destinations", pa.list_(pa.string())),
     ]
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
@@ -120,6 +122,7 @@ class Shot(BaseModel):
     reference_audio_uri: str | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
+    destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
     extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
 
     @field_validator("campaign_id", "shot_id")
@@ -155,6 +158,15 @@ class Shot(BaseModel):
         if value not in RESOLUTIONS:
             raise ValueError(f"unknown resolution {value!r}: expected one of {', '.join(RESOLUTIONS)}")
         return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _known_destinations(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        from flows.destinations import load_destinations, pick
+
+        known = (info.context or {}).get("destinations")
+        pick(dict.fromkeys(known if known is not None else load_destinations()), value)  # unknown: ValueError
+        return _unique(value)
 
     @field_validator("reference_image_uri", "reference_audio_uri")
     @classmethod
@@ -208,9 +220,11 @@ def _reason(error: dict) -> str:
     return message
 
 
-def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = ()) -> tuple[list[Shot], list[RowError]]:
+def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = (),
+                  destinations: Collection[str] | None = None) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
-    files are accepted only under `input_roots`."""
+    files are accepted only under `input_roots`, destination names only from `destinations`
+    (None: the shipped destination files)."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -219,7 +233,8 @@ def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] 
         extra = {k: v for k, v in record.items() if k not in KNOWN_COLUMNS}
         shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
         try:
-            shot = Shot.model_validate({**known, "row": number, "extra": extra}, context={"input_roots": input_roots})
+            shot = Shot.model_validate({**known, "row": number, "extra": extra},
+                                       context={"input_roots": input_roots, "destinations": destinations})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
@@ -252,9 +267,10 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
         raise ManifestError(f"manifest {uri}: cannot be read ({type(exc).__name__})") from None
 
 
-def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = ()) -> Manifest:
+def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = (),
+                  destinations: Collection[str] | None = None) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations)
 
 
 def arrow_owned_copy(data: bytes) -> pa.Buffer:
@@ -271,7 +287,8 @@ def arrow_owned_copy(data: bytes) -> pa.Buffer:
     return sink.getvalue()
 
 
-def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = ()) -> Manifest:
+def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
+                   destinations: Collection[str] | None = None) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
@@ -282,7 +299,7 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = ()) -> Ma
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
     records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
-    shots, errors = validate_rows(records, input_roots)
+    shots, errors = validate_rows(records, input_roots, destinations)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
 

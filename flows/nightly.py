@@ -27,12 +27,14 @@ def nightly_campaign_render(
     allow_over_budget: bool = False,
     budget_gpu_hours: float | None = None,
     budget_money: float | None = None,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render every shot variant of a campaign manifest that the catalog does not have yet, then
-    publish the campaign's next version. Parameters carry URIs and options, never shot lists.
-    A quote over a budget stops the run before it renders, unless allow_over_budget: then it
-    renders, most important first, until the budget is reached (flows.budget)."""
-    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money)
+    publish the campaign's next version. Parameters carry URIs and options, never shot lists;
+    `destinations` replaces `render.destinations` (for rows without their own). A quote over a
+    budget stops the run before it renders, unless allow_over_budget: then it renders, most
+    important first, until the budget is reached (flows.budget)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money, destinations)
     return render_campaign(manifest_uri, settings, force=force, allow_over_budget=allow_over_budget).as_dict()
 
 
@@ -51,18 +53,21 @@ def backfill_variants(
     allow_over_budget: bool = False,
     budget_gpu_hours: float | None = None,
     budget_money: float | None = None,
+    destinations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
-    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money)
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money, destinations)
     filters = backfill_filters(languages, aspect_ratios, takes, shot_ids)
     return run_backfill(campaign_id, settings, filters, force, allow_over_budget).as_dict()
 
 
-def flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours=None, budget_money=None) -> HorseSettings:
+def flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours=None, budget_money=None,
+                  destinations=None) -> HorseSettings:
     return load_settings(config_file, store_url=store_url, model=model,
                          ray={"address": ray_address} if ray_address else None,
-                         budget=run_budget_overrides(budget_gpu_hours, budget_money))
+                         budget=run_budget_overrides(budget_gpu_hours, budget_money),
+                         render={"destinations": destinations} if destinations is not None else None)
 
 
 def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:

@@ -3,6 +3,8 @@
 A variant is one (language, aspect ratio, take) of a shot; a shot without dialogue and without
 languages (B-roll) has no language axis: one variant per (aspect ratio, take). Its `render_key` hashes every input
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
+A variant with destinations also hashes their specs and the re-roll count: they decide which seed
+is delivered (a black or frozen picture is re-rolled) and the masters made from it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Iterable
 
 from catalog import Store, sha256_file, variant_render_keys
 from catalog.ids import validate_id
+from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
@@ -24,7 +27,7 @@ PIPELINE_CACHE_VERSION = 1
 FPS = 25
 # What a run needs of a render the catalog already has (version entries); the planner reads
 # only these columns of the index.
-CACHED_COLUMNS = ["render_key", "status", "blob_uri", "sha256", "poster_uri"]
+CACHED_COLUMNS = ["render_key", "status", "blob_uri", "sha256", "poster_uri", "rendered_seed", "qc_status"]
 
 
 class PlanError(ValueError):
@@ -73,12 +76,16 @@ class PlannedJob:
     audio_path: str | None = None
     image_sha256: str | None = None
     audio_sha256: str | None = None
+    destinations: tuple[Any, ...] = ()  # media.qc.Destination
+    max_rerolls: int = 0
+    expects_speech: bool = False  # the variant has dialogue lines
+    delivery: dict[str, Any] | None = None  # the destinations' specs in the key (one dict per shot and language)
 
     @property
     def key_inputs(self) -> dict[str, Any]:
         """Every input that changes pixels or sound: what `render_key` hashes."""
         return {**_shared_inputs(self.prompt, self.language, self.resolution, self.seconds, self.profile,
-                                 self.image_sha256, self.audio_sha256, self.model_fingerprint),
+                                 self.image_sha256, self.audio_sha256, self.model_fingerprint, self.delivery),
                 **_variant_inputs(self.aspect_ratio, self.width, self.height, self.seed)}
 
     @property
@@ -102,11 +109,15 @@ class PlannedJob:
         }
 
 
-def _shared_inputs(prompt, language, resolution, seconds, profile, image_sha256, audio_sha256, fingerprint) -> dict:
+def _shared_inputs(prompt, language, resolution, seconds, profile, image_sha256, audio_sha256, fingerprint,
+                   delivery) -> dict:
     """The key inputs every variant of one shot and language shares."""
-    return {"prompt": prompt, "language": language, "resolution": resolution, "fps": FPS, "seconds": seconds,
-            "profile": profile, "image_sha256": image_sha256, "audio_sha256": audio_sha256,
-            "model_fingerprint": fingerprint, "pipeline_cache_version": PIPELINE_CACHE_VERSION}
+    inputs = {"prompt": prompt, "language": language, "resolution": resolution, "fps": FPS, "seconds": seconds,
+              "profile": profile, "image_sha256": image_sha256, "audio_sha256": audio_sha256,
+              "model_fingerprint": fingerprint, "pipeline_cache_version": PIPELINE_CACHE_VERSION}
+    if delivery is not None:  # without destinations the key stays what it was before delivery QC
+        inputs["delivery"] = delivery
+    return inputs
 
 
 def _variant_inputs(aspect_ratio: str, width: int, height: int, seed: int) -> dict:
@@ -145,8 +156,10 @@ def take_seed(seed: int, take: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) -> list[PlannedJob]:
-    """Every variant of a validated shot (its reference files are already checked paths)."""
+def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
+                destinations: RunDestinations | None = None) -> list[PlannedJob]:
+    """Every variant of a validated shot (its reference files are already checked paths);
+    `destinations`: the run's (None: no delivery QC)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -164,18 +177,24 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters()) ->
     seeds = [take_seed(shot.seed, take) for take in range(1, takes + 1)]
     sizes = [model.size_for(shot.resolution, aspect) for aspect in aspects]
     hero = HERO_TAG in shot.tags
+    delivered_to = destinations.for_shot(shot.destinations) if destinations else ()
+    max_rerolls = destinations.max_rerolls if delivered_to else 0
+    specs = sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"])
     jobs = []
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
+        delivery = ({"destinations": specs, "max_rerolls": max_rerolls, "expects_speech": bool(lines)}
+                    if delivered_to else None)
         shared = _shared_inputs(prompt, language, shot.resolution, shot.duration_s, model.profile,
-                                image_sha256, audio_sha256, model.fingerprint)
+                                image_sha256, audio_sha256, model.fingerprint, delivery)
         axes = [(aspect, width, height, take, seed) for aspect, (width, height) in zip(aspects, sizes)
                 for take, seed in enumerate(seeds, start=1)]
         keys = variant_render_keys(shared, [_variant_inputs(a, w, h, seed) for a, w, h, _, seed in axes])
         jobs += [PlannedJob(shot.campaign_id, shot.shot_id, variant_id(language, aspect, take), language, aspect, take,
                             seed, shot.resolution, shot.duration_s, width, height, prompt, key, model.profile,
-                            model.fingerprint, shot.priority, hero, "render", image, audio, image_sha256, audio_sha256)
+                            model.fingerprint, shot.priority, hero, "render", image, audio, image_sha256, audio_sha256,
+                            delivered_to, max_rerolls, bool(lines), delivery)
                  for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
 
@@ -206,7 +225,7 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
+              destinations: RunDestinations | None = None, cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
     """Expand every shot, then ask the catalog once which render keys already exist (their index
     rows hold `cached_columns`: a dry run needs only the keys)."""
     jobs: list[PlannedJob] = []
@@ -215,7 +234,7 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters))
+            jobs.extend(expand_shot(shot, model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # In dispatch order (stable: manifest order among equals), so the run collects its chunks in

@@ -33,23 +33,29 @@ def code_version() -> str:
         return "horse (source)"
 
 
-def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict[str, list[dict]]:
-    """Version entries per campaign: every planned variant with its file or its failure."""
+def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]],
+                    qc: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+    """Version entries per campaign: every planned variant with its file or its failure, and its
+    delivery QC from the QC index (`qc`: Store.qc.results of the run's keys)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
         entry = job.entry()
         cached = plan.cached.get(job.render_key)
         if cached is not None:
-            entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri")}
+            entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
+                      "rendered_seed": cached.get("rendered_seed"), "qc_status": cached.get("qc_status")}
         elif job.render_key in outcomes and outcomes[job.render_key][1].error_class != NOT_ADMITTED:
             outcome = outcomes[job.render_key][1]
             entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
                       "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
-                      "error_message": outcome.error_message}
+                      "error_message": outcome.error_message, "rendered_seed": outcome.rendered_seed,
+                      "qc_status": outcome.qc_status}
         else:  # the run was cancelled, or stopped at a budget, before this variant was rendered
             entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": NOT_RENDERED}
             if job.render_key in outcomes:
                 entry["error_message"] = outcomes[job.render_key][1].error_message  # "not rendered: budget (...)"
+        if (qc or {}).get(job.render_key):
+            entry["qc"] = qc[job.render_key]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from catalog import public_options
 from flows.plan import PlannedJob
 from flows.settings import HorseSettings
-from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
+from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
 from media import load_audio, load_image
 
 
@@ -64,8 +64,9 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     }
     if job.language:
         metadata["language"] = job.language
+    delivery = Delivery(job.destinations, job.max_rerolls, job.expects_speech) if job.destinations else None
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
-                     priority=job.dispatch_priority)
+                     priority=job.dispatch_priority, delivery=delivery)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What a person reads after a run: the failures table and the summary with its contact sheet.
+"""What a person reads after a run: the failures table, the delivery QC table and the summary with
+its contact sheet (and QC failures called out).
 Content is built by plain functions (tested without Prefect) and published as Prefect artifacts;
 progress while the run goes is `flows.progress`.
 """
@@ -44,6 +45,7 @@ def summary_markdown(
     row_errors: list[str],
     sheet_uri: str | None,
     sheet_jpeg: bytes | None,
+    qc_section: str | None = None,
 ) -> str:
     lines = [
         f"# {campaign_id}: version {version if version is not None else '(not published)'}",
@@ -62,6 +64,8 @@ def summary_markdown(
         lines.append(f"- Version manifest: `{version_uri}`")
     if sheet_uri:
         lines.append(f"- Contact sheet: `{sheet_uri}`")
+    if qc_section:
+        lines += ["", qc_section]
     if row_errors:
         lines += ["", "## Rows skipped", ""] + [f"- {err}" for err in row_errors[:200]]
     if sheet_jpeg:
@@ -69,6 +73,74 @@ def summary_markdown(
         encoded = base64.b64encode(sheet_jpeg).decode()
         lines += ["", "## Contact sheet", "", f"![contact sheet](data:image/jpeg;base64,{encoded})"]
     return "\n".join(lines)
+
+
+def _failed_checks(result: dict) -> str:
+    """`check measured (limit)` for each failed check of one destination."""
+    return "; ".join(f"{name} {c['measured']} ({c['limit']})" for name, c in result["checks"].items() if not c["passed"])
+
+
+def _qc_results(entries: list[dict]):
+    for e in entries:
+        for destination, result in sorted((e.get("qc") or {}).items()):
+            yield e, destination, result
+
+
+def qc_table_rows(entries: list[dict]) -> list[dict[str, Any]]:
+    """One row per clip and destination: the result, the values a person looks at first, what failed."""
+    def measured(result: dict, check: str) -> Any:
+        return result["checks"].get(check, {}).get("measured")
+
+    return [
+        {
+            "shot": e["shot_id"], "variant": e["variant"], "destination": destination,
+            "result": "pass" if result["passed"] else "FAIL",
+            "loudness_lufs": measured(result, "loudness"), "true_peak_dbtp": measured(result, "true_peak"),
+            "black_s": measured(result, "black"), "frozen_s": measured(result, "frozen"),
+            "frames": measured(result, "duration"),
+            "seed": e.get("rendered_seed") if e.get("rendered_seed") == e.get("seed")
+            else f"{e.get('rendered_seed')} (re-rolled from {e.get('seed')})",
+            "failed_checks": _failed_checks(result),
+            "master": (result.get("master_sha256") or "")[:12],
+        }
+        for e, destination, result in _qc_results(entries)
+    ]
+
+
+def qc_failures(entries: list[dict]) -> list[dict[str, Any]]:
+    return [{"shot": e["shot_id"], "variant": e["variant"], "destination": destination,
+             "failed_checks": _failed_checks(result)}
+            for e, destination, result in _qc_results(entries) if not result["passed"]]
+
+
+def qc_markdown(entries: list[dict]) -> str | None:
+    """The summary's delivery QC section: pass counts per destination, failures and re-rolls called out."""
+    results = list(_qc_results(entries))
+    if not results:
+        return None
+    lines = ["## Delivery QC", "", "| destination | clips | passed | failed |", "|---|---:|---:|---:|"]
+    for destination in sorted({d for _, d, _ in results}):
+        passed = [r["passed"] for _, d, r in results if d == destination]
+        lines.append(f"| {destination} | {len(passed)} | {sum(passed)} | {len(passed) - sum(passed)} |")
+    failed = qc_failures(entries)
+    if failed:
+        lines += ["", f"**{len(failed)} failed** (clip → destination: check measured (limit)):", ""]
+        lines += [f"- {f['shot']} {f['variant']} → {f['destination']}: {f['failed_checks']}" for f in failed[:100]]
+    rerolled = [e for e in entries if e.get("rendered_seed") is not None and e["rendered_seed"] != e.get("seed")]
+    if rerolled:
+        lines += ["", "**Re-rolled** after a black or frozen picture (seed of the take → seed delivered):", ""]
+        lines += [f"- {e['shot_id']} {e['variant']}: {e['seed']} → {e['rendered_seed']}" for e in rerolled[:100]]
+    return "\n".join(lines)
+
+
+def create_qc_table(campaign_id: str, rows: list[dict[str, Any]]) -> None:
+    """A campaign version's delivery QC as a table artifact (inside a flow run)."""
+    from prefect.artifacts import create_table_artifact
+
+    failed = sum(row["result"] == "FAIL" for row in rows)
+    create_table_artifact(table=rows, key=artifact_key(campaign_id, "qc"),
+                          description=f"Delivery QC of {campaign_id}: {len(rows)} clip x destination results, "
+                                      f"{failed} failed")
 
 
 def create_failures_table(campaign_label: str, rows: list[dict[str, Any]]) -> None:

@@ -13,9 +13,10 @@ default here to drift from it.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Iterable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -23,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from configs import CONFIG_DIR
+from media.dialogue import Thresholds
+from model.prompt import LANGUAGES
+from model.speech import missing_whisper_files
 
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PRESETS_DIR = CONFIG_DIR / "models"
@@ -79,6 +83,64 @@ class RenderSettings(_Section):
     chunk_size: int = Field(ge=1, le=1000)
     failure_threshold: float = Field(ge=0, le=1)
     input_roots: list[str]
+    destinations: list[str]  # names checked against the loaded destination files (flows.destinations)
+    destination_folders: list[str]
+    max_rerolls: int = Field(ge=0, le=8)
+
+
+ErrorRate = Annotated[float, Field(ge=0, le=1)]
+_DESTINATION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # flows.destinations: names are file names
+
+
+def _language_keys(limits: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(limits) - set(LANGUAGES))
+    if unknown:
+        raise ValueError(f"unknown language {', '.join(map(repr, unknown))} (expected one of {', '.join(LANGUAGES)})")
+    return limits
+
+
+class DialogueSettings(_Section):
+    recognizer: Literal["whisper", "pocketsphinx"]
+    whisper_dir: str | None
+    language_confidence: float = Field(gt=0, le=1)
+    no_speech_probability: float = Field(gt=0, le=1)
+    max_error_rate: dict[str, ErrorRate]
+    destination_max_error_rate: dict[str, dict[str, ErrorRate]]
+
+    @field_validator("max_error_rate")
+    @classmethod
+    def _every_language(cls, limits: dict[str, float]) -> dict[str, float]:
+        absent = [code for code in LANGUAGES if code not in _language_keys(limits)]
+        if absent:
+            raise ValueError(f"no limit for {', '.join(absent)}")
+        return limits
+
+    @field_validator("destination_max_error_rate")
+    @classmethod
+    def _destinations(cls, table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, limits in table.items():
+            if not _DESTINATION_NAME.match(name):
+                raise ValueError(f"{name!r} is not a destination name ({_DESTINATION_NAME.pattern})")
+            try:
+                _language_keys(limits)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return table
+
+    @field_validator("whisper_dir")
+    @classmethod
+    def _staged(cls, folder: str | None) -> str | None:
+        missing = missing_whisper_files(folder) if folder else []
+        if missing:
+            raise ValueError(f"Whisper folder {folder} is incomplete: missing {'; '.join(missing)}")
+        return folder
+
+    def thresholds(self, language: str, destinations: Iterable[str] = ()) -> Thresholds:
+        """The limits for one clip in `language` bound for `destinations` (the strictest applies)."""
+        base = self.max_error_rate[language]
+        limits = [self.destination_max_error_rate.get(name, {}).get(language, base) for name in destinations]
+        return Thresholds(max_error_rate=min(limits, default=base), language_confidence=self.language_confidence,
+                          no_speech_probability=self.no_speech_probability)
 
 
 class ConfiguredCost(_Section):
@@ -145,6 +207,7 @@ class HorseSettings(BaseSettings):
     prefect: PrefectSettings
     schedule: ScheduleSettings
     render: RenderSettings
+    dialogue: DialogueSettings
     cost: CostSettings
     budget: BudgetSettings
 
@@ -169,7 +232,7 @@ class HorseSettings(BaseSettings):
         preset_file = PRESETS_DIR / f"{self.model}.yaml"
         if preset_file.is_file():
             try:
-                return ModelSettings(name=self.model, **_read_yaml(preset_file))
+                return ModelSettings(name=self.model, **read_yaml_mapping(preset_file))
             except ValidationError as exc:
                 raise ConfigError(_describe(exc, prefix=f"{preset_file.name}: ")) from None
         if Path(self.model).expanduser().is_dir():
@@ -184,22 +247,24 @@ class _YamlFiles(YamlConfigSettingsSource):
         super().__init__(settings_cls, yaml_file=files, deep_merge=True)
 
     def _read_file(self, file_path: Path) -> dict[str, Any]:
-        return _read_yaml(file_path)
+        return read_yaml_mapping(file_path)
 
 
 # The user's config file for one load_settings call (settings sources are chosen per class).
 _user_files: ContextVar[list[Path]] = ContextVar("horse_config_files", default=[])
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, label: str = "config file ") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one); ConfigError
+    naming the file and the problem otherwise."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{label}{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{label}{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{label}{path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "RenderActor": "actor",
     "connect": "cluster", "preserved_signal_handlers": "cluster",
     "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
-    "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
+    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
     "RenderPool": "pool",
 }
 

@@ -3,7 +3,8 @@
 A plain class (the "what"); `RenderPool` runs it as a Ray actor with one GPU (the "where").
 It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseline.
 Frames never leave the process: they are encoded to a local temp file, checked, hashed and put
-into the catalog, and only a small `RenderOutcome` is returned.
+into the catalog, and only a small `RenderOutcome` is returned. A job with a `Delivery` also gets
+delivery QC and a master per destination here, on that local file (horse_actors.delivery).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
+from .delivery import make_deliverables, render_checked
 from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
                    is_sticky_cuda, stage_device_seconds)
 
@@ -175,20 +177,16 @@ class RenderActor:
                     device_type=self.device_type)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         try:
-            clip, rendered, fallback = self._render_with_ladder(job)
-            timings.update({k: round(float(v), 4) for k, v in (clip.timings or {}).items()})
-
-            t0 = time.perf_counter()
             path = os.path.join(scratch, "clip.mp4")
-            info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
-            poster = poster_jpeg(clip.frames)
-            del clip
-            timings["encode"] = round(time.perf_counter() - t0, 4)
+            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery).
+            (info, poster, rendered, fallback), clip_qc, qc_attempts = render_checked(
+                job, lambda request: self._render_and_encode(job, request, path, timings), path, timings)
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
             poster_ref = self.store.put_blob(poster, ext="jpg")
             timings["upload"] = round(time.perf_counter() - t0, 4)
+            qc = make_deliverables(path, job, clip_qc, self.store, scratch, timings) if clip_qc else None
             self.renders += 1
             # A clip at another resolution than asked is not the deliverable: say so.
             status = OK if rendered.resolution == job.request.resolution else DEGRADED
@@ -197,7 +195,8 @@ class RenderActor:
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
                 device_seconds=stage_device_seconds(timings, rendered.resolution),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
-                rendered_resolution=rendered.resolution, fallback=fallback, **base,
+                rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
+                rendered_seed=rendered.seed, **base,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -215,6 +214,20 @@ class RenderActor:
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _render_and_encode(self, job: RenderJob, request, path: str, timings: dict[str, float]):
+        """Render `request` (the job's, or a re-roll of it) and encode it to `path`:
+        (EncodeInfo, poster JPEG, the request it was rendered from, OOM ladder rungs used).
+        Stage times add up over the re-rolls of a job: they are what the job cost."""
+        job = dataclasses.replace(job, request=request)
+        clip, rendered, fallback = self._render_with_ladder(job)
+        for stage, seconds in (clip.timings or {}).items():
+            timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
+        t0 = time.perf_counter()
+        info = encode_mp4(clip, path, self._tags(job), crf=self.encoding.crf, preset=self.encoding.preset)
+        poster = poster_jpeg(clip.frames)
+        timings["encode"] = round(timings.get("encode", 0.0) + time.perf_counter() - t0, 4)
+        return info, poster, rendered, fallback
 
     def _render_with_ladder(self, job: RenderJob):
         """(clip, the request it was rendered from, rungs used): as requested first; on GPU OOM,

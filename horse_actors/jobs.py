@@ -7,7 +7,10 @@ checksum and a few numbers travel back through Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from media.qc import Destination
 
 OK, FAILED, CANCELLED = "ok", "failed", "cancelled"
 # Rendered and stored, but not as requested (an OOM fallback lowered the resolution): the clip
@@ -35,6 +38,18 @@ _STICKY_CUDA = (
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """Where a job's clip is going. The actor measures the encoded clip, checks it against each
+    destination, re-renders it with the next seed while its picture has a black or frozen stretch
+    over a destination's limit (at most `max_rerolls` times), and makes a master per destination.
+    Destinations are plain data (media.qc.Destination): they pickle."""
+
+    destinations: tuple["Destination", ...]
+    max_rerolls: int = 0
+    expects_speech: bool = False  # the brief has dialogue: long silences fail QC
+
+
+@dataclass(frozen=True)
 class RenderJob:
     """One variant of one shot. `metadata` become mp4 tags (provenance tags are added by the actor)."""
 
@@ -46,6 +61,7 @@ class RenderJob:
     metadata: dict[str, str] = field(default_factory=dict)
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
     priority: tuple[int, ...] = ()   # higher dispatches first (compared item by item); equals keep input order
+    delivery: Delivery | None = None  # None: no delivery QC, no masters
 
 
 @dataclass
@@ -80,6 +96,19 @@ class RenderOutcome:
     fallback: list[str] = field(default_factory=list)  # OOM ladder rungs the clip was rendered with, in order
     # one {attempt, error_class, error_message, actor_id} per earlier failed attempt of this job
     earlier_attempts: list[dict] = field(default_factory=list)
+    # Delivery QC (jobs with a Delivery): per destination {passed, checks, master | refused}
+    # (horse_actors.delivery); the QC of every seed rendered (the take's, then re-rolls); the
+    # seed of the delivered clip.
+    qc: dict[str, dict] | None = None
+    qc_attempts: list[dict] = field(default_factory=list)
+    rendered_seed: int | None = None
+
+    @property
+    def qc_status(self) -> str | None:
+        """"passed" when the clip passed every destination, "failed" if not, None without QC."""
+        if self.qc is None:
+            return None
+        return "passed" if all(d["passed"] for d in self.qc.values()) else "failed"
 
     @property
     def ok(self) -> bool:

@@ -10,11 +10,11 @@ encoding alone does not need): `media.qc` (measure, check, Destination), `media.
 (make_master, make_masters).
 """
 
-from .images import contact_sheet, poster_jpeg
+from .images import contact_sheet, line_chart_png, poster_jpeg
 from .mp4 import AUDIO_BIT_RATE, AUDIO_RATE, EncodeCheckError, EncodeInfo, check_mp4, encode_mp4, probe_mp4
 from .reference import load_audio, load_image
 
 __all__ = [
     "AUDIO_BIT_RATE", "AUDIO_RATE", "EncodeCheckError", "EncodeInfo", "check_mp4", "contact_sheet", "encode_mp4",
-    "load_audio", "load_image", "poster_jpeg", "probe_mp4",
+    "line_chart_png", "load_audio", "load_image", "poster_jpeg", "probe_mp4",
 ]

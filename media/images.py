@@ -41,3 +41,26 @@ def contact_sheet(posters: list[tuple[str, bytes]], columns: int = 6, cell_heigh
     out = io.BytesIO()
     sheet.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+def line_chart_png(values: list[float], *, title: str = "", width: int = 640, height: int = 320) -> bytes:
+    """A PNG line chart of a series (e.g. a training loss per step) with its range labelled."""
+    if not values:
+        raise ValueError("no values to chart")
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    left, top, right, bottom = 64, 28, width - 16, height - 28
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((left, top, right, bottom), outline=(160, 160, 160))
+    n = max(1, len(values) - 1)
+    points = [(left + (right - left) * i / n, bottom - (bottom - top) * (v - lo) / span) for i, v in enumerate(values)]
+    draw.line(points if len(points) > 1 else points * 2, fill=(31, 119, 180), width=2)
+    draw.text((left, 8), title, fill=(0, 0, 0))
+    draw.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
+    draw.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
+    draw.text((left, bottom + 6), "1", fill=(0, 0, 0))
+    draw.text((right - 40, bottom + 6), str(len(values)), fill=(0, 0, 0))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

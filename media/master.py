@@ -88,13 +88,24 @@ def make_master(
 def make_masters(
     path: str | os.PathLike, destinations: Sequence[Destination], out_dir: str | os.PathLike, *,
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, tuple[MasterInfo, QCReport]]:
     """A master per destination as `out_dir/<destination>.mp4`; the clip is measured once and a
-    re-encoded picture is made once for all destinations that want the same one."""
+    re-encoded picture is made once for all destinations that want the same one. A destination a
+    master cannot be made for raises MasterError, or, when `refused` is given, is left out and
+    recorded there (name -> reason) while the others are made."""
     job = _Mastering(path, brief_seconds, expects_speech, source)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    made = {}
     try:
-        return {d.name: job.master(d, Path(out_dir) / f"{d.name}.mp4") for d in destinations}
+        for d in destinations:
+            try:
+                made[d.name] = job.master(d, Path(out_dir) / f"{d.name}.mp4")
+            except MasterError as exc:
+                if refused is None:
+                    raise
+                refused[d.name] = str(exc)
+        return made
     finally:
         job.cleanup()
 

@@ -9,7 +9,8 @@ planner and the CLI's light commands rely on that.
 from importlib import import_module
 
 _EXPORTS = {
-    "CheckpointError": "errors", "InvalidRequest": "errors", "RenderCancelled": "errors", "StageResultError": "errors",
+    "AdapterError": "errors", "CheckpointError": "errors", "InvalidRequest": "errors", "RenderCancelled": "errors",
+    "StageResultError": "errors", "Adapter": "adapters", "AdapterConfig": "adapters",
     "DiTConfig": "config", "PipelineConfig": "config", "full_dit_config": "config", "tiny_dit_config": "config",
     "ASPECT_RATIOS": "geometry", "RESOLUTIONS": "geometry", "output_size": "geometry",
     "Clip": "request", "RenderRequest": "request", "frame_count": "request", "latent_lengths": "request",

@@ -17,3 +17,7 @@ class RenderCancelled(RuntimeError):
 
 class CheckpointError(ValueError):
     """A checkpoint folder is missing, partial, mis-shaped or in a refused format."""
+
+
+class AdapterError(InvalidRequest):
+    """An adapter is malformed or does not fit this model (fingerprint, stage, target, shape)."""

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .adapters import base_state_dict
 from .codecs import (AudioCodec, TextEncoder, VideoCodec, load_text_encoder, tiny_audio_vae, tiny_text_encoder,
                      tiny_video_vae)
 from .config import TINY_AUDIO_LATENT, DiTConfig, PipelineConfig, full_dit_config, tiny_dit_config, tiny_pipeline_config
 from .dit import DiT, ExpertLinear, build_dit, init_random_
 from .offload import module_bytes
-from .stack import (DIT_STAGES, FORMAT_VERSION, present_stages, read_pipeline_config, stack_files,
-                    stage_fingerprints, tiny_fingerprint)
+from .stack import (DIT_STAGES, FORMAT_VERSION, describe_tiny, dit_fingerprint, dit_stage_files, present_stages,
+                    read_pipeline_config, stack_files, stage_fingerprints, tiny_fingerprint)
 
 # Share of the GPU's memory the weights may take; the rest is for activations.
 WEIGHTS_SHARE_OF_GPU = 0.7
@@ -38,9 +39,7 @@ class Stack:
 def build_tiny(seed: int) -> Stack:
     """Random-weight preset with every architectural feature (spec §8 tiny-128), seeded."""
     cfg = tiny_pipeline_config()
-    dits = {}
-    for k, stage in enumerate(DIT_STAGES):
-        dits[stage] = init_random_(build_dit(tiny_dit_config(stage, TINY_AUDIO_LATENT)), seed * 1000 + k).eval()
+    dits = {stage: tiny_dit(seed, stage) for stage in DIT_STAGES}
     te_model, tok = tiny_text_encoder(dits["distill"].cfg.text_in_channels, seed * 1000 + 11)
     fingerprint = tiny_fingerprint(seed, cfg, {stage: dit.cfg for stage, dit in dits.items()})
     return Stack(dits, TextEncoder(te_model, tok, cfg.text_max_tokens),
@@ -48,6 +47,27 @@ def build_tiny(seed: int) -> Stack:
                  AudioCodec(tiny_audio_vae(dits["distill"].cfg.audio_in_channels, seed * 1000 + 13),
                             cfg.audio_model_rate, cfg.sample_rate),
                  cfg, fingerprint, stage_fingerprints=stage_fingerprints(fingerprint, {}, cfg))
+
+
+def tiny_dit(seed: int, stage: str) -> DiT:
+    """One DiT of the tiny preset, as `build_tiny(seed)` builds it."""
+    return init_random_(build_dit(tiny_dit_config(stage, TINY_AUDIO_LATENT)), seed * 1000 + DIT_STAGES.index(stage)).eval()
+
+
+def load_dit(model: str | Path, stage: str, tiny_seed: int = 0, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.bfloat16) -> tuple[DiT, str]:
+    """One DiT stage alone and its fingerprint (`model.stack.dit_fingerprint`): what adapter
+    training needs, without the text encoder and VAEs. `model` is "tiny" or a checkpoint folder."""
+    if str(model) == "tiny":
+        return tiny_dit(tiny_seed, stage), dit_fingerprint(describe_tiny(tiny_seed).fingerprint, {}, stage)
+    folder = Path(model)
+    cfg_path = folder / stage / "config.json"
+    cfg = DiTConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.exists() else full_dit_config(stage)
+    dit = meta_dit(cfg, dtype).to_empty(device=device)
+    dit.compute_dtype = dtype
+    ckpt.load_into(dit, folder / stage)
+    _, hashes = ckpt.fingerprint_files(folder, dit_stage_files(folder, stage))
+    return dit.eval(), dit_fingerprint("", hashes, stage)
 
 
 def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, offload: bool, allow_pickle: bool,
@@ -116,7 +136,7 @@ def save_stack(stack, folder: str | Path, max_shard_bytes: int) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stage, dit in stack.dits.items():
-        ckpt.save_sharded(dit.state_dict(), folder / stage, max_shard_bytes)
+        ckpt.save_sharded(base_state_dict(dit), folder / stage, max_shard_bytes)
         (folder / stage / "config.json").write_text(dit.cfg.to_json())
     stack.text_encoder.model.save_pretrained(folder / "text_encoder")
     stack.text_encoder.tokenizer.save_pretrained(folder / "tokenizer")

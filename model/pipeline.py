@@ -13,6 +13,7 @@ loading and saving `model.loading` (files and fingerprints: `model.stack`), the 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapters import Adapter
 from .errors import InvalidRequest
 from .geometry import BASE_TIER, SR_STAGE, output_size
 from .loading import WEIGHTS_SHARE_OF_GPU, Stack, build_tiny, load_stack, save_stack
@@ -29,6 +31,7 @@ from .prompt import NEGATIVE_PROMPT
 from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
 from .stages import BASE, DECODE, SR, STORED_STAGES, StageResult, check_fits, render_stages, stage_key_inputs
+from .stack import dit_fingerprint
 
 
 @contextlib.contextmanager
@@ -58,10 +61,12 @@ class HappyHorsePipeline:
     GPU's memory), so back-to-back clips of one profile do not reload (`model.offload`).
     cpu_threads: intra-op threads while rendering on CPU (None = leave torch's setting). The tiny
     preset uses 1: its ops are too small to gain from threads, and on a busy machine OpenMP
-    spin-waiting made renders 10-30x slower."""
+    spin-waiting made renders 10-30x slower.
+    adapter_capacity: brand adapters held on the DiTs at once (least recently used out); see
+    `use_adapter`."""
 
     def __init__(self, stack: Stack, device: str | torch.device = "cpu", offload: bool = False,
-                 cpu_threads: int | None = None, offload_budget_bytes: int | None = None):
+                 cpu_threads: int | None = None, offload_budget_bytes: int | None = None, adapter_capacity: int = 4):
         self.dits = stack.dits
         self.text_encoder = stack.text_encoder
         self.video_codec = stack.video_codec
@@ -70,6 +75,10 @@ class HappyHorsePipeline:
         self.fingerprint = stack.fingerprint
         self.weight_hashes = stack.weight_hashes
         self.stage_fingerprints = stack.stage_fingerprints     # per stack stage: what stage keys name
+        # what an adapter is trained against: one fingerprint per DiT stage
+        self.dit_fingerprints = {stage: dit_fingerprint(self.fingerprint, self.weight_hashes, stage) for stage in self.dits}
+        self.adapter_capacity = adapter_capacity
+        self._adapters = None                # model.lora.ResidentAdapters, made on first use (peft import)
         self.device = torch.device(device)
         self.cpu_threads = cpu_threads
         self.offload: StageOffload | None = None
@@ -117,25 +126,50 @@ class HappyHorsePipeline:
         """(width, height) of a tier and aspect ratio; see `model.geometry.output_size`."""
         return output_size(self.config.tiers, resolution, aspect_ratio)
 
+    # ------------------------------------------------------------------------------ adapters
+    def use_adapter(self, adapter: Adapter | None, strength: float = 1.0) -> None:
+        """Make `adapter` at `strength` (None: the base model) what the DiTs compute, without
+        reloading or writing any base weight: an adapter is loaded onto its stage's DiT the first
+        time (checked against that DiT's fingerprint and shapes) and held there, so switching back
+        is a flag flip. Every render calls this with its own adapter, so nothing carries over."""
+        if adapter is None and self._adapters is None:
+            return
+        if self._adapters is None:
+            from .lora import ResidentAdapters
+            self._adapters = ResidentAdapters(self.dits, self.dit_fingerprints, self.adapter_capacity)
+        self._adapters.activate(adapter, strength)
+
+    @property
+    def resident_adapters(self) -> tuple[str, ...]:
+        """sha256 of the adapters held on the DiTs (least recently used first): a pool can send a
+        job to the replica that already holds its adapter."""
+        return self._adapters.held if self._adapters is not None else ()
+
     # ------------------------------------------------------------------------------ render
     def __call__(self, request: RenderRequest, should_stop: Callable[[], bool] | None = None,
-                 start: StageResult | None = None) -> Clip:
+                 start: StageResult | None = None, adapter: Adapter | None = None,
+                 adapter_strength: float = 1.0) -> Clip:
         """Render one clip, from noise or from `start`, a stage result of this request and model
-        (`model.stages`). should_stop is polled between steps; True raises RenderCancelled."""
-        return self._run(request, start, DECODE, should_stop)
+        (`model.stages`), with a brand adapter at `adapter_strength` on the request's DiT (None: the
+        base model; the SR stage always runs the base SR model). should_stop is polled between
+        steps; True raises RenderCancelled."""
+        return self._run(request, start, DECODE, should_stop, adapter, adapter_strength)
 
     def render_until(self, request: RenderRequest, stop_after: str, start: StageResult | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> StageResult:
+                     should_stop: Callable[[], bool] | None = None, adapter: Adapter | None = None,
+                     adapter_strength: float = 1.0) -> StageResult:
         """Run the request's stages up to and including `stop_after` ("base", or "sr" for a
         540p/1080p request), from noise or from `start`, and return that stage's result. Finish
         with `pipe(request, start=result)`; a 256p result finishes any resolution."""
         if stop_after not in STORED_STAGES:
             raise InvalidRequest(f"stop_after must be one of {STORED_STAGES} (the decoded clip is pipe(request)), "
                                  f"got {stop_after!r}")
-        return self._run(request, start, stop_after, should_stop)
+        return self._run(request, start, stop_after, should_stop, adapter, adapter_strength)
 
-    def _run(self, r: RenderRequest, start: StageResult | None, stop_after: str, should_stop):
+    def _run(self, r: RenderRequest, start: StageResult | None, stop_after: str, should_stop,
+             adapter: Adapter | None, adapter_strength: float):
         validate_request(r, self.config.tiers, self.dits)
+        _check_adapter(r, adapter, adapter_strength)
         stages = render_stages(r)
         if stop_after not in stages:
             raise InvalidRequest(f"a {r.resolution} render has no {stop_after!r} stage (it has {stages})")
@@ -149,6 +183,7 @@ class HappyHorsePipeline:
         result = start
         threads = self.cpu_threads if self.device.type == "cpu" else None
         with torch_threads(threads), torch.no_grad():
+            self.use_adapter(adapter, float(adapter_strength))
             for stage in todo:
                 if stage == BASE:
                     result = self._base(r, timings, should_stop)
@@ -265,3 +300,15 @@ class HappyHorsePipeline:
         x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         x = (x / 127.5 - 1.0).clamp(-1, 1)[:, :, None]
         return self.video_codec.encode(x.to(self.device)).to(self.device)
+
+
+def _check_adapter(request: RenderRequest, adapter: Adapter | None, strength: float) -> None:
+    if adapter is None:
+        return
+    if not isinstance(adapter, Adapter):
+        raise InvalidRequest(f"adapter must be a model.adapters.Adapter or None, got {type(adapter).__name__}")
+    if adapter.config.stage != request.profile:
+        raise InvalidRequest(f"adapter {adapter.sha256[:12]} was trained on the {adapter.config.stage} model; "
+                             f"the request uses {request.profile}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise InvalidRequest(f"adapter_strength must be a finite number, got {strength!r}")

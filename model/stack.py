@@ -74,11 +74,7 @@ def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = Fals
     """Every file a load of these DiT stages reads: the DiTs' weights, configs and indexes, the
     library stage folders, pipeline.json. Pickle files are refused in every one of them unless
     allow_pickle (the same rule `from_pretrained` applies, so a stack that describes also loads)."""
-    files: list[Path] = []
-    for stage in stages:
-        sub = folder / stage
-        files += ckpt.weight_files(sub, allow_pickle).values()
-        files += [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+    files = [f for stage in stages for f in dit_stage_files(folder, stage, allow_pickle)]
     for stage in LIBRARY_STAGES:
         sub = folder / stage
         if sub.is_dir():
@@ -87,6 +83,28 @@ def stack_files(folder: Path, stages: tuple[str, ...], allow_pickle: bool = Fals
     if (folder / "pipeline.json").exists():
         files.append(folder / "pipeline.json")
     return sorted(set(files))
+
+
+def dit_stage_files(folder: Path, stage: str, allow_pickle: bool = False) -> list[Path]:
+    """The files of one DiT stage folder: its weights, config and index."""
+    sub = folder / stage
+    files = list(dict.fromkeys(ckpt.weight_files(sub, allow_pickle).values()))
+    return files + [p for p in (sub / "config.json", sub / ckpt.INDEX_NAME) if p.exists()]
+
+
+def dit_fingerprint(stack_fingerprint: str, weight_hashes: dict[str, str], stage: str) -> str:
+    """The identity of one stage folder (a DiT stage is what an adapter is trained against; stage
+    keys name the folders a stage result depends on): a sha256 over the digests of its files (a loaded checkpoint; `weight_hashes` maps paths relative to
+    the stack folder to sha256), or over the stack fingerprint and the stage name (the tiny
+    preset, whose weights follow from its seed). Loading fewer stages does not change it."""
+    h = hashlib.sha256()
+    files = sorted(name for name in weight_hashes if name.startswith(f"{stage}/"))
+    if files:
+        for name in files:
+            h.update(f"{name}\0{weight_hashes[name]}\n".encode())
+    else:
+        h.update(f"{stack_fingerprint}\0{stage}".encode())
+    return h.hexdigest()
 
 
 def describe_checkpoint(folder: str | Path, stages: tuple[str, ...] | None = None,
@@ -116,20 +134,9 @@ def describe_tiny(seed: int = 0) -> ModelDescription:
 
 
 def stage_fingerprints(stack_fingerprint: str, weight_hashes: dict[str, str], config: PipelineConfig) -> dict[str, str]:
-    """sha256 per stage: over the digests of the files under its folder (`weight_hashes`: path
-    relative to the stack folder -> sha256, the same `name\0digest\n` lines as the stack
-    fingerprint); for the tiny preset, which has no files, over the stack fingerprint and the
-    stage name. "pipeline" is the sampler/geometry config itself, so a stack without a
-    pipeline.json (defaults) has one too."""
-    per_stage: dict[str, list[str]] = {}
-    for name in sorted(weight_hashes):
-        stage, sep, _ = name.partition("/")
-        if sep:                                       # top-level files: pipeline.json, covered below
-            per_stage.setdefault(stage, []).append(f"{name}\0{weight_hashes[name]}\n")
-    if weight_hashes:
-        digests = {stage: hashlib.sha256("".join(lines).encode()).hexdigest() for stage, lines in per_stage.items()}
-    else:
-        digests = {stage: hashlib.sha256(f"{stack_fingerprint}\0{stage}".encode()).hexdigest()
-                   for stage in (*DIT_STAGES, *LIBRARY_STAGES)}
+    """sha256 per stage folder of the stack (`dit_fingerprint` of each), and "pipeline": the
+    sampler/geometry config itself, so a stack without a pipeline.json (defaults) has one too."""
+    folders = {name.partition("/")[0] for name in weight_hashes if "/" in name} or {*DIT_STAGES, *LIBRARY_STAGES}
+    digests = {stage: dit_fingerprint(stack_fingerprint, weight_hashes, stage) for stage in folders}
     digests["pipeline"] = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     return digests

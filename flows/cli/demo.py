@@ -57,6 +57,7 @@ def demo(as_json: JsonOpt = False, store: StoreOpt = None) -> None:
                 console.print("[green]everything was already rendered[/green]: nothing to do (delete the store to start over)")
             console.print(f"done in {time.perf_counter() - started:.0f}s. Next:")
             console.print("  horse versions aurora-tea-launch   # the campaign's versions")
+            console.print("  horse qc aurora-tea-launch         # delivery QC per clip and destination (social, broadcast-eu)")
             console.print("  horse ui                           # the runs, progress, failures and summary in the Prefect UI")
 
         return Outcome(run, show, outcome.code)

@@ -19,10 +19,12 @@ def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or
     """Check every row; print each problem with its row, column and reason."""
 
     def body(settings) -> Outcome:
+        from flows.destinations import load_destinations
         from flows.manifest import ManifestError, read_manifest
 
+        destinations = load_destinations(settings.render.destination_folders)
         with invalid_input(ManifestError):
-            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots)
+            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations)
 
         def show() -> None:
             console.print(f"{manifest.uri}: {manifest.rows} rows, [green]{len(manifest.shots)} valid[/green], "
@@ -45,10 +47,12 @@ def build(
 
     def body(settings) -> Outcome:
         from flows.briefs import build_manifest
+        from flows.destinations import load_destinations
         from flows.manifest import ManifestError
 
+        destinations = load_destinations(settings.render.destination_folders)
         with invalid_input(ManifestError, OSError):
-            manifest, path = build_manifest(brief, output, settings.render.input_roots)
+            manifest, path = build_manifest(brief, output, settings.render.input_roots, destinations)
 
         def show() -> None:
             console.print(f"wrote {path}: {len(manifest.shots)} shots from {manifest.rows} rows")

@@ -16,6 +16,8 @@ from flows.settings import run_budget_overrides
 app = typer.Typer()
 ManifestArg = Annotated[str, typer.Argument(help="Parquet manifest (path or URL)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="render again even what the catalog has")]
+DestinationsOpt = Annotated[Optional[str], typer.Option(
+    "--destinations", help="comma-separated delivery destinations for rows without their own (render.destinations)")]
 
 
 BudgetHoursOpt = Annotated[Optional[float], typer.Option(
@@ -99,9 +101,10 @@ def _duration(hours: float) -> str:
 
 
 @app.command()
-def render(manifest: ManifestArg, force: ForceOpt = False, allow_over_budget: AllowOverOpt = False,
-           budget_gpu_hours: BudgetHoursOpt = None, budget_money: BudgetMoneyOpt = None, as_json: JsonOpt = False,
-           config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
+def render(manifest: ManifestArg, force: ForceOpt = False, destinations: DestinationsOpt = None,
+           allow_over_budget: AllowOverOpt = False, budget_gpu_hours: BudgetHoursOpt = None,
+           budget_money: BudgetMoneyOpt = None, as_json: JsonOpt = False, config: ConfigOpt = None,
+           store: StoreOpt = None, model: ModelOpt = None, ray_address: RayOpt = None) -> None:
     """Run the nightly flow for a manifest now (a quote over a budget refuses to start: exit 2)."""
 
     def body(settings) -> Outcome:
@@ -110,7 +113,8 @@ def render(manifest: ManifestArg, force: ForceOpt = False, allow_over_budget: Al
         return run_flow(lambda: nightly_campaign_render(
             manifest_uri=manifest, store_url=store, model=model, config_file=str(config) if config else None,
             ray_address=ray_address, force=force, allow_over_budget=allow_over_budget,
-            budget_gpu_hours=budget_gpu_hours, budget_money=budget_money, return_state=True), "rendering", as_json)
+            budget_gpu_hours=budget_gpu_hours, budget_money=budget_money, destinations=_split(destinations),
+            return_state=True), "rendering", as_json)
 
     run_command(as_json, body, config, store, model, ray_address, run_budget_overrides(budget_gpu_hours, budget_money))
 
@@ -127,6 +131,7 @@ def backfill(
     takes: Annotated[Optional[int], typer.Option("--takes", min=1, help="takes per variant")] = None,
     shots: Annotated[Optional[str], typer.Option("--shots", help="comma-separated shot ids")] = None,
     force: ForceOpt = False,
+    destinations: DestinationsOpt = None,
     allow_over_budget: AllowOverOpt = False,
     budget_gpu_hours: BudgetHoursOpt = None,
     budget_money: BudgetMoneyOpt = None,
@@ -145,7 +150,8 @@ def backfill(
             campaign_id=campaign, languages=_split(languages), aspect_ratios=_split(aspect_ratios), takes=takes,
             shot_ids=_split(shots), store_url=store, model=model, config_file=str(config) if config else None,
             ray_address=ray_address, force=force, allow_over_budget=allow_over_budget,
-            budget_gpu_hours=budget_gpu_hours, budget_money=budget_money, return_state=True), "backfilling", as_json)
+            budget_gpu_hours=budget_gpu_hours, budget_money=budget_money, destinations=_split(destinations),
+            return_state=True), "backfilling", as_json)
 
     run_command(as_json, body, config, store, model, ray_address, run_budget_overrides(budget_gpu_hours, budget_money))
 
@@ -200,6 +206,13 @@ def show_run(document: dict[str, Any]) -> None:
             table.add_column(column)
         for row in document["failures"]:
             table.add_row(row["shot"], row["variant"], row["error_class"], row["message"], str(row["retryable"]))
+        console.print(table)
+    if document["qc_failures"]:
+        table = Table(title="delivery QC failures (published, marked failed)", header_style="bold yellow")
+        for column in ("shot", "variant", "destination", "failed checks: measured (limit)"):
+            table.add_column(column, overflow="fold")
+        for row in document["qc_failures"]:
+            table.add_row(row["shot"], row["variant"], row["destination"], row["failed_checks"])
         console.print(table)
     show_skipped(document["row_errors"])
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.cloudpickle
 import torch
 
@@ -22,14 +23,17 @@ class FaultyRenderActor(RenderActor):
     hang_keys: frozenset[str] = frozenset()       # these jobs hang on attempt 1, like a stuck kernel
     oom_at: dict[str, frozenset[str]] = {}        # render_key -> stages that raise torch's OOM error
     render_log: str | None = None                 # file that gets one line per render started
+    black_seeds: frozenset[int] = frozenset()     # clips rendered with these seeds come out all black
+    seed_log: str | None = None                   # file that gets one line per clip rendered: key, seed
 
     @classmethod
-    def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None,
-                render_log: str | None = None) -> type["FaultyRenderActor"]:
+    def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None, render_log: str | None = None,
+                black_seeds=(), seed_log: str | None = None) -> type["FaultyRenderActor"]:
         """`oom_at` stages: a DiT stage ("distill", "540p_sr", "1080p_sr", ...), which raises
-        whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles."""
-        plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log,
-                "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
+        whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles.
+        `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch)."""
+        plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "black_seeds": frozenset(black_seeds),
+                "seed_log": seed_log, "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
         return type("PlannedFaultyRenderActor", (cls,), plan)
 
     def __init__(self, *args, **kwargs):
@@ -47,6 +51,15 @@ class FaultyRenderActor(RenderActor):
             return forward(*args, **kwargs)
 
         return guarded
+
+    def _render_with_ladder(self, job):
+        clip, request, used = super()._render_with_ladder(job)
+        if self.seed_log:
+            with open(self.seed_log, "a") as log:
+                log.write(f"{job.render_key} {request.seed}\n")
+        if request.seed in self.black_seeds:
+            clip.frames = np.zeros_like(clip.frames)
+        return clip, request, used
 
     def render(self, job, attempt=1, submitted_at=None, call_id=None):
         if self.render_log:

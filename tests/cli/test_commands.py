@@ -10,7 +10,7 @@ import pytest
 from flows.settings import load_settings
 from tests.cli.cli_testlib import horse, manifest, one_json_document
 
-COMMANDS = ("demo", "manifest", "plan", "render", "backfill", "versions", "show", "deploy", "serve", "ui", "doctor")
+COMMANDS = ("demo", "manifest", "plan", "render", "backfill", "versions", "show", "qc", "deploy", "serve", "ui", "doctor")
 
 
 def test_console_script_and_python_m_run_the_same_app():

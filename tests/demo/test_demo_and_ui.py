@@ -88,6 +88,15 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
     assert tags["horse_shot"] == first["shot_id"] and tags["horse_variant"] == first["variant"]
     assert tags["horse_seed"] == str(first["seed"])
     assert tags["horse_model_fingerprint"] == version["model_fingerprint"]
+    # Delivery QC: each clip checked against the brief's destinations on the actor, a master stored for each.
+    assert all(set(e["qc"]) == {"social", "broadcast-eu"} and e["qc_status"] in ("passed", "failed")
+               for e in version["entries"])
+    assert all(store.blob_exists(r["master_sha256"], "mp4") for r in first["qc"].values())
+    qc = subprocess.run([sys.executable, "-m", "flows.cli", "qc", "aurora-tea-launch", "--json"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    checked = json.loads(qc.stdout)
+    assert (checked["passed"] + checked["failed"], checked["not_checked"]) == (28, 0)
+    assert qc.returncode == (1 if checked["failed"] else 0)
 
     again = subprocess.run([sys.executable, "-m", "flows.cli", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "everything was already rendered" in again.stdout
@@ -102,8 +111,16 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
     assert run["name"] in run_page, "the flow run page shows the run"
     assert "nightly-campaign-render" in run_page
     artifacts_page = chromium(f"{base_url}/artifacts", screenshot=str(artifacts_dir / "ui-artifacts.png"))
-    for key in ("aurora-tea-launch-summary", "aurora-tea-launch-progress"):
+    for key in ("aurora-tea-launch-summary", "aurora-tea-launch-progress", "aurora-tea-launch-qc"):
         assert key in artifacts_page, f"artifact {key} is listed"
+
+    tables = httpx.post(f"{base_url}/api/artifacts/filter", json={"artifacts": {"key": {"any_": ["aurora-tea-launch-qc"]}}}).json()
+    assert tables, "the run made a QC table artifact"
+    table = min(tables, key=lambda a: a["created"])  # the first run's
+    qc_page = chromium(f"{base_url}/artifacts/artifact/{table['id']}", screenshot=str(artifacts_dir / "ui-qc-table.png"))
+    for text in ("loudness_lufs", "true_peak_dbtp", "s010-kitchen-hello", "s030-friends-toast", "broadcast-eu", "social"):
+        assert text in qc_page, f"the QC table shows {text}"
+    assert qc_page.count("broadcast-eu") >= 14, "a row per clip and destination"
 
     summaries = httpx.post(f"{base_url}/api/artifacts/filter", json={"artifacts": {"key": {"any_": ["aurora-tea-launch-summary"]}}}).json()
     summary = next(a for a in summaries if "version 1" in a["data"])  # the first run's (the rerun made version 2)

@@ -499,7 +499,7 @@ def test_dockerfile_pins_match_pyproject_and_readme(dockerfile):
     assert python in SpecifierSet(PYPROJECT["project"]["requires-python"])
     runs = [arg for kind, arg in dockerfile if kind == "RUN"]
     torch_step = next(i for i, run in enumerate(runs) if 'torch==${TORCH_VERSION}' in run)
-    project_step = next(i for i, run in enumerate(runs) if re.search(r"pip install (-q )?-e \.", run))
+    project_step = next(i for i, run in enumerate(runs) if re.search(r"pip install (-q )?(-e )?\.( |$)", run))
     assert torch_step < project_step, "torch must be installed before the project (README)"
     assert "--index-url" in runs[torch_step]
 

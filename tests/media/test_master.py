@@ -104,3 +104,8 @@ def test_masters_refuse_what_they_cannot_honestly_make(clips, tmp_path):
     hdr = Destination(name="hdr", loudness_lufs=-14.0, color_transfer="smpte2084")
     with pytest.raises(MasterError, match="color_transfer bt709 -> smpte2084"):
         make_master(clip, hdr, tmp_path / "h.mp4")
+    refused = {}
+    made = make_masters(clip, [portrait, Destination(name="web", loudness_lufs=-16.0), hdr], tmp_path / "all",
+                        refused=refused)
+    assert list(made) == ["web"] and made["web"][1].passed, "the others are still made"
+    assert set(refused) == {"portrait", "hdr"} and "aspect ratio" in refused["portrait"]

@@ -1,9 +1,12 @@
 """The model benchmarks' code paths, exercised on CPU (no timing assertions)."""
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import require
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -59,3 +62,11 @@ def test_staged_benchmark_smoke(capsys):
     assert load("staged").main(["--seconds", "0.4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "store+load" in out and "of the published 31 s H100 stage" in out
+
+
+@pytest.mark.slow
+def test_dialogue_benchmark_smoke(capsys):
+    require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
+    assert load("dialogue").main(["--seconds", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny render of a 1 s clip" in out and "pocketsphinx" in out and "whisper" in out

@@ -1,0 +1,38 @@
+"""Render backends: where a job's clip comes from, behind one job -> outcome contract.
+
+`RenderActor` (local Happy Horse model, one per GPU) is one backend; `ApiBackend` (a provider's
+task API: Seedance 2.0 on BytePlus ModelArk, models on fal's queue) is another. Both take a
+`RenderJob` and an attempt number and return a `RenderOutcome` whose blob is already in the
+catalog, so planning, keys, versions, QC and review do not care where a clip came from.
+
+    from horse_actors.backends import ApiBackend, map_brief, provider_spec
+    spec = provider_spec("seedance-2.0")                 # key from $ARK_API_KEY when it renders
+    request = map_brief(spec, scene="...", aspect_ratio="4:5", resolution="1080p", seconds=5, seed=7)
+    key = catalog.render_key(request.key_inputs())
+    outcome = ApiBackend(spec, StoreTarget(store_url)).render(RenderJob(key, request, ...))
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..jobs import RenderJob, RenderOutcome
+from .api import ApiBackend, ApiRenderOutcome, provider_slots
+from .http import ProviderError
+from .request import ApiRequest, map_brief, plain_prompt
+from .spec import PRESETS, ProviderSpec, provider_spec
+
+
+class RenderBackend(Protocol):
+    """What the pool calls on any backend (RenderActor and ApiBackend both have it)."""
+
+    def render(self, job: RenderJob, attempt: int = 1, submitted_at: float | None = None,
+               call_id: str | None = None) -> RenderOutcome: ...
+
+    def finished(self, call_ids: list[str]) -> dict[str, RenderOutcome]: ...
+
+    def stats(self) -> dict: ...
+
+
+__all__ = ["ApiBackend", "ApiRenderOutcome", "ApiRequest", "PRESETS", "ProviderError", "ProviderSpec",
+           "RenderBackend", "map_brief", "plain_prompt", "provider_slots", "provider_spec"]
