@@ -6,9 +6,9 @@ A cost key names a stage at the tier it works at:
     sr_540p, sr_1080p    latent super-resolution of a 540p or 1080p render
     decode_<tier>        the VAE decode of the output
     encode_<tier>        the mp4 encode (on the actor, holding its GPU)
-    qc_<tier>            delivery QC, where it runs
-A full render runs base, [sr], decode, encode, qc at its tier; a preview runs base, decode_256p and
-encode_256p; a promote finishes a stored preview: sr, decode, encode and qc at its tier.
+    qc_<tier>            delivery QC and the masters (jobs with destinations only)
+A full render runs base, [sr], decode, encode, [qc] at its tier; a preview runs base, decode_256p and
+encode_256p; a promote finishes a stored preview: sr, decode, encode and [qc] at its tier.
 
 Rates are device-seconds per clip-second, learned from the receipts' per-stage device seconds
 (`horse_actors.jobs.stage_device_seconds`) of ok renders with the same model fingerprint, sampler
@@ -41,12 +41,13 @@ HISTORY_COLUMNS = ["model_fingerprint", "profile", "device_type", "device_second
                    "rendered_resolution", "duration_s", "created_at"]
 
 
-def cost_keys(kind: str, resolution: str) -> tuple[str, ...]:
-    """The cost keys a job of this kind (preview, render, promote) at this tier runs."""
+def cost_keys(kind: str, resolution: str, qc: bool = False) -> tuple[str, ...]:
+    """The cost keys a job of this kind (preview, render, promote) at this tier runs; `qc`: it has
+    delivery destinations (QC and masters run after its encode)."""
     if kind == "preview":
         return ("base", f"decode_{BASE_TIER}", f"encode_{BASE_TIER}")
     finish = ((f"sr_{resolution}",) if resolution in SR_STAGE else ()) + tuple(
-        f"{stage}_{resolution}" for stage in ("decode", "encode", "qc"))
+        f"{stage}_{resolution}" for stage in ("decode", "encode", *(("qc",) if qc else ())))
     return finish if kind == "promote" else ("base", *finish)
 
 
@@ -80,13 +81,13 @@ class CostModel:
     rates: dict[str, Rate]  # cost key -> rate; stages with no figure at all are absent
     configured: str  # what the configured figures are, for the quote's basis
 
-    def per_clip_second(self, kind: str, resolution: str) -> tuple[float, float, float]:
+    def per_clip_second(self, kind: str, resolution: str, qc: bool = False) -> tuple[float, float, float]:
         """(mean, low, high) device-seconds per clip-second of one job."""
-        rates = [self.rates[key] for key in cost_keys(kind, resolution) if key in self.rates]
+        rates = [self.rates[key] for key in cost_keys(kind, resolution, qc) if key in self.rates]
         return sum(r.mean for r in rates), sum(r.low for r in rates), sum(r.high for r in rates)
 
     def job_seconds(self, job: PlannedJob) -> float:
-        return job.seconds * self.per_clip_second(job.kind, job.resolution)[0]
+        return job.seconds * self.per_clip_second(job.kind, job.resolution, bool(job.destinations))[0]
 
 
 def history(store: Store, fingerprint: str, profile: str) -> pa.Table:
@@ -206,15 +207,16 @@ class Quote:
 
 def quote_plan(plan: Plan, model: CostModel) -> Quote:
     """Quote the plan's to-do jobs per stage (one pass over the jobs: rates depend only on the
-    kind and tier, so clip-seconds are summed per kind and tier first)."""
-    todo: dict[tuple[str, str], float] = defaultdict(float)
-    cached: dict[tuple[str, str], float] = defaultdict(float)
+    kind, tier and whether QC runs, so clip-seconds are summed per those first)."""
+    todo: dict[tuple[str, str, bool], float] = defaultdict(float)
+    cached: dict[tuple[str, str, bool], float] = defaultdict(float)
     by_campaign: dict[str, float] = defaultdict(float)
-    promoted: dict[tuple, tuple[str, float]] = {}  # one take per (campaign, shot, language, aspect): its tier, seconds
+    # one take per (campaign, shot, language, aspect): its tier and QC, clip seconds
+    promoted: dict[tuple, tuple[tuple[str, bool], float]] = {}
     job_seconds = {}
     rate = {}
     for job in plan.jobs:
-        kind_tier = (job.kind, job.resolution)
+        kind_tier = (job.kind, job.resolution, bool(job.destinations))
         if job.render_key in plan.cached:
             cached[kind_tier] += job.seconds
             continue
@@ -224,20 +226,21 @@ def quote_plan(plan: Plan, model: CostModel) -> Quote:
         seconds = job_seconds[job.render_key] = job.seconds * rate[kind_tier]
         by_campaign[job.campaign_id] += seconds
         if job.kind == "render" and job.resolution in SR_STAGE:
-            promoted[(job.campaign_id, job.shot_id, job.language, job.aspect_ratio)] = (job.resolution, job.seconds)
+            promoted[(job.campaign_id, job.shot_id, job.language, job.aspect_ratio)] = (kind_tier[1:], job.seconds)
     clip_seconds: dict[str, float] = defaultdict(float)
-    for (kind, tier), seconds in todo.items():
-        for key in cost_keys(kind, tier):
+    for kind_tier, seconds in todo.items():
+        for key in cost_keys(*kind_tier):
             clip_seconds[key] += seconds
     stages = [StageQuote(key, clip_seconds[key], model.rates[key]) for key in COST_KEYS
               if clip_seconds.get(key) and key in model.rates]
     cached_total = sum(s * model.per_clip_second(*kt)[0] for kt, s in cached.items())
     preview_rate = model.per_clip_second("preview", BASE_TIER)[0]
     previews = (len(job_seconds), preview_rate * sum(todo.values()))
-    promote_seconds: dict[str, float] = defaultdict(float)
-    for tier, seconds in promoted.values():
-        promote_seconds[tier] += seconds
-    promotes = (len(promoted), sum(s * model.per_clip_second("promote", tier)[0] for tier, s in promote_seconds.items()))
+    promote_seconds: dict[tuple[str, bool], float] = defaultdict(float)
+    for tier_qc, seconds in promoted.values():
+        promote_seconds[tier_qc] += seconds
+    promotes = (len(promoted),
+                sum(s * model.per_clip_second("promote", *tier_qc)[0] for tier_qc, s in promote_seconds.items()))
     return Quote(model, stages, dict(by_campaign), cached_total, previews, promotes, job_seconds)
 
 

@@ -119,11 +119,12 @@ class RenderOutcome:
 def stage_device_seconds(timings: dict[str, float], resolution: str) -> dict[str, float]:
     """Device seconds per cost stage of one render (flows.cost) from its stage timings: `base`
     (text encoding and the denoising loop, at 256p), `sr_540p` or `sr_1080p`, `decode`,
-    `encode` and, where it ran, `qc`. The model syncs the device at the end of each stage, so
-    these are device time; a stage the render did not run (a promote has no base) is left out."""
+    `encode` and, where it ran, `qc` (delivery QC and the masters: they hold the actor too). The
+    model syncs the device at the end of each stage, so these are device time; a stage the render
+    did not run (a promote has no base) is left out."""
     stages = {"base": timings.get("text_encode", 0.0) + timings.get("denoise", 0.0),
               f"sr_{resolution}": timings.get("sr", 0.0), "decode": timings.get("decode", 0.0),
-              "encode": timings.get("encode", 0.0), "qc": timings.get("qc", 0.0)}
+              "encode": timings.get("encode", 0.0), "qc": timings.get("qc", 0.0) + timings.get("masters", 0.0)}
     return {stage: round(seconds, 4) for stage, seconds in stages.items() if seconds > 0}
 
 

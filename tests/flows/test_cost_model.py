@@ -12,6 +12,7 @@ import pytest
 
 from catalog import Store, render_key
 from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
+from flows.destinations import run_destinations
 from flows.manifest import validate_rows
 from flows.plan import ModelInfo, make_plan
 from flows.settings import load_settings
@@ -76,6 +77,20 @@ def test_quote_matches_the_recorded_stage_times_and_ignores_other_models_devices
     assert quote.gpu_seconds == pytest.approx(sum(sum(t) / 3 for t in RECORDED.values()))
     assert quote.as_dict() == quote_only_ours.as_dict(), "other fingerprints, devices and profiles change nothing"
     assert quote.model.device_type == H100 and "3 past renders of this model on NVIDIA H100" in quote.basis
+
+
+def test_delivery_qc_time_is_quoted_only_for_jobs_with_destinations(tmp_store):
+    store = Store(tmp_store)
+    record(store, [{**{stage: times[i] for stage, times in RECORDED.items()}, "qc": 2.0} for i in range(3)])
+    settings = load_settings(store_url=tmp_store)
+    shots, errors = validate_rows([one_shot("plain"), one_shot("checked", destinations=["social"])])
+    assert not errors
+    plan = make_plan(shots, MODEL, store, destinations=run_destinations(settings))
+    quote = quote_plan(plan, cost_model(store, settings, FINGERPRINT, H100))
+    stages = {s["stage"]: s for s in quote.as_dict()["stages"]}
+    assert stages["qc_1080p"]["clip_seconds"] == 5.0 and stages["qc_1080p"]["gpu_seconds"] == 2.0
+    plain, checked = sorted(plan.jobs, key=lambda job: job.shot_id != "plain")
+    assert quote.job_seconds[checked.render_key] == pytest.approx(quote.job_seconds[plain.render_key] + 2.0)
 
 
 def test_without_history_the_configured_published_figures_are_quoted_and_said_to_be(tmp_store):
