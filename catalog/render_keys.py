@@ -120,7 +120,10 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     texts.append(text + "}")
     keys, names_per_variant = [], set(slots)
     for variant in variants:
-        own = _canonical(variant, "$")
+        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
+        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
+            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
+        own = variant if plain else _canonical(variant, "$")
         if own.keys() != names_per_variant:
             raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
         pieces = [texts[0]]

@@ -16,7 +16,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from configs import CONFIG_DIR
-from media.dialogue import Thresholds
 from model.prompt import LANGUAGES
 from model.speech import missing_whisper_files
+
+if TYPE_CHECKING:
+    from media.dialogue import Thresholds
 
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PRESETS_DIR = CONFIG_DIR / "models"
@@ -137,6 +139,8 @@ class DialogueSettings(_Section):
 
     def thresholds(self, language: str, destinations: Iterable[str] = ()) -> Thresholds:
         """The limits for one clip in `language` bound for `destinations` (the strictest applies)."""
+        from media.dialogue import Thresholds  # jiwer and friends: only where clips are heard, not to plan
+
         base = self.max_error_rate[language]
         limits = [self.destination_max_error_rate.get(name, {}).get(language, base) for name in destinations]
         return Thresholds(max_error_rate=min(limits, default=base), language_confidence=self.language_confidence,

@@ -20,7 +20,8 @@ from tests.cli.cli_testlib import config_file, horse, manifest, one_json_documen
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-ENGINES = ("torch", "diffusers", "transformers", "ray", "prefect")
+# ... and the libraries that measure (scipy: QC) and hear (jiwer: the dialogue gate) clips.
+ENGINES = ("torch", "diffusers", "transformers", "ray", "prefect", "scipy", "jiwer")
 # `horse ARGS` in a fresh interpreter that says, as it exits, which engines the command loaded.
 FRESH = (
     "import atexit, json, sys\n"
@@ -51,7 +52,7 @@ def test_plan_loads_no_engine_pages_its_table_and_documents_its_json(tmp_path, t
     result, loaded = plan_in_a_fresh_process(str(path), "--json", "--store", tmp_store, "--gpus", "2", "--by", "07:00",
                                              "--budget-gpu-hours", "0.000001")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert loaded == [], "planning needs no torch, no Ray and no Prefect"
+    assert loaded == [], "planning needs no torch, no Ray, no Prefect, nor what QC and the dialogue gate load"
     document = one_json_document(result)
     assert len(document["plan"]) == document["jobs"] == 12, "--json lists every job"
     assert document["quote"]["gpu_seconds"] == 12 * 3.5 and document["quote"]["device_type"] == "cpu"
