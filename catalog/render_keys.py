@@ -107,16 +107,23 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     if not variants:
         return []
     base = _canonical(shared, "$")
-    names = sorted({*base, *_canonical(variants[0], "$")})
     texts, slots, text = [], [], "{"
-    for i, name in enumerate(names):
-        text += ("," if i else "") + _json_text(name) + ":"
+    run: dict = {}  # shared inputs since the last per-variant one: JSON-encoded in one call
+    members = 0  # written into the object so far; each after the first follows a comma
+    for name in sorted({*base, *_canonical(variants[0], "$")}):
         if name in base:
-            text += _json_text(base[name])
-        else:
-            texts.append(text)
-            slots.append(name)
-            text = ""
+            run[name] = base[name]
+            continue
+        if run:
+            text += ("," if members else "") + _JSON.encode(run)[1:-1]
+            members, run = members + len(run), {}
+        text += ("," if members else "") + _json_text(name) + ":"
+        members += 1
+        texts.append(text)
+        slots.append(name)
+        text = ""
+    if run:
+        text += ("," if members else "") + _JSON.encode(run)[1:-1]
     texts.append(text + "}")
     keys, names_per_variant = [], set(slots)
     for variant in variants:

@@ -68,6 +68,7 @@ def test_variant_keys_are_the_keys_of_the_merged_inputs():
     # Plain int/ASCII variants skip the canonical pass; a bool or non-NFC text must not.
     plain = [{"aspect": "16:9", "seed": 7}, {"aspect": "9:16", "seed": True}, {"aspect": "Cafe\u0301", "seed": 1}]
     assert variant_render_keys(shared, plain) == [render_key({**shared, **variant}) for variant in plain]
+    assert variant_render_keys({}, plain) == [render_key(variant) for variant in plain]
     for bad in ({"aspect": "1:1", "seed": 1, "b_between": 1, "\u00e9": "x", "model": "g"}, {"aspect": "1:1"}):
         with pytest.raises(ValueError, match="every variant names"):
             variant_render_keys(shared, [variants[0], bad])
