@@ -30,6 +30,7 @@ from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
 from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
+from flows.routing import Routes
 from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
                           qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings
@@ -80,7 +81,7 @@ def _logger():
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known)
+                             destinations.known, settings.routing.backends)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -93,7 +94,8 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations:
 def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
                   destinations: RunDestinations) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations)
+    plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations,
+                     Routes.from_settings(settings.routing))
     if force:
         plan.cached = {}
     else:
@@ -186,10 +188,13 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
         return collected
     log = _logger()
     with RenderPool(pool_config(settings)) as pool:
-        log.info(start_pool(pool))
+        if any(job.backend == "local" for job in todo):  # API-only runs load no model
+            log.info(start_pool(pool))
         size = settings.render.chunk_size
+        routes = Routes.from_settings(settings.routing)
+        providers = {job.backend: routes.provider(job.backend) for job in todo if job.backend != "local"}
         jobs = [to_render_job(job, run.model_fingerprint) for job in todo]
-        with RenderStream(pool, jobs, admit=guard.admit, on_outcome=guard.settle) as stream:
+        with RenderStream(pool, jobs, providers, admit=guard.admit, on_outcome=guard.settle) as stream:
             # The stream keeps rendering the next chunk while this one is being collected.
             for number, start in enumerate(range(0, len(todo), size), start=1):
                 receipts = []

@@ -9,6 +9,7 @@ from typing import Any
 
 from catalog import Store
 from flows.plan import PlannedJob
+from flows.routing import lineage_model, receipt_fields
 from horse_actors import RenderOutcome
 
 
@@ -64,6 +65,7 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "qc_status": outcome.qc_status,
         "qc": outcome.qc,
         "qc_attempts": outcome.qc_attempts or None,
+        **receipt_fields(job, outcome),  # an API render: provider, model id, task, usage, cost
     }
 
 
@@ -78,9 +80,14 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
     stored = outcome.blob_uri is not None
     event = store.lineage.complete if stored else store.lineage.fail
     tags = {"campaign": job.campaign_id, "shot": job.shot_id, "variant": job.variant, "render_key": job.render_key}
+    inputs = list(run.lineage_inputs)
+    if job.api_request is not None:  # the provider's model in place of the local one
+        inputs[1:] = [lineage_model(job)]
+        tags |= {"backend": job.backend, "provider_model": job.api_request.model,
+                 "provider_task_id": getattr(outcome, "task_id", None) or ""}
     rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
-        inputs=list(run.lineage_inputs),
+        inputs=inputs,
         outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
         runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
                  "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings,

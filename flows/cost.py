@@ -216,6 +216,8 @@ def quote_plan(plan: Plan, model: CostModel) -> Quote:
     job_seconds = {}
     rate = {}
     for job in plan.jobs:
+        if job.backend != "local":  # an API provider's clip: money per clip (flows.routing.api_quote)
+            continue
         kind_tier = (job.kind, job.resolution, bool(job.destinations))
         if job.render_key in plan.cached:
             cached[kind_tier] += job.seconds

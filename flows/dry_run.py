@@ -1,7 +1,8 @@
-"""A dry run of a manifest: its render jobs, which the catalog already has, a quote per stage for
-the rest, how long the cluster needs for it and the budgets it is held to. Nothing is rendered
-or written, and neither torch nor (unless a Ray cluster is configured) Ray is imported: `horse
-plan` prints this document. Its fields are listed in the README ("Cost, budgets and priorities")."""
+"""A dry run of a manifest: its render jobs with their backends, which the catalog already has, a
+quote per stage for the local rest (API clips: clips and money per provider), how long the
+cluster needs for it and the budgets it is held to. Nothing is rendered or written, and neither
+torch nor (unless a Ray cluster is configured) Ray is imported: `horse plan` prints this
+document. Its fields are listed in the README ("Cost, budgets and priorities")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
 from flows.destinations import run_destinations
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info
+from flows.routing import Routes, api_quote, plan_row
 from flows.settings import HorseSettings
 
 
@@ -23,9 +25,10 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
     the manifest as a whole cannot be read, ConfigError for unusable options."""
     destinations = run_destinations(settings)
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known)
+                             destinations.known, settings.routing.backends)
     store = Store(settings.store_url, settings.storage_options)
-    plan = make_plan(_drained(manifest.shots), model_info(settings), store, destinations=destinations,
+    routes = Routes.from_settings(settings.routing)
+    plan = make_plan(_drained(manifest.shots), model_info(settings), store, destinations=destinations, routes=routes,
                      cached_columns=["render_key"])
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
@@ -35,8 +38,8 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
              "height": job.height, "destinations": [d.name for d in job.destinations], "priority": job.priority,
              "hero": job.hero, "kind": job.kind,
-             "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key))}
-            for job in shown]
+             "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key)),
+             **plan_row(job)} for job in shown]
     return {
         "ok": not row_errors,
         "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
@@ -47,6 +50,7 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
         "budgets": [budget.as_dict(quote.gpu_seconds if budget.campaign_id is None
                                    else quote.by_campaign.get(budget.campaign_id, 0.0)) for budget in budgets],
         "warnings": over_budget(budgets, quote),
+        "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
     }
 

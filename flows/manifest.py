@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
         ("destinations", pa.list_(pa.string())),
+        ("backend", pa.string()),
     ]
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
@@ -123,6 +124,7 @@ class Shot(BaseModel):
     priority: int = 0
     tags: tuple[str, ...] = ()
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
+    backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide
     extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
 
     @field_validator("campaign_id", "shot_id")
@@ -167,6 +169,18 @@ class Shot(BaseModel):
         known = (info.context or {}).get("destinations")
         pick(dict.fromkeys(known if known is not None else load_destinations()), value)  # unknown: ValueError
         return _unique(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str | None, info: ValidationInfo) -> str | None:
+        known = (info.context or {}).get("backends")
+        if known is None:  # no configuration at hand: the shipped defaults
+            from horse_actors.backends.spec import PRESETS
+
+            known = ("local", *PRESETS)
+        if value is not None and value not in known:
+            raise ValueError(f"unknown backend {value!r} (configured: {', '.join(known)})")
+        return value
 
     @field_validator("reference_image_uri", "reference_audio_uri")
     @classmethod
@@ -221,10 +235,12 @@ def _reason(error: dict) -> str:
 
 
 def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = (),
-                  destinations: Collection[str] | None = None) -> tuple[list[Shot], list[RowError]]:
+                  destinations: Collection[str] | None = None,
+                  backends: Collection[str] | None = None) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
     files are accepted only under `input_roots`, destination names only from `destinations`
-    (None: the shipped destination files)."""
+    (None: the shipped destination files), backends only from `backends` (None: the shipped
+    routing.providers)."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -234,7 +250,8 @@ def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] 
         shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
         try:
             shot = Shot.model_validate({**known, "row": number, "extra": extra},
-                                       context={"input_roots": input_roots, "destinations": destinations})
+                                       context={"input_roots": input_roots, "destinations": destinations,
+                                                "backends": backends})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
@@ -268,9 +285,9 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = (),
-                  destinations: Collection[str] | None = None) -> Manifest:
+                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends)
 
 
 def arrow_owned_copy(data: bytes) -> pa.Buffer:
@@ -288,7 +305,7 @@ def arrow_owned_copy(data: bytes) -> pa.Buffer:
 
 
 def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
-                   destinations: Collection[str] | None = None) -> Manifest:
+                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
@@ -299,7 +316,7 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
     records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
-    shots, errors = validate_rows(records, input_roots, destinations)
+    shots, errors = validate_rows(records, input_roots, destinations, backends)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
 

@@ -18,6 +18,7 @@ from catalog import Store, sha256_file, variant_render_keys
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.manifest import Shot
+from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
 
@@ -80,10 +81,15 @@ class PlannedJob:
     max_rerolls: int = 0
     expects_speech: bool = False  # the variant has dialogue lines
     delivery: dict[str, Any] | None = None  # the destinations' specs in the key (one dict per shot and language)
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
+    api_key_inputs: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # a provider's key inputs
 
     @property
     def key_inputs(self) -> dict[str, Any]:
         """Every input that changes pixels or sound: what `render_key` hashes."""
+        if self.api_key_inputs is not None:
+            return self.api_key_inputs
         return {**_shared_inputs(self.prompt, self.language, self.resolution, self.seconds, self.profile,
                                  self.image_sha256, self.audio_sha256, self.model_fingerprint, self.delivery),
                 **_variant_inputs(self.aspect_ratio, self.width, self.height, self.seed)}
@@ -137,7 +143,8 @@ class Plan:
 
     @property
     def clip_seconds_todo(self) -> float:
-        return sum(job.seconds for job in self.todo)
+        """Clip seconds the local GPUs render (API clips are quoted per provider: flows.routing)."""
+        return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
 @lru_cache(maxsize=4096)
@@ -225,16 +232,21 @@ def model_info(settings: HorseSettings) -> ModelInfo:
 
 
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
-              destinations: RunDestinations | None = None, cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
-    """Expand every shot, then ask the catalog once which render keys already exist (their index
-    rows hold `cached_columns`: a dry run needs only the keys)."""
+              destinations: RunDestinations | None = None, routes: Routes = Routes(),
+              cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
+    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
+    keys already exist (their index rows hold `cached_columns`: a dry run needs only the keys)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
-            jobs.extend(expand_shot(shot, model, filters, destinations))
+            backend = routes.backend_for(shot)
+            if backend == "local":
+                jobs.extend(expand_shot(shot, model, filters, destinations))
+            else:
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     # In dispatch order (stable: manifest order among equals), so the run collects its chunks in

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from catalog import Store
 from flows.collect import delivered
 from flows.plan import Plan, PlannedJob
+from flows.routing import version_fields
 from horse_actors import RenderOutcome
 from horse_actors.jobs import NOT_ADMITTED
 from media import contact_sheet
@@ -39,7 +40,7 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
     delivery QC from the QC index (`qc`: Store.qc.results of the run's keys)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
-        entry = job.entry()
+        entry = job.entry() | version_fields(job)
         cached = plan.cached.get(job.render_key)
         if cached is not None:
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),

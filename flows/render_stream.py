@@ -7,12 +7,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from catalog import public_options
 from flows.plan import PlannedJob
+from flows.routing import api_render_job
 from flows.settings import HorseSettings
 from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
+from horse_actors.api_actor import is_api_job, run_routed
 from media import load_audio, load_image
 
 
@@ -42,6 +44,8 @@ def pool_config(settings: HorseSettings) -> PoolConfig:
 
 
 def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
+    if job.api_request is not None:  # rendered by a provider: the request it was planned with
+        return api_render_job(job)
     from model import RenderRequest
 
     request = RenderRequest(
@@ -102,10 +106,14 @@ class RenderStream:
 
     _END = object()
 
-    def __init__(self, pool: RenderPool, jobs: list[RenderJob], admit: Callable[[RenderJob], bool] | None = None,
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob], providers: Mapping[str, Any] | None = None,
+                 admit: Callable[[RenderJob], bool] | None = None,
                  on_outcome: Callable[[RenderOutcome], None] | None = None):
         self.pool = pool
+        self.providers = providers or {}  # ProviderSpec by name, for the jobs an API provider renders
         self.admit, self.on_outcome = admit, on_outcome
+        # The hooks (a budget guard, of GPU time) see the local jobs only, all on the pool's thread.
+        self._local = {job.render_key for job in jobs if not is_api_job(job)}
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -116,7 +124,7 @@ class RenderStream:
 
     def _render(self, jobs: list[RenderJob]) -> None:
         try:
-            self.pool.run(jobs, on_outcome=self._arrived, cancel_event=self.cancel, admit=self.admit)
+            run_routed(self.pool, jobs, self._arrived, self.cancel, self.providers, admit=self.admit)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:
@@ -124,7 +132,7 @@ class RenderStream:
 
     def _arrived(self, outcome: RenderOutcome) -> None:
         self._queue.put(outcome)  # first: a failing hook must not lose the outcome
-        if self.on_outcome is not None:
+        if self.on_outcome is not None and outcome.render_key in self._local:
             self.on_outcome(outcome)
 
     def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from configs import CONFIG_DIR
@@ -188,6 +188,53 @@ class BudgetSettings(_Section):
     run: BudgetLimit
     campaign: BudgetLimit  # every campaign, over all its runs, unless `campaigns` names it
     campaigns: dict[str, BudgetLimit]
+class RoutingRule(_Section):
+    tag: str
+    backend: str
+
+
+class RoutingSettings(_Section):
+    """Which backend renders a shot (flows.routing): "local" (the Happy Horse actors) or an API
+    provider of `providers` (name -> preset field overrides, checked by building its spec)."""
+
+    default: str
+    rules: list[RoutingRule]
+    providers: dict[str, dict[str, Any]]
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return ("local", *self.providers)
+
+    def specs(self) -> dict[str, Any]:
+        """{name: horse_actors.backends.ProviderSpec} of every configured provider."""
+        from dataclasses import replace
+
+        from horse_actors.backends.spec import PRESETS
+
+        specs = {}
+        for name, fields in self.providers.items():
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in (fields or {}).items()}
+            preset = fields.pop("preset", name)
+            if name == "local" or preset not in PRESETS:
+                raise ValueError(f"providers.{name}: not a preset ({', '.join(PRESETS)}); "
+                                 "name one with `preset:`")
+            unknown = sorted(set(fields) - (set(PRESETS[preset].__dataclass_fields__) - {"name"}))
+            if unknown:  # names only: a value here could be a key someone pasted
+                raise ValueError(f"providers.{name}: unknown key {', '.join(unknown)}")
+            try:
+                specs[name] = replace(PRESETS[preset], name=name, **fields)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"providers.{name}: {exc}") from None
+        return specs
+
+    @model_validator(mode="after")
+    def _known_backends(self) -> "RoutingSettings":
+        self.specs()
+        named = [("default", self.default)] + [(f"rules.{i}.backend", r.backend) for i, r in enumerate(self.rules)]
+        for key, backend in named:
+            if backend not in self.backends:
+                raise ValueError(f"{key}: unknown backend {backend!r} (known: {', '.join(self.backends)})")
+        return self
 
 
 class ModelSettings(_Section):
@@ -214,6 +261,7 @@ class HorseSettings(BaseSettings):
     dialogue: DialogueSettings
     cost: CostSettings
     budget: BudgetSettings
+    routing: RoutingSettings
 
     @classmethod
     def settings_customise_sources(

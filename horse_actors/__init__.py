@@ -7,18 +7,16 @@ Usable from a plain script (no Prefect here):
     with RenderPool(config) as pool:
         outcomes = pool.run(jobs, on_outcome=print)
 
-Names are imported on first use: the job and outcome records (`horse_actors.jobs`) load without
-Ray, so planning (`horse plan`) can use them and stay fast.
+Names are imported on first use, so what needs no Ray (the job records, the API providers' specs
+that configuration checks) loads without it.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "RenderActor": "actor",
-    "connect": "cluster", "preserved_signal_handlers": "cluster",
+    "RenderActor": "actor", "connect": "cluster", "preserved_signal_handlers": "cluster",
     "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
-    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
-    "RenderPool": "pool",
+    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs", "RenderPool": "pool",
 }
 
 __all__ = list(_EXPORTS)
@@ -26,7 +24,7 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'horse_actors' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value

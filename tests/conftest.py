@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="horse-tests-"))
@@ -37,6 +38,11 @@ os.environ.update(
         "AWS_ACCESS_KEY_ID": "horse-test-key",
         "AWS_SECRET_ACCESS_KEY": "horse-test-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # Fake provider keys, set before the session's Ray cluster starts so its workers have them
+        # the way a real node would (API backends read them from their own environment). Random,
+        # so a leak scan can find them anywhere.
+        "ARK_API_KEY": f"ark-test-key-{uuid.uuid4().hex}",
+        "FAL_KEY": f"fal-test-key-{uuid.uuid4().hex}",
     }
 )
 for _var in ("CUDA_VISIBLE_DEVICES", "PREFECT_API_URL", "RAY_ADDRESS", "HORSE_CONFIG"):

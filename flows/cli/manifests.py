@@ -24,7 +24,8 @@ def validate(file: Annotated[str, typer.Argument(help="Parquet manifest (path or
 
         destinations = load_destinations(settings.render.destination_folders)
         with invalid_input(ManifestError):
-            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations)
+            manifest = read_manifest(file, settings.storage_options or None, settings.render.input_roots, destinations,
+                                     settings.routing.backends)
 
         def show() -> None:
             console.print(f"{manifest.uri}: {manifest.rows} rows, [green]{len(manifest.shots)} valid[/green], "

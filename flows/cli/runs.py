@@ -61,12 +61,13 @@ def show_plan(document: dict[str, Any]) -> None:
     jobs = document["plan"]
     if jobs:
         table = Table(header_style="bold")
-        for column in ("campaign", "shot", "variant", "size", "s", "seed", "priority", "GPU-s", "status"):
+        for column in ("campaign", "shot", "variant", "backend", "size", "s", "seed", "priority", "GPU-s", "status"):
             table.add_column(column)
         for job in jobs:
-            table.add_row(job["campaign_id"], job["shot_id"], job["variant"], f"{job['width']}x{job['height']}",
-                          f"{job['seconds']:g}", str(job["seed"]), f"{job['priority']}{' hero' if job['hero'] else ''}",
-                          "" if job["cached"] else f"{job['gpu_seconds']:g}",
+            table.add_row(job["campaign_id"], job["shot_id"], job["variant"], job["backend"],
+                          f"{job['width']}x{job['height']}", f"{job['seconds']:g}", str(job["seed"]),
+                          f"{job['priority']}{' hero' if job['hero'] else ''}",
+                          "" if job["cached"] or job["gpu_seconds"] is None else f"{job['gpu_seconds']:g}",
                           "[dim]cached[/dim]" if job["cached"] else "render")
         console.print(table)
     if document["jobs"] > len(jobs):
@@ -91,6 +92,10 @@ def show_plan(document: dict[str, Any]) -> None:
         console.print(line, highlight=False)
     else:
         console.print(f"  time to finish: {finish['slots_from']}", highlight=False)
+    for name, api in document["api_quote"].items():
+        money = "no price configured" if api["usd"] is None else f"about ${api['usd']:,.2f}"
+        console.print(f"{name} ({api['model']}): {api['clips']} clips to render, {money}, "
+                      f"~{api['estimated_tokens']:,} tokens")
     for warning in document["warnings"]:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     show_skipped(document["row_errors"])

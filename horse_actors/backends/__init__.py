@@ -14,13 +14,24 @@ catalog, so planning, keys, versions, QC and review do not care where a clip cam
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Protocol
 
 from ..jobs import RenderJob, RenderOutcome
-from .api import ApiBackend, ApiRenderOutcome, provider_slots
-from .http import ProviderError
-from .request import ApiRequest, map_brief, plain_prompt
-from .spec import PRESETS, ProviderSpec, provider_spec
+
+# Names are imported on first use: configuration and planning read `spec` and `request` without
+# loading the backend's HTTP and media machinery.
+_EXPORTS = {"ApiBackend": "api", "ApiRenderOutcome": "api", "provider_slots": "api", "ProviderError": "http",
+            "ApiRequest": "request", "map_brief": "request", "plain_prompt": "request",
+            "PRESETS": "spec", "ProviderSpec": "spec", "provider_spec": "spec"}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 class RenderBackend(Protocol):

@@ -39,6 +39,7 @@ from model.errors import InvalidRequest
 
 from ..actor import _ray_cancel_requested, _ray_context
 from ..config import StoreTarget
+from ..delivery import check_clip, make_deliverables
 from ..jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome
 from .fal import FalQueue
 from .http import AUTH, INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError
@@ -312,6 +313,12 @@ class ApiBackend:
             blob = self.store.put_blob(path, ext="mp4")
             poster = self.store.put_blob(poster_jpeg(first_frame(path)), ext="jpg")
             timings["upload"] = round(time.perf_counter() - t0, 4)
+            qc, qc_attempts = None, []
+            if job.delivery is not None:  # delivery QC and masters as for a local clip; no re-roll (paid)
+                t0 = time.perf_counter()
+                clip_qc = check_clip(path, request.seed, job)
+                timings["qc"] = round(time.perf_counter() - t0, 4)
+                qc, qc_attempts = make_deliverables(path, job, clip_qc, self.store, scratch, timings), [clip_qc.attempt()]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         info = check.info
@@ -326,7 +333,7 @@ class ApiBackend:
             blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes, poster_uri=poster.uri,
             width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
             rendered_resolution=check.tier, task_id=record["task_id"], usage=usage, cost_usd=self._cost(usage),
-            **base)
+            qc=qc, qc_attempts=qc_attempts, rendered_seed=request.seed, **base)
 
     @staticmethod
     def _echo_problems(request: ApiRequest, echo: dict) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import uuid
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -13,9 +13,10 @@ from catalog import render_key
 from horse_actors import RenderJob
 from horse_actors.backends import map_brief, provider_spec
 
-# Distinctive values, so a leak scan can find them anywhere.
-ARK_KEY = f"ark-test-key-{uuid.uuid4().hex}"
-FAL_KEY = f"fal-test-key-{uuid.uuid4().hex}"
+# Distinctive values, so a leak scan can find them anywhere (tests/conftest.py sets them before
+# the session's Ray cluster starts, so its workers have them too).
+ARK_KEY = os.environ["ARK_API_KEY"]
+FAL_KEY = os.environ["FAL_KEY"]
 
 
 def fast_spec(name: str, server, **overrides):

@@ -1,0 +1,143 @@
+"""One campaign run, hero shots routed to Seedance (the local ModelArk server) and the rest to the
+local tiny model: one version, lineage naming the provider and model id, the provider actor
+killed while its tasks run without a second task being paid for, and the key found nowhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from backends_testlib import ARK_KEY
+from prefect import flow, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+from catalog import Store
+from flows.campaign_run import render_campaign
+from flows.manifest import write_manifest
+from flows.settings import load_settings
+from horse_actors.api_actor import ProviderActors
+from media import probe_mp4
+
+pytestmark = pytest.mark.slow
+MODEL_ID = "dreamina-seedance-2-0-260128"
+
+
+def row(shot_id: str, **overrides) -> dict:
+    return {"campaign_id": "launch", "shot_id": shot_id, "scene": f"Shot {shot_id}: tea steams on a sill.",
+            "dialogue": [{"speaker": "host", "language": "en", "line": "Spring tea is here."}], "languages": ["en"],
+            "aspect_ratios": ["16:9"], "resolution": "256p", "duration_s": 1.0, "takes": 1, "seed": 7, **overrides}
+
+
+@flow(name="hybrid-render")
+def hybrid_render(manifest: str, settings) -> dict:
+    return render_campaign(manifest, settings).as_dict()
+
+
+def kill_the_provider_actor_while_its_tasks_run(modelark, killed: list) -> None:
+    """Once both hero tasks are running at the provider: kill the Seedance actor, then let the
+    provider finish them."""
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        tasks = list(modelark.tasks.values())
+        if len(tasks) == 2 and all(t.status == "running" and t.polls >= 3 for t in tasks):
+            break
+        time.sleep(0.05)
+    else:
+        modelark.release()
+        return
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["name"].startswith("horse-api-seedance-2.0-")]
+    ray.kill(ray.get_actor(name))
+    killed.append(name)
+    time.sleep(0.5)
+    modelark.release()
+
+
+def prefect_texts(flow_run_id) -> list[str]:
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            artifacts = await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return run, logs, artifacts
+
+    run, logs, artifacts = asyncio.run(read())
+    return [repr(run.parameters)] + [log.message for log in logs] + [f"{a.key} {a.description} {a.data}" for a in artifacts]
+
+
+def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, ray_cluster, modelark, tmp_store,
+                                                                   tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    fast = {"base_url": modelark.base_url, "poll_initial_s": 0.02, "poll_max_s": 0.05, "retry_initial_s": 0.01,
+            "retry_max_s": 0.05, "max_wait_s": 300}
+    settings = load_settings(store_url=tmp_store, ray={"cpu_mode": True, "num_actors": 1, "job_deadline_s": 300},
+                             routing={"rules": [{"tag": "hero", "backend": "seedance-2.0"}],
+                                      "providers": {"seedance-2.0": fast}})
+    manifest = str(write_manifest([row("h1", tags=["hero"]), row("l1"), row("h2", tags=["hero", "dusk"]), row("l2")],
+                                  tmp_path / "launch.parquet"))
+    sent_to_ray = []  # the provider actors' constructor arguments (ProviderActors.__init__) and their jobs
+    real_init, real_run = ProviderActors.__init__, ProviderActors.run
+
+    def recording_init(self, providers, store, scheduling):
+        sent_to_ray.append((providers, store))
+        real_init(self, providers, store, scheduling)
+
+    def recording_run(self, jobs, *args):
+        sent_to_ray.append(jobs)
+        return real_run(self, jobs, *args)
+
+    monkeypatch.setattr(ProviderActors, "__init__", recording_init)
+    monkeypatch.setattr(ProviderActors, "run", recording_run)
+    modelark.hold = True
+    killed: list[str] = []
+    killer = threading.Thread(target=kill_the_provider_actor_while_its_tasks_run, args=(modelark, killed))
+    killer.start()
+    try:
+        first = hybrid_render(manifest, settings)
+    finally:
+        modelark.release()
+        killer.join()
+
+    assert killed, "the provider actor was killed while its tasks ran"
+    assert (first["rendered"], first["failed"], first["versions"]) == (4, 0, {"launch": 1})
+    assert modelark.creates == 2, "the retry after the actor died polled the recorded tasks"
+    store = Store(tmp_store)
+    entries = {e["shot_id"]: e for e in store.versions.read("launch", 1)["entries"]}
+    assert {s: (e["status"], e.get("backend"), e.get("provider_model")) for s, e in entries.items()} == {
+        "h1": ("ok", "seedance-2.0", MODEL_ID), "h2": ("ok", "seedance-2.0", MODEL_ID),
+        "l1": ("ok", None, None), "l2": ("ok", None, None)}
+    for shot in ("h1", "h2"):
+        receipt = store.read_receipt(entries[shot]["render_key"])
+        extra = json.loads(receipt["extra"])
+        [task] = store.provider_tasks.tasks(entries[shot]["render_key"])
+        assert extra["provider_task_id"] == task["task_id"] and task["status"] == "succeeded"
+        assert extra["usage"]["total_tokens"] > 0 and receipt["attempt"] == 2  # attempt 1 died with its actor
+        assert receipt["model_fingerprint"] == f"seedance-2.0:{MODEL_ID}" and receipt["gpu_seconds"] is None
+        path = tmp_path / f"{shot}.mp4"
+        with store.open_blob(entries[shot]["blob_uri"]) as src:
+            path.write_bytes(src.read())
+        assert (probe_mp4(path).width, probe_mp4(path).height) == (854, 480)
+    root = Path(tmp_store.removeprefix("file://"))
+    events = [json.loads(p.read_text()) for p in root.glob("lineage/*/*.json")]
+    models = sorted(sorted(d["name"] for d in e["inputs"] if "/blobs/" not in d["name"])
+                    for e in events if e["job"]["name"] == "render_shot" and e["eventType"] == "COMPLETE")
+    assert [m[-1] for m in models] == ["model/tiny"] * 2 + [f"provider/seedance-2.0/{MODEL_ID}"] * 2, models
+
+    again = hybrid_render(manifest, settings)
+    assert (again["rendered"], again["cached"]) == (0, 4) and modelark.creates == 2
+
+    session_logs = Path(ray_cluster.address_info["session_dir"]) / "logs"
+    places = {"driver log": caplog.text.encode(), "Ray arguments": pickle.dumps(sent_to_ray),
+              **{str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()},
+              **{str(p): p.read_bytes() for p in session_logs.rglob("*") if p.is_file()},
+              **{f"Prefect: {t[:60]}": t.encode() for run in (first, again) for t in prefect_texts(run["run_id"])}}
+    assert sent_to_ray and any(b"seedance" in data for data in places.values())
+    assert any(p.startswith("Prefect: ") for p in places) and any("worker" in p for p in places)
+    assert not [place for place, data in places.items() if ARK_KEY.encode() in data]
