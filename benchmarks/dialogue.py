@@ -9,6 +9,10 @@ Whisper saved and loaded like a staged checkpoint. Everything runs on one thread
 its cap (16 + 15 tokens a second), where real speech of 5 s takes about 20 tokens, so its figure
 is an upper bound for this size. A real checkpoint is larger (tiny 39 M parameters ... large-v3
 1.55 B) and on the GPU beside the render model.
+
+The last row is the gate as the render actor runs it (horse_actors.dialogue_gate): the encoded
+clip's soundtrack decoded, heard by pocketsphinx and compared with the line. The actor renders one
+call at a time, so this is time the GPU waits (the gate does not overlap the next render yet).
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import HappyHorsePipeline, RenderRequest  # noqa: E402
 from model.speech import load_recognizer, mono_16k  # noqa: E402
 from model.whisper import save_tiny_random_whisper  # noqa: E402
+from horse_actors import DialogueCheck, SpeechSpec  # noqa: E402
+from horse_actors.dialogue_gate import DialogueGate  # noqa: E402
+from media import encode_mp4  # noqa: E402
+from media.dialogue import Thresholds  # noqa: E402
 
 LINE = ("Happy Horse makes every morning brighter. Good morning, this is Happy Horse with the news, "
         "and the coffee is ready when you are.")
@@ -79,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, (recognizer, load) in loads.items():
             per_clip = median_seconds(lambda: recognizer.transcribe(audio, 16000, "en"), args.repeats)
             print(f"{name:<34}{load:>7.2f}s{per_clip:>9.2f}s{per_clip / render:>11.2f}")
+        clip = pipe(request)
+        clip.audio = np.stack([mono_16k(audio, 16000)] * 2)
+        clip.sample_rate = 16000
+        path = str(Path(tmp) / "clip.mp4")
+        encode_mp4(clip, path)
+        started = time.perf_counter()
+        gate = DialogueGate(SpeechSpec("pocketsphinx"), "cpu")
+        load = time.perf_counter() - started
+        check = DialogueCheck("en", (LINE,), Thresholds(0.2, 0.8, 0.6), ("Happy Horse",))
+        per_clip = median_seconds(lambda: gate.hear(path, check), args.repeats)
+        print(f"{'gate on the encoded clip (sphinx)':<34}{load:>7.2f}s{per_clip:>9.2f}s{per_clip / render:>11.2f}")
     return 0
 
 

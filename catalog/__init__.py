@@ -9,6 +9,7 @@ commands) load without deltalake, fsspec or openlineage.
 from importlib import import_module
 
 _EXPORTS = {
+    "AdapterRegistry": "adapters", "UnknownAdapter": "adapters",
     "BlobRef": "blobs", "blob_key": "blobs",
     "GCReport": "gc",
     "sha256_file": "hashing",

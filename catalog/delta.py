@@ -2,7 +2,9 @@
 conflicts with concurrent writers, every load and commit waiting out an unreachable store.
 
 Schema upgrades: columns added to a table's schema in a later Horse are added to an existing
-table by the first commit that needs them, and read as nulls from a table that lacks them."""
+table by the first commit that needs them, and read as nulls from a table that lacks them.
+Layout: a table is created with its partition columns and table properties; a table made by an
+older Horse keeps the layout it was made with (reads and commits work on both)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import fsspec
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import DeltaTable, PostCommitHookProperties
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.schema import Schema
 
@@ -35,6 +37,12 @@ def commit_metadata(operation: str, extra: dict | None) -> dict[str, str]:
     return meta
 
 
+def _vanished(exc: BaseException) -> bool:
+    """A data file the loaded version lists is gone (delta-rs and pyarrow say so differently)."""
+    text = str(exc)
+    return isinstance(exc, FileNotFoundError) or ("Object at location" in text and "not found" in text)
+
+
 def backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(2.0, 0.02 * 2 ** min(attempt, 7))))
 
@@ -42,7 +50,8 @@ def backoff(attempt: int) -> None:
 class DeltaRef:
     """One Delta table under the store root, created on first write, retried on conflicts."""
 
-    def __init__(self, root: Root, key: str, schema: pa.Schema, max_attempts: int = 50):
+    def __init__(self, root: Root, key: str, schema: pa.Schema, max_attempts: int = 50, *,
+                 partition_by: list[str] | None = None, keep_log: bool = False):
         self.root = root
         self.uri = root.delta_uri(key)
         self.name = key
@@ -51,21 +60,36 @@ class DeltaRef:
         else:
             self.fs, self.fs_path = root.fs, root.path(key)
         self.schema = schema
+        self.partition_by = list(partition_by or [])
+        # keep_log: every log entry stays, so time travel reaches any version whose data files
+        # vacuum kept (delta-rs otherwise deletes log entries older than 30 days when it writes a
+        # checkpoint). Set on new tables, and passed with each of our commits for older tables
+        # (alter.set_table_properties hangs against moto's S3 server in deltalake 1.6.6).
+        self.properties = {"delta.enableExpiredLogCleanup": "false"} if keep_log else {}
+        self.hooks = PostCommitHookProperties(cleanup_expired_logs=False) if keep_log else None
         self.max_attempts = max_attempts
         self._dt: DeltaTable | None = None
         self.conflicts = 0  # commits lost to a concurrent writer and retried, over this handle's life
 
     def read(self, read: Callable[[DeltaTable], T], default: T) -> T:
         """`read(table)` on the current version, or `default` if the table does not exist yet."""
-        return self.root.retrying(f"reading {self.name}", lambda: self._attempt(read, default, create=False))
+        return self._moving(lambda: self.root.retrying(
+            f"reading {self.name}", lambda: self._attempt(read, default, create=False)))
 
-    def read_table(self, columns: list[str] | None = None) -> pa.Table | None:
-        """The rows (only `columns`) in this handle's schema, or None if there is no table yet."""
+    def read_table(self, columns: list[str] | None = None, files_where: list[tuple] | None = None) -> pa.Table | None:
+        """The rows (only `columns`) in this handle's schema, or None if there is no table yet.
+
+        `files_where` (delta-rs tuple filters) selects the files to read: exactly on partition
+        columns, by per-file min/max statistics on others, so the rows read are a superset of the
+        matching ones and the caller filters them. Rows are never filtered by pyarrow here: files
+        written by MERGE hold string_view columns, whose statistics pyarrow 26 cannot compare
+        with the table's string schema (ArrowNotImplementedError)."""
         wanted = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
 
         def read(dt: DeltaTable) -> pa.Table:
             have = {f.name for f in dt.schema().fields}
-            table = dt.to_pyarrow_dataset().to_table(columns=[n for n in wanted.names if n in have])
+            dataset = dt.to_pyarrow_dataset(file_pruning_predicate=files_where)
+            table = dataset.to_table(columns=[n for n in wanted.names if n in have])
             for field in wanted:
                 if field.name not in have:  # a table written before this column existed
                     table = table.append_column(field, pa.nulls(table.num_rows, field.type))
@@ -81,13 +105,27 @@ class DeltaRef:
 
         for attempt in range(self.max_attempts):
             try:
-                return self.root.retrying(f"committing to {self.name}",
-                                          lambda: self._attempt(commit, None, create=True))
+                return self._moving(lambda: self.root.retrying(
+                    f"committing to {self.name}", lambda: self._attempt(commit, None, create=True)))
             except CommitFailedError as exc:
                 self.conflicts += 1
                 log.debug("concurrent commit on %s, retry %d: %s", self.name, attempt + 1, exc)
                 backoff(attempt)
         raise RuntimeError(f"gave up on {self.name} after {self.max_attempts} conflicting commits")
+
+    def _moving(self, call: Callable[[], T]) -> T:
+        """`call()`, started again on the newest version when a data file of the version it
+        loaded was vacuumed meanwhile (maintenance compacted and vacuumed while it ran); only
+        possible with a vacuum retention shorter than the call, and bounded by max_attempts."""
+        for attempt in range(self.max_attempts):
+            try:
+                return call()
+            except Exception as exc:
+                if not _vanished(exc) or attempt == self.max_attempts - 1:
+                    raise
+                log.info("a data file of %s was vacuumed while in use; retrying on the newest version", self.name)
+                backoff(attempt)
+        raise AssertionError("unreachable")
 
     def _upgraded(self, dt: DeltaTable) -> DeltaTable:
         have = {f.name for f in dt.schema().fields}
@@ -100,6 +138,29 @@ class DeltaRef:
 
     def version(self) -> int | None:
         return self.read(lambda dt: dt.version(), None)
+
+    def stored(self) -> dict[str, int]:
+        """What the table occupies in the store: every object under its directory (live data
+        files, files only older versions use, the log), and the log alone."""
+        def scan() -> dict[str, int]:
+            self.fs.invalidate_cache(self.fs_path)
+            try:
+                found = self.fs.find(self.fs_path, detail=True)
+            except FileNotFoundError:
+                found = {}
+            sizes = [(path, int(info.get("size") or 0)) for path, info in found.items()]
+            log = [size for path, size in sizes if "/_delta_log/" in path]
+            return {"objects": len(sizes), "bytes": sum(size for _, size in sizes),
+                    "log_objects": len(log), "log_bytes": sum(log)}
+
+        return self.root.retrying(f"listing {self.name}", scan)
+
+    def files(self) -> pa.Table:
+        """The current version's data files: path, size_bytes, partition values (empty if no table)."""
+        def read(dt: DeltaTable) -> pa.Table:
+            return pa.table(dt.get_add_actions(flatten=True))
+
+        return self.read(read, pa.table({"path": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64())}))
 
     def _attempt(self, call: Callable[[DeltaTable], Any], default: Any, create: bool) -> Any:
         try:
@@ -126,7 +187,8 @@ class DeltaRef:
         opts = self.root.delta_storage_options
         for attempt in range(self.max_attempts):
             try:
-                return DeltaTable.create(self.uri, self.schema, mode="ignore", storage_options=opts)
+                return DeltaTable.create(self.uri, self.schema, mode="ignore", partition_by=self.partition_by or None,
+                                         configuration=self.properties or None, storage_options=opts)
             except (CommitFailedError, TableNotFoundError):
                 # Another process created it at the same moment.
                 backoff(attempt)

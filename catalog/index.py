@@ -1,9 +1,19 @@
-"""The render index: a Delta table (index/renders) with one row per render key.
+"""The render index: a Delta table (index/renders) with one row per campaign and render key.
 
-Commits are batched MERGEs on render_key: new keys are inserted, a row that is not ok (failed,
-degraded) is replaced by a later receipt, an ok row never changes; only ok rows count as
-rendered. Concurrent committers conflict at the Delta log (put-if-absent of the next log entry,
-locally and on S3); the loser reloads and retries.
+Commits are batched MERGEs on (campaign_id, render_key): new keys are inserted, a row that is not
+ok (failed, degraded) is replaced by a later receipt, an ok row never changes; only ok rows count
+as rendered. A key has at most one ok row: receipts are first-wins and every commit carries the
+canonical receipt, whose campaign is the one that rendered it first. Concurrent committers
+conflict at the Delta log (put-if-absent of the next log entry, locally and on S3); the loser
+reloads and retries.
+
+Layout (chosen by measurement, benchmarks/scale.py): the table is partitioned by campaign_id.
+A commit's MERGE then scans only its campaigns' files (at 10M rows an unpartitioned MERGE reads
+every render_key: seconds per commit), and a plan's lookup reads only its campaigns' files.
+The log is kept whole, because campaign versions time-travel to the index version they were
+published at (catalog/maintenance.py vacuums data files and keeps those versions' files).
+A table made by an older Horse (unpartitioned) keeps working: its files are pruned by their
+campaign_id statistics instead; rebuild_from_receipts rewrites it in the current layout.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from .delta import DeltaRef, commit_metadata
-from .ids import validate_sha256
+from .ids import validate_id, validate_sha256
 from .receipts import FLOAT_FIELDS, INT_FIELDS, STRING_FIELDS, Receipts, normalize_receipt
 from .redact import get_logger
 from .root import Root
@@ -24,6 +34,7 @@ from .root import Root
 log = get_logger(__name__)
 
 RENDERS_TABLE = "index/renders"
+PARTITION_BY = ["campaign_id"]
 RENDER_SCHEMA = pa.schema(
     [pa.field(n, pa.string()) for n in STRING_FIELDS]
     + [pa.field(n, pa.int64()) for n in INT_FIELDS]
@@ -52,10 +63,13 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
-def _filter(table: pa.Table, render_keys: list[str] | None = None, **equal: str | None) -> pa.Table:
+def _filter(table: pa.Table, render_keys: list[str] | None = None, campaigns: list[str] | None = None,
+            **equal: str | None) -> pa.Table:
     mask = None
-    if render_keys is not None:
-        mask = pc.is_in(table["render_key"], value_set=pa.array(render_keys, pa.string()))
+    for column, values in (("render_key", render_keys), ("campaign_id", campaigns)):
+        if values is not None:
+            m = pc.is_in(table[column], value_set=pa.array(values, pa.string()))
+            mask = m if mask is None else pc.and_(mask, m)
     for column, value in equal.items():
         if value is not None:
             m = pc.equal(table[column], value)
@@ -68,7 +82,8 @@ class RenderIndex:
         self.root = root
         self.receipts = receipts
         self.check_uri = check_uri
-        self.table = DeltaRef(root, RENDERS_TABLE, RENDER_SCHEMA)
+        # keep_log: campaign versions time-travel to the index version they were published at.
+        self.table = DeltaRef(root, RENDERS_TABLE, RENDER_SCHEMA, partition_by=PARTITION_BY, keep_log=True)
 
     def commit(self, receipts: Iterable[dict], *, run_id: str | None = None,
                metadata: dict[str, str] | None = None) -> CommitResult:
@@ -88,9 +103,13 @@ class RenderIndex:
         ))
 
         def merge(dt: DeltaTable) -> dict:
+            # The campaign in the predicate lets delta-rs prune the target to the source's
+            # campaigns (partition values, or file statistics on an unpartitioned table); that
+            # pruning needs the source collected first (streamed_exec=False), which is small.
             return (
-                dt.merge(source, "t.render_key = s.render_key", source_alias="s", target_alias="t",
-                         commit_properties=props)
+                dt.merge(source, "t.campaign_id = s.campaign_id AND t.render_key = s.render_key",
+                         source_alias="s", target_alias="t", streamed_exec=False, commit_properties=props,
+                         post_commithook_properties=self.table.hooks)
                 .when_matched_update_all(predicate="t.status <> 'ok'")
                 .when_not_matched_insert_all()
                 .execute()
@@ -102,36 +121,49 @@ class RenderIndex:
                             stats.get("num_target_rows_updated", 0), self.table.version(),
                             self.table.conflicts - conflicts_before)
 
-    def _lookup(self, keys: Iterable[str], status: str | None, columns: list[str] | None) -> pa.Table | None:
+    def _lookup(self, keys: Iterable[str], status: str | None, columns: list[str] | None,
+                campaigns: Iterable[str] | None) -> pa.Table | None:
         keys = sorted({validate_sha256(k, "render_key") for k in keys})
-        if not keys:
+        where = None
+        if campaigns is not None:
+            campaigns = sorted({validate_id(c, "campaign_id") for c in campaigns})
+            where = [("campaign_id", "in", campaigns)]
+        if not keys or campaigns == []:
             return None
-        # Filtered in memory, not pushed down: MERGE writes string_view columns and pyarrow's
-        # statistics pruning cannot compare them with the table's string schema.
-        wanted = None if columns is None else list(dict.fromkeys([*columns, "render_key", "status"]))
-        table = self.table.read_table(wanted)
-        return None if table is None else _filter(table, render_keys=keys, status=status)
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "render_key", "campaign_id", "status", "created_at"]))
+        table = self.table.read_table(wanted, where)
+        if table is None:
+            return None
+        table = _filter(table, render_keys=keys, campaigns=campaigns, status=status)
+        if status is None and table.num_rows:  # a key may have a failed row in one campaign, ok in another
+            table = pa.Table.from_pylist(_dedupe(table.to_pylist()), schema=table.schema)
+        return table
 
     def existing(self, keys: Iterable[str], status: str | None = "ok",
-                 columns: list[str] | None = None) -> dict[str, dict]:
+                 columns: list[str] | None = None, campaigns: Iterable[str] | None = None) -> dict[str, dict]:
         """Bulk lookup: {render_key: index row} for the keys that are in the index (by default
         only renders that are ok; status=None returns failed and degraded rows too); rows hold
-        only `columns` (and render_key, status) when given."""
-        table = self._lookup(keys, status, columns)
+        only `columns` (and render_key, campaign_id, status, created_at) when given.
+
+        `campaigns` limits the lookup to those campaigns' rows: it reads only their files, so
+        its cost does not grow with the rest of the index. Without it every file is read."""
+        table = self._lookup(keys, status, columns, campaigns)
         if table is None:
             return {}
         return {row["render_key"]: row for row in table.to_pylist()}
 
-    def existing_keys(self, keys: Iterable[str], status: str | None = "ok") -> set[str]:
-        """Like existing() but only the keys (reads one column; the planner's fast path)."""
-        table = self._lookup(keys, status, ["render_key"])
+    def existing_keys(self, keys: Iterable[str], status: str | None = "ok",
+                      campaigns: Iterable[str] | None = None) -> set[str]:
+        """Like existing() but only the keys (reads few columns; the planner's fast path)."""
+        table = self._lookup(keys, status, ["render_key"], campaigns)
         return set() if table is None else set(table.column("render_key").to_pylist())
 
     def to_arrow(self, campaign_id: str | None = None, status: str | None = None,
                  columns: list[str] | None = None) -> pa.Table:
         """Index rows (only `columns`, when given), of one campaign and/or status."""
         wanted = None if columns is None else list(dict.fromkeys([*columns, "campaign_id", "status"]))
-        table = self.table.read_table(wanted)
+        where = None if campaign_id is None else [("campaign_id", "=", validate_id(campaign_id, "campaign_id"))]
+        table = self.table.read_table(wanted, files_where=where)
         if table is None:
             table = RENDER_SCHEMA.empty_table() if wanted is None else RENDER_SCHEMA.empty_table().select(wanted)
         return _filter(table, campaign_id=campaign_id, status=status)
@@ -142,14 +174,17 @@ class RenderIndex:
         return set() if table is None else {u for col in table.columns for u in col.to_pylist() if u}
 
     def rebuild_from_receipts(self, *, run_id: str | None = None) -> int:
-        """Replace the index content with what the receipts say (a new Delta version; older
-        versions stay readable by time travel until vacuumed). Returns the row count."""
+        """Replace the index content with what the receipts say, in the current layout (a new
+        Delta version; older versions stay readable by time travel until vacuumed). Run it while
+        nothing commits: a commit racing an overwrite that changes the partitioning would land
+        without partition values. Returns the row count."""
         rows = self.receipts.read_all()
         table = pa.Table.from_pylist([normalize_receipt(r) for r in rows], schema=RENDER_SCHEMA)
         props = CommitProperties(custom_metadata=commit_metadata("rebuild_from_receipts", {"run_id": run_id, "rows": len(rows)}))
 
         def overwrite(dt: DeltaTable) -> None:
-            write_deltalake(dt, table, mode="overwrite", commit_properties=props)
+            write_deltalake(dt, table, mode="overwrite", partition_by=PARTITION_BY, schema_mode="overwrite",
+                            commit_properties=props, post_commithook_properties=self.table.hooks)
 
         self.table.write(overwrite)
         return table.num_rows
@@ -159,14 +194,3 @@ class RenderIndex:
 
     def history(self, limit: int | None = None) -> list[dict]:
         return self.table.history(limit)
-
-    def optimize(self, vacuum_retention_hours: int | None = None) -> dict:
-        """Compact small files; optionally vacuum files older than the retention."""
-        def maintain(dt: DeltaTable) -> dict:
-            out = {"compact": dt.optimize.compact()}
-            if vacuum_retention_hours is not None:
-                out["vacuum"] = dt.vacuum(retention_hours=vacuum_retention_hours, dry_run=False,
-                                          enforce_retention_duration=False)
-            return out
-
-        return self.table.read(maintain, {})  # no table yet: nothing to compact

@@ -16,6 +16,11 @@ destination ("passed"/"failed"), `rendered_seed` which seed the delivered clip w
 detail: `qc` (per destination: every check with its measured value and limit, the master's blob)
 and `qc_attempts` (every seed rendered for the take and what its picture QC found). The index
 carries only the two short fields; `index/qc` (catalog.qc_index) has one row per check.
+
+Dialogue gate: `dialogue_status` (in the index) is "passed", "dialogue_failed" (no re-roll passed:
+the best attempt was delivered) or "unchecked" (the clip has a line no recogniser of the run could
+hear), absent for a clip without a line; the receipt-only JSON field `dialogue` is the delivered
+attempt's record (transcript, error rate, reasons, seed); every attempt's is in `qc_attempts`.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
     "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
     "timings", "actor_id", "node_id", "run_id", "extra", "resolution", "rendered_resolution", "fallback",
-    "qc_status", "profile", "device_type", "device_seconds",
+    "qc_status", "dialogue_status", "profile", "device_type", "device_seconds",
 )
 INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames", "rendered_seed")
-# Kept as canonical JSON text; qc and qc_attempts stay out of the index, device_seconds (seconds
-# per stage, what quotes learn from) is in it.
-JSON_FIELDS = ("timings", "device_seconds", "qc", "qc_attempts")
+# Kept as canonical JSON text; qc, qc_attempts and dialogue stay out of the index, device_seconds
+# (seconds per stage, what quotes learn from) is in it.
+JSON_FIELDS = ("timings", "device_seconds", "qc", "qc_attempts", "dialogue")
 QC_STATUSES = ("passed", "failed")
+DIALOGUE_STATUSES = ("passed", "dialogue_failed", "unchecked")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
 STATUSES = ("ok", "degraded", "failed")
 RENDERED = ("ok", "degraded")  # statuses that come with a file
@@ -87,7 +93,7 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     out["created_at"] = _to_utc(r.pop("created_at", None))
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
                  "error_message", "model_fingerprint", "actor_id", "node_id", "run_id", "resolution",
-                 "rendered_resolution", "fallback", "qc_status", "profile", "device_type"):
+                 "rendered_resolution", "fallback", "qc_status", "dialogue_status", "profile", "device_type"):
         value = r.pop(name, None)
         if value is not None:
             value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]
@@ -96,6 +102,9 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
         out["error_message"] = scrub(out["error_message"])
     if out["qc_status"] not in (None, *QC_STATUSES):
         raise InvalidId("qc_status", out["qc_status"], f"must be one of {', '.join(QC_STATUSES)} (or absent)")
+    if out["dialogue_status"] not in (None, *DIALOGUE_STATUSES):
+        raise InvalidId("dialogue_status", out["dialogue_status"],
+                        f"must be one of {', '.join(DIALOGUE_STATUSES)} (or absent)")
     for name in INT_FIELDS:
         value = r.pop(name, None)
         if value is not None:
@@ -190,13 +199,11 @@ class Receipts:
         return None
 
     def read_ok(self, render_keys: Iterable[str]) -> dict[str, dict]:
-        """{render_key: receipt} of the successful receipts among `render_keys`: one listing of
-        receipts/, then reads only for the matches."""
+        """{render_key: receipt} of the successful receipts among `render_keys`: one read per
+        key (concurrent on object stores), so the cost follows the keys asked for, never the
+        number of receipts in the store (a listing of receipts/ would)."""
         wanted = {receipt_key(k) for k in render_keys}
-        if not wanted:
-            return {}
-        present = [k for k in self.root.list_files("receipts") if k in wanted]
-        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(present).values())}
+        return {r["render_key"]: r for r in map(parse_receipt, self.root.read_many(wanted).values())}
 
     def referenced_uris(self) -> set[str]:
         """Every blob URI a receipt names (for GC): clip, poster and destination masters."""

@@ -6,6 +6,7 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
+from .adapters import AdapterRegistry
 from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
 from .ids import InvalidId
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
-    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, spend, lineage)
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, spend, brand
+    `adapters`, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
     region_name}); the Delta tables get the same settings translated to object_store names.
@@ -41,6 +43,7 @@ class Store:
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
         self.spend = SpendTable(self.root)
         self.provider_tasks = ProviderTasks(self.root)
+        self.adapters = AdapterRegistry(self.root, self.blobs)
         self._lineage_config = lineage
         self._lineage: Lineage | None = None
 
@@ -98,7 +101,8 @@ class Store:
            include_receipts: bool = True) -> GCReport:
         """Delete blobs older than `grace` that no index row, version (and, by default, no
         receipt) references. Raises, deleting nothing, if any reference cannot be read."""
-        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris]
+        references = [self.index.referenced_uris, self.qc.referenced_uris, self.versions.referenced_uris,
+                      self.adapters.referenced_uris]
         if include_receipts:
             references.append(self.receipts.referenced_uris)
         return collect_garbage(self.root, references, grace=grace, dry_run=dry_run)

@@ -259,13 +259,23 @@ class CampaignVersions:
             t = t.filter(pc.equal(t["campaign_id"], campaign_id))
         return t.sort_by([("campaign_id", "ascending"), ("version", "ascending")])
 
+    def _manifests(self) -> list[dict]:
+        """Every version manifest of every campaign, parsed."""
+        keys = [k for k in self.root.list_files("campaigns") if _VERSION_FILE.match(k.rsplit("/", 1)[-1])]
+        return [json.loads(data) for data in self.root.read_many(keys).values()]
+
     def referenced_uris(self) -> set[str]:
         """Every URI string that any version manifest mentions (for GC)."""
-        keys = [k for k in self.root.list_files("campaigns") if _VERSION_FILE.match(k.rsplit("/", 1)[-1])]
         out: set[str] = set()
-        for data in self.root.read_many(keys).values():
-            _collect_uris(json.loads(data), out)
+        for body in self._manifests():
+            _collect_uris(body, out)
         return out
+
+    def index_versions(self) -> set[int]:
+        """The index versions that campaign versions were published at: maintenance keeps each
+        readable by time travel, however old."""
+        found = (body.get("index_version") for body in self._manifests())
+        return {v for v in found if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _collect_uris(obj: Any, out: set[str]) -> None:

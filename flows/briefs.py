@@ -16,7 +16,7 @@ import yaml
 
 from flows.manifest import SCHEMA, Manifest, ManifestError, Shot, validate_rows
 
-_LIST_COLUMNS = ("languages", "aspect_ratios", "tags", "destinations")
+_LIST_COLUMNS = ("languages", "aspect_ratios", "tags", "destinations", "must_say")
 _INT_COLUMNS = ("takes", "seed", "priority")
 
 
@@ -75,10 +75,10 @@ def _coerce(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_manifest(brief: Path, output: Path, input_roots: Sequence[str] = (),
-                   destinations: Collection[str] | None = None) -> tuple[Manifest, Path]:
+                   destinations: Collection[str] | None = None, adapters: Collection[str] = ()) -> tuple[Manifest, Path]:
     """Convert a CSV/YAML brief to a Parquet manifest; only valid rows are written."""
     records = [_coerce(r) for r in _brief_records(brief)]
-    shots, errors = validate_rows(records, input_roots, destinations)
+    shots, errors = validate_rows(records, input_roots, destinations, adapters=adapters)
     rows = [shot_to_record(shot) for shot in shots]
     table = pa.Table.from_pylist(rows, schema=SCHEMA) if rows else SCHEMA.empty_table()
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_sp
 from flows.collect import RunRecord, describe, record_render
 from flows.cost import Quote, cost_model, quote_plan
 from flows.destinations import RunDestinations, run_destinations
+from flows.dialogue import DialoguePolicy, dialogue_policy
 from flows.manifest import Manifest, read_manifest
 from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
@@ -80,8 +81,9 @@ def _logger():
 
 @task(name="read-manifest", cache_policy=NO_CACHE)
 def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations: RunDestinations) -> Manifest:
+    adapters = Store(settings.store_url, settings.storage_options).adapters.names()
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known, settings.routing.backends)
+                             destinations.known, settings.routing.backends, adapters)
     log = _logger()
     log.info("manifest %s: %d rows, %d valid shots, %d invalid rows", manifest.uri, manifest.rows,
              len(manifest.shots), len(manifest.errors))
@@ -92,10 +94,11 @@ def read_manifest_rows(manifest_uri: str, settings: HorseSettings, destinations:
 
 @task(name="plan-variants", cache_policy=NO_CACHE)
 def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters, force: bool, run_id: str,
-                  destinations: RunDestinations) -> Plan:
+                  destinations: RunDestinations, dialogue: DialoguePolicy) -> Plan:
     store = Store(settings.store_url, settings.storage_options)
     plan = make_plan(manifest.shots, model_info(settings), store, filters, destinations,
-                     Routes.from_settings(settings.routing))
+                     Routes.from_settings(settings.routing), dialogue, settings.render.adapter,
+                     settings.render.adapter_strength)
     if force:
         plan.cached = {}
     else:
@@ -213,6 +216,20 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
     return collected
 
 
+def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict:
+    """QC results of the plan's keys that have destinations, read from the campaigns they can be
+    in (the plan's, and those their cached renders were filed under) rather than the whole table;
+    a delivered key found in none of them (a concurrent run of another campaign filed it first)
+    is looked up everywhere."""
+    keys = [job.render_key for job in plan.jobs if job.destinations]
+    campaigns = {job.campaign_id for job in plan.jobs} | {row["campaign_id"] for row in plan.cached.values()}
+    qc = store.qc.results(keys, campaigns=campaigns)
+    stray = [k for k in keys if k not in qc and (k in plan.cached or (k in outcomes and outcomes[k][1].ok))]
+    if stray:
+        qc.update(store.qc.results(stray))
+    return qc
+
+
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
                     merge_previous: bool = False, allow_over_budget: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
@@ -221,11 +238,14 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
     run_id = str(context.flow_run.id) if in_flow else str(uuid.uuid4())
     store = Store(settings.store_url, settings.storage_options)
     destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
+    dialogue = dialogue_policy(settings)  # the dialogue gate: the recogniser's identity, per-variant checks
 
     manifest = read_manifest_rows(manifest_uri, settings, destinations)
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
-    plan = plan_variants(manifest, settings, filters, force, run_id, destinations)
+    plan = plan_variants(manifest, settings, filters, force, run_id, destinations, dialogue)
+    if dialogue.off_note and any(job.dialogue for job in plan.jobs):
+        _logger().warning(dialogue.off_note)  # every run says so: an unchecked line never looks checked
     quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
     guard = BudgetGuard(budgets, quote, plan.todo)
 
@@ -259,8 +279,9 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
         if guard.stopped_by:
             _logger().warning("%s: %d shots left for a later run", guard.reason, totals.not_rendered_budget)
         summaries, qc_tables = {}, {}
-        qc = store.qc.results(job.render_key for job in plan.jobs if job.destinations)
-        for campaign_id, entries in version_entries(plan, outcomes, qc).items():
+        qc = delivery_qc(store, plan, outcomes)
+        heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)
+        for campaign_id, entries in version_entries(plan, outcomes, qc, heard).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
             result.campaigns[campaign_id] = version.number
             if version.contact_sheet_uri:
@@ -268,8 +289,8 @@ def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters
             result.qc_failures += qc_failures(entries)
             summaries[campaign_id] = summary_markdown(campaign_id, version.number, totals, store.url, version.uri,
                                                       row_errors, version.contact_sheet_uri, version.contact_sheet,
-                                                      qc_markdown(entries))
-            if any("qc" in e for e in entries):
+                                                      qc_markdown(entries, dialogue.off_note))
+            if any("qc" in e or "dialogue" in e for e in entries):
                 qc_tables[campaign_id] = qc_table_rows(entries)
         if in_flow:
             report(label, result.failures, summaries, qc_tables)

@@ -65,7 +65,10 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "qc_status": outcome.qc_status,
         "qc": outcome.qc,
         "qc_attempts": outcome.qc_attempts or None,
+        "dialogue_status": outcome.dialogue_status,
+        "dialogue": outcome.dialogue,
         **receipt_fields(job, outcome),  # an API render: provider, model id, task, usage, cost
+        **({"adapter": job.adapter.record()} if job.adapter else {}),
     }
 
 
@@ -85,15 +88,20 @@ def record_render(store: Store, run: RunRecord, job: PlannedJob, outcome: Render
         inputs[1:] = [lineage_model(job)]
         tags |= {"backend": job.backend, "provider_model": job.api_request.model,
                  "provider_task_id": getattr(outcome, "task_id", None) or ""}
+    if job.adapter is not None:  # the brand adapter is an input like the model: its blob, by its sha256
+        inputs.append({"uri": job.adapter.uri, "version": job.adapter.sha256})
+        tags |= {"adapter": job.adapter.name, "adapter_strength": job.adapter.strength}
     rendered = event(
         job_name="render_shot", parent_run_id=run.run_id, parent_job_name=run.job_name,
         inputs=inputs,
         outputs=[{"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes}] if stored else [],
         runtime={"actor_id": outcome.actor_id, "node_id": outcome.node_id, "gpu_ids": outcome.gpu_ids,
                  "attempt": outcome.attempt, "seed": job.seed, "timings": outcome.timings,
-                 "rendered_seed": outcome.rendered_seed, "qc_attempts": outcome.qc_attempts or None},
+                 "rendered_seed": outcome.rendered_seed, "qc_attempts": outcome.qc_attempts or None,
+                 "dialogue": outcome.dialogue},
         tags={**tags, **{k: v for k, v in delivered(job, outcome).items() if v is not None},
-              **({"qc": outcome.qc_status} if outcome.qc_status else {})},
+              **({"qc": outcome.qc_status} if outcome.qc_status else {}),
+              **({"dialogue": outcome.dialogue_status} if outcome.dialogue_status else {})},
         error_message=None if stored else f"{outcome.error_class}: {outcome.error_message}",
     )
     if stored:
@@ -122,8 +130,12 @@ def record_masters(store: Store, render_run_id: str, tags: dict[str, str], outco
 def describe(job: PlannedJob, outcome: RenderOutcome) -> str:
     """One log line per finished shot."""
     if outcome.ok:
+        said = outcome.dialogue or {}
+        heard = {"passed": "", "unchecked": f", dialogue unchecked ({said.get('reason')})",
+                 "dialogue_failed": f", DIALOGUE FAILED after {said.get('attempts')} attempts ({said.get('reason')}; "
+                                    f"heard {said.get('transcript')!r})"}.get(said.get("status"), "")
         return (f"rendered {job.campaign_id}/{job.shot_id} {job.variant} in {outcome.duration_s or 0:.1f}s "
-                f"(attempt {outcome.attempt}) -> {outcome.blob_uri}")
+                f"(attempt {outcome.attempt}){heard} -> {outcome.blob_uri}")
     if outcome.status == "degraded":
         return (f"degraded {job.campaign_id}/{job.shot_id} {job.variant}: rendered at {outcome.rendered_resolution} "
                 f"instead of {job.resolution} (fallback {'+'.join(outcome.fallback)}) -> {outcome.blob_uri}")

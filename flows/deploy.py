@@ -1,7 +1,8 @@
-"""Deployments: the nightly render on a cron schedule and the backfill on demand.
+"""Deployments: the nightly render on a cron schedule, the backfill on demand, and catalog
+maintenance on its own cron schedule.
 
-Both carry a concurrency limit (default 1, later runs wait in line) so two runs never fight over
-the same GPUs, and `horse serve` keeps their schedules active when it stops
+The render deployments carry a concurrency limit (default 1, later runs wait in line) so two runs
+never fight over the same GPUs, and `horse serve` keeps the schedules active when it stops
 (`pause_on_shutdown=False`): a restart of the serving process must not silently pause the nights.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 
+from flows.maintenance import catalog_maintenance
 from flows.nightly import backfill_variants, nightly_campaign_render
 from flows.settings import HorseSettings
 
-NIGHTLY, BACKFILL = "nightly", "backfill"
+NIGHTLY, BACKFILL, MAINTENANCE = "nightly", "backfill", "maintenance"
 
 
 def _limit(settings: HorseSettings) -> ConcurrencyLimitConfig:
@@ -50,10 +52,25 @@ def build_deployments(settings: HorseSettings, config_file: str | None = None) -
     return [nightly, backfill]
 
 
+def build_maintenance_deployment(settings: HorseSettings, config_file: str | None = None):
+    """Catalog maintenance on `maintenance.cron`; one run at a time (it needs no GPU, and is safe
+    next to a render run)."""
+    parameters = {"store_url": settings.store_url, "config_file": config_file}
+    return catalog_maintenance.to_deployment(
+        name=MAINTENANCE,
+        schedules=[CronSchedule(cron=settings.maintenance.cron, timezone=settings.schedule.timezone)],
+        parameters={k: v for k, v in parameters.items() if v is not None},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description="Compact and vacuum the catalog's Delta tables within the retention, then collect garbage blobs.",
+        tags=["horse", "maintenance"],
+    )
+
+
 def serve_deployments(settings: HorseSettings, config_file: str | None = None) -> None:
     from prefect import serve
 
-    serve(*build_deployments(settings, config_file), pause_on_shutdown=False, limit=settings.prefect.concurrency_limit)
+    serve(*build_deployments(settings, config_file), build_maintenance_deployment(settings, config_file),
+          pause_on_shutdown=False, limit=settings.prefect.concurrency_limit)
 
 
 def ensure_work_pool(settings: HorseSettings) -> bool:

@@ -13,6 +13,7 @@ from catalog import Store
 from flows.budget import budgets_for, over_budget
 from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
 from flows.destinations import run_destinations
+from flows.dialogue import dialogue_policy
 from flows.manifest import read_manifest
 from flows.plan import make_plan, model_info
 from flows.routing import Routes, api_quote, plan_row
@@ -24,12 +25,14 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
     """The plan document; `rows` limits the job list (None: every job). Raises ManifestError when
     the manifest as a whole cannot be read, ConfigError for unusable options."""
     destinations = run_destinations(settings)
-    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
-                             destinations.known, settings.routing.backends)
     store = Store(settings.store_url, settings.storage_options)
+    manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,
+                             destinations.known, settings.routing.backends, store.adapters.names())
+    dialogue = dialogue_policy(settings)
     routes = Routes.from_settings(settings.routing)
     plan = make_plan(_drained(manifest.shots), model_info(settings), store, destinations=destinations, routes=routes,
-                     cached_columns=["render_key"])
+                     dialogue=dialogue, default_adapter=settings.render.adapter,
+                     default_adapter_strength=settings.render.adapter_strength, cached_columns=["render_key"])
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
     budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
@@ -37,7 +40,7 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
     shown = plan.jobs if rows is None else plan.jobs[:rows]
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
              "height": job.height, "destinations": [d.name for d in job.destinations], "priority": job.priority,
-             "hero": job.hero, "kind": job.kind,
+             "hero": job.hero, "kind": job.kind, "adapter": job.adapter.record() if job.adapter else None,
              "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key)),
              **plan_row(job)} for job in shown]
     return {
@@ -52,6 +55,7 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
         "warnings": over_budget(budgets, quote),
         "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
+        "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",
     }
 
 

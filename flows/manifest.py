@@ -6,7 +6,8 @@ at all, or lacks a required column, is an error for the whole manifest (`Manifes
 
 This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
 too, reference files included (they must exist under the configured `render.input_roots`) and
-destination names (those of the loaded destination files, `flows.destinations`).
+destination names (those of the loaded destination files, `flows.destinations`) and brand adapter
+names (`adapter`: `brand` or `brand@N`, registered in the store's catalog; `catalog.adapters`).
 CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 """
 
@@ -32,6 +33,7 @@ normalize_language = lru_cache(maxsize=1024)(_normalize_language)
 
 # The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
+MAX_ADAPTER_STRENGTH = 4.0  # |strength|: far past what LoRA strengths are used at (about 0 to 1.5)
 MAX_TAKES = 16
 
 DIALOGUE_TYPE = pa.list_(pa.struct([("speaker", pa.string()), ("language", pa.string()), ("line", pa.string())]))
@@ -53,7 +55,10 @@ SCHEMA = pa.schema(
         ("priority", pa.int64()),
         ("tags", pa.list_(pa.string())),
         ("destinations", pa.list_(pa.string())),
+        ("must_say", pa.list_(pa.string())),
         ("backend", pa.string()),
+        ("adapter", pa.string()),
+        ("adapter_strength", pa.float64()),
     ]
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
@@ -124,7 +129,11 @@ class Shot(BaseModel):
     priority: int = 0
     tags: tuple[str, ...] = ()
     destinations: tuple[str, ...] = ()  # delivery QC + masters; empty: the run's render.destinations
+    must_say: tuple[str, ...] = ()  # product names and terms the dialogue gate checks on their own
     backend: str | None = None  # "local" or an API provider of routing.providers; None: routing rules decide
+    adapter: str | None = None  # brand adapter (brand or brand@N); None: the run's render.adapter
+    adapter_strength: float | None = Field(None, ge=-MAX_ADAPTER_STRENGTH, le=MAX_ADAPTER_STRENGTH,
+                                           allow_inf_nan=False)  # None: the run's render.adapter_strength
     extra: dict[str, Any] = Field(default_factory=dict)  # unknown columns: kept for lineage
 
     @field_validator("campaign_id", "shot_id")
@@ -170,6 +179,15 @@ class Shot(BaseModel):
         pick(dict.fromkeys(known if known is not None else load_destinations()), value)  # unknown: ValueError
         return _unique(value)
 
+    @field_validator("must_say")
+    @classmethod
+    def _terms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        terms = _unique(term.strip() for term in value)
+        for term in terms:
+            if not term or len(term) > 200:
+                raise ValueError(f"term {term!r} must be 1-200 characters")
+        return terms
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -180,6 +198,20 @@ class Shot(BaseModel):
             known = ("local", *PRESETS)
         if value is not None and value not in known:
             raise ValueError(f"unknown backend {value!r} (configured: {', '.join(known)})")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _registered_adapter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from catalog.adapters import parse_name
+
+        if value is None:
+            return None
+        parse_name(value)  # InvalidId (a ValueError) naming the problem
+        known = (info.context or {}).get("adapters") or ()
+        if value not in known:
+            raise ValueError(f"unknown adapter {value!r} (registered: {', '.join(sorted(known)) or 'none'}; "
+                             "see horse adapter list)")
         return value
 
     @field_validator("reference_image_uri", "reference_audio_uri")
@@ -198,7 +230,25 @@ class Shot(BaseModel):
                 raise ValueError(
                     f"languages: no dialogue lines for {', '.join(missing)} (every language variant needs its own lines)"
                 )
+        if self.must_say:
+            self._terms_in_lines()
         return self
+
+    def _terms_in_lines(self) -> None:
+        """Every must-say term is in every language's lines (as the gate will listen for it), else no
+        clip of that language could ever pass."""
+        from media.dialogue import missing_terms, normalize
+
+        if not self.dialogue:
+            raise ValueError("must_say: the shot has no dialogue lines to say the terms in")
+        for language in self.languages:
+            lines = normalize(" ".join(line.line for line in self.lines_for(language)), language)
+            try:
+                absent = missing_terms(lines, self.must_say, language)
+            except ValueError as exc:  # a term with nothing to listen for
+                raise ValueError(f"must_say: {exc}") from None
+            if absent:
+                raise ValueError(f"must_say: {', '.join(map(repr, absent))} not in the {language} line")
 
     def lines_for(self, language: str) -> list[DialogueLine]:
         return [line for line in self.dialogue if line.language == language]
@@ -236,11 +286,12 @@ def _reason(error: dict) -> str:
 
 def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = (),
                   destinations: Collection[str] | None = None,
-                  backends: Collection[str] | None = None) -> tuple[list[Shot], list[RowError]]:
+                  backends: Collection[str] | None = None,
+                  adapters: Collection[str] = ()) -> tuple[list[Shot], list[RowError]]:
     """Validate manifest rows (dicts keyed by column) into Shots and per-row errors; reference
     files are accepted only under `input_roots`, destination names only from `destinations`
     (None: the shipped destination files), backends only from `backends` (None: the shipped
-    routing.providers)."""
+    routing.providers), adapter names only from `adapters` (the store's `AdapterRegistry.names()`)."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
@@ -251,15 +302,16 @@ def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] 
         try:
             shot = Shot.model_validate({**known, "row": number, "extra": extra},
                                        context={"input_roots": input_roots, "destinations": destinations,
-                                                "backends": backends})
+                                                "backends": backends, "adapters": adapters})
         except ValidationError as exc:
             for err in exc.errors():
                 column = _field_of(err)
                 reason = _reason(err)
                 if err["type"] == "missing":
                     reason = "is required"
-                if column == "(row)" and reason.startswith("languages:"):
-                    column, reason = "languages", reason.removeprefix("languages: ")
+                for named in ("languages", "must_say"):  # the shot's own checks name their column
+                    if column == "(row)" and reason.startswith(f"{named}:"):
+                        column, reason = named, reason.removeprefix(f"{named}: ")
                 errors.append(RowError(number, column, reason, shot_id))
             continue
         except (InvalidId, ValueError) as exc:  # raised outside pydantic's wrapping
@@ -285,9 +337,10 @@ def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def read_manifest(uri: str, storage_options: dict | None = None, input_roots: Sequence[str] = (),
-                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
+                  destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                  adapters: Collection[str] = ()) -> Manifest:
     """Read and validate a Parquet manifest from any fsspec URL or path."""
-    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends)
+    return parse_manifest(read_manifest_bytes(uri, storage_options), uri, input_roots, destinations, backends, adapters)
 
 
 def arrow_owned_copy(data: bytes) -> pa.Buffer:
@@ -305,7 +358,8 @@ def arrow_owned_copy(data: bytes) -> pa.Buffer:
 
 
 def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
-                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None) -> Manifest:
+                   destinations: Collection[str] | None = None, backends: Collection[str] | None = None,
+                   adapters: Collection[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
         table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
@@ -316,7 +370,7 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
     records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
-    shots, errors = validate_rows(records, input_roots, destinations, backends)
+    shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
 

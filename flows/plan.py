@@ -4,7 +4,10 @@ A variant is one (language, aspect ratio, take) of a shot; a shot without dialog
 languages (B-roll) has no language axis: one variant per (aspect ratio, take). Its `render_key` hashes every input
 that changes pixels or sound, so the same key means the same clip: reruns and backfills skip it.
 A variant with destinations also hashes their specs and the re-roll count: they decide which seed
-is delivered (a black or frozen picture is re-rolled) and the masters made from it.
+is delivered (a black or frozen picture is re-rolled) and the masters made from it. A variant the
+dialogue gate checks hashes the gate's policy (flows.dialogue): a wrong line is re-rolled too. A variant with a
+brand adapter hashes the adapter's sha256 and strength (`model.stages.adapter_key_input`); the
+adapter a row names (or `render.adapter`) is resolved to one registered version when planning.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from catalog import Store, sha256_file, variant_render_keys
+from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
+from flows.dialogue import DialoguePolicy
 from flows.manifest import Shot
 from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.prompt import compose_prompt
+from model.stages import adapter_key_input
 
 # Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
 # settings, mp4 tags): every render key changes, so the next run re-renders everything.
@@ -49,6 +55,20 @@ class Filters:
 # reviewer waits for) before full renders before promotes (DESIGN §12 staged renders).
 KIND_RANK = {"preview": 2, "render": 1, "promote": 0}
 HERO_TAG = "hero"
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """The brand adapter a variant renders with: one registered version and a strength."""
+
+    name: str  # brand@N
+    sha256: str  # the adapter blob's address (= model.adapters.Adapter.sha256)
+    uri: str
+    strength: float
+
+    def record(self) -> dict[str, Any]:
+        """What receipts and lineage say of it."""
+        return {"name": self.name, "sha256": self.sha256, "uri": self.uri, "strength": self.strength}
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 6x, over 400k variants seconds
@@ -84,6 +104,9 @@ class PlannedJob:
     backend: str = "local"  # or the API provider that renders it (flows.routing)
     api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
     api_key_inputs: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # a provider's key inputs
+    dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
+    dialogue_key: dict[str, Any] | None = None  # the gate's policy in the key (flows.dialogue), None: not heard
+    adapter: AdapterChoice | None = None
 
     @property
     def key_inputs(self) -> dict[str, Any]:
@@ -91,7 +114,8 @@ class PlannedJob:
         if self.api_key_inputs is not None:
             return self.api_key_inputs
         return {**_shared_inputs(self.prompt, self.language, self.resolution, self.seconds, self.profile,
-                                 self.image_sha256, self.audio_sha256, self.model_fingerprint, self.delivery),
+                                 self.image_sha256, self.audio_sha256, self.model_fingerprint, self.delivery,
+                                 self.dialogue_key, self.adapter),
                 **_variant_inputs(self.aspect_ratio, self.width, self.height, self.seed)}
 
     @property
@@ -116,13 +140,17 @@ class PlannedJob:
 
 
 def _shared_inputs(prompt, language, resolution, seconds, profile, image_sha256, audio_sha256, fingerprint,
-                   delivery) -> dict:
+                   delivery, dialogue_key, adapter: AdapterChoice | None) -> dict:
     """The key inputs every variant of one shot and language shares."""
     inputs = {"prompt": prompt, "language": language, "resolution": resolution, "fps": FPS, "seconds": seconds,
               "profile": profile, "image_sha256": image_sha256, "audio_sha256": audio_sha256,
               "model_fingerprint": fingerprint, "pipeline_cache_version": PIPELINE_CACHE_VERSION}
     if delivery is not None:  # without destinations the key stays what it was before delivery QC
         inputs["delivery"] = delivery
+    if dialogue_key is not None:  # without a gate that hears it the key stays what it was before the gate
+        inputs["dialogue"] = dialogue_key
+    if adapter is not None:  # without one the key stays what it was before adapters
+        inputs["adapter"] = adapter_key_input(adapter.sha256, adapter.strength)
     return inputs
 
 
@@ -164,9 +192,11 @@ def take_seed(seed: int, take: int) -> int:
 
 
 def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
-                destinations: RunDestinations | None = None) -> list[PlannedJob]:
+                destinations: RunDestinations | None = None, dialogue: DialoguePolicy | None = None,
+                adapter: AdapterChoice | None = None) -> list[PlannedJob]:
     """Every variant of a validated shot (its reference files are already checked paths);
-    `destinations`: the run's (None: no delivery QC)."""
+    `destinations`: the run's (None: no delivery QC); `dialogue`: the run's gate (None: no gate);
+    `adapter`: the shot's resolved brand adapter (None: the base model)."""
     # A shot without languages has no language axis, so a backfill's languages leave it alone.
     languages: tuple[str | None, ...] = (filters.languages or shot.languages) if shot.languages else (None,)
     aspects = filters.aspect_ratios or shot.aspect_ratios
@@ -193,15 +223,18 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
         delivery = ({"destinations": specs, "max_rerolls": max_rerolls, "expects_speech": bool(lines)}
                     if delivered_to else None)
+        gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
+                                               [d.name for d in delivered_to]) if dialogue else (None, None)
         shared = _shared_inputs(prompt, language, shot.resolution, shot.duration_s, model.profile,
-                                image_sha256, audio_sha256, model.fingerprint, delivery)
+                                image_sha256, audio_sha256, model.fingerprint, delivery, gate_key, adapter)
         axes = [(aspect, width, height, take, seed) for aspect, (width, height) in zip(aspects, sizes)
                 for take, seed in enumerate(seeds, start=1)]
         keys = variant_render_keys(shared, [_variant_inputs(a, w, h, seed) for a, w, h, _, seed in axes])
         jobs += [PlannedJob(shot.campaign_id, shot.shot_id, variant_id(language, aspect, take), language, aspect, take,
                             seed, shot.resolution, shot.duration_s, width, height, prompt, key, model.profile,
                             model.fingerprint, shot.priority, hero, "render", image, audio, image_sha256, audio_sha256,
-                            delivered_to, max_rerolls, bool(lines), delivery)
+                            delivered_to, max_rerolls, bool(lines), delivery,
+                            dialogue=check, dialogue_key=gate_key, adapter=adapter)
                  for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
 
@@ -231,20 +264,46 @@ def model_info(settings: HorseSettings) -> ModelInfo:
     return ModelInfo(described.fingerprint, resolved.profile, described.size_for)
 
 
+def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_strength: float = 1.0,
+                 resolved: dict[str, dict] | None = None) -> AdapterChoice | None:
+    """The adapter a shot renders with: its row's, else the run's default (`render.adapter`),
+    as the registered version the name means now; PlanError if that name is not registered."""
+    name = shot.adapter or default
+    if name is None:
+        return None
+    resolved = {} if resolved is None else resolved
+    if name not in resolved:
+        try:
+            resolved[name] = store.adapters.resolve(name)
+        except UnknownAdapter as exc:
+            where = "adapter" if shot.adapter else "render.adapter (configuration)"
+            raise PlanError(f"{where}: {exc}") from None
+    record = resolved[name]
+    strength = shot.adapter_strength if shot.adapter_strength is not None else default_strength
+    return AdapterChoice(record["name"], record["sha256"], record["uri"], float(strength))
+
+
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
               destinations: RunDestinations | None = None, routes: Routes = Routes(),
-              cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
-    """Expand every shot on the backend `routes` give it, then ask the catalog once which render
-    keys already exist (their index rows hold `cached_columns`: a dry run needs only the keys)."""
+              dialogue: DialoguePolicy | None = None, default_adapter: str | None = None,
+              default_adapter_strength: float = 1.0, cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
+    """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
+    `default_adapter`), then ask the catalog once which render keys already exist (their index
+    rows hold `cached_columns`: a dry run needs only the keys). `dialogue`: the run's gate, for
+    local renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
+    resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
     for shot in shots:
         if filters.shot_ids and shot.shot_id not in filters.shot_ids:
             continue
         try:
+            adapter = shot_adapter(shot, store, default_adapter, default_adapter_strength, resolved)
             backend = routes.backend_for(shot)
             if backend == "local":
-                jobs.extend(expand_shot(shot, model, filters, destinations))
+                jobs.extend(expand_shot(shot, model, filters, destinations, dialogue, adapter))
+            elif adapter is not None:  # a provider cannot apply our adapter: never a key it did not honour
+                raise PlanError(f"adapter: {adapter.name} renders on local actors only, not on backend {backend}")
             else:
                 jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
         except (PlanError, ValueError) as exc:
@@ -252,5 +311,8 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
     # In dispatch order (stable: manifest order among equals), so the run collects its chunks in
     # the order the pool renders them.
     jobs.sort(key=lambda job: job.dispatch_priority, reverse=True)
-    cached = store.index.existing([job.render_key for job in jobs], columns=cached_columns) if jobs else {}
+    # Looked up in the plan's campaigns only: the cost follows the campaign, not the whole index.
+    # A key first rendered for another campaign is found by its receipt (Store.recover_unindexed).
+    cached = (store.index.existing([job.render_key for job in jobs], columns=cached_columns,
+                                   campaigns={job.campaign_id for job in jobs}) if jobs else {})
     return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors)

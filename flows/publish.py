@@ -11,6 +11,7 @@ from flows.collect import delivered
 from flows.plan import Plan, PlannedJob
 from flows.routing import version_fields
 from horse_actors import RenderOutcome
+from horse_actors.dialogue_gate import unchecked
 from horse_actors.jobs import NOT_ADMITTED
 from media import contact_sheet
 
@@ -35,9 +36,10 @@ def code_version() -> str:
 
 
 def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]],
-                    qc: dict[str, dict] | None = None) -> dict[str, list[dict]]:
-    """Version entries per campaign: every planned variant with its file or its failure, and its
-    delivery QC from the QC index (`qc`: Store.qc.results of the run's keys)."""
+                    qc: dict[str, dict] | None = None, dialogue: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+    """Version entries per campaign: every planned variant with its file or its failure, its
+    delivery QC and its dialogue gate result from the QC index (`qc`: Store.qc.results of the
+    run's keys, `dialogue`: Store.qc.dialogue_results)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
         entry = job.entry() | version_fields(job)
@@ -57,6 +59,10 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
                 entry["error_message"] = outcomes[job.render_key][1].error_message  # "not rendered: budget (...)"
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
+        # What the gate heard (from index/qc), or why this run could not hear the line (the plan's check).
+        heard = (dialogue or {}).get(job.render_key) or unchecked(job.dialogue)
+        if heard and entry["status"] != "failed":
+            entry["dialogue"], entry["dialogue_status"] = heard, heard["status"]
         per_campaign.setdefault(job.campaign_id, []).append(entry)
     return per_campaign
 

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 from catalog import public_options
+from flows.dialogue import speech_spec
 from flows.plan import PlannedJob
 from flows.routing import api_render_job
 from flows.settings import HorseSettings
@@ -27,6 +28,7 @@ def pool_config(settings: HorseSettings) -> PoolConfig:
             device=None if resolved.device == "auto" else resolved.device,
             dtype=resolved.dtype,
             offload=resolved.offload,
+            speech=speech_spec(settings),  # the dialogue gate's recogniser, resident beside the model
         ),
         # Credentials never travel as Ray arguments: actors read them from their environment.
         store=StoreTarget(settings.store_url, public_options(settings.storage_options) or None),
@@ -69,8 +71,11 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     if job.language:
         metadata["language"] = job.language
     delivery = Delivery(job.destinations, job.max_rerolls, job.expects_speech) if job.destinations else None
+    adapter = {"adapter_sha256": job.adapter.sha256, "adapter_strength": job.adapter.strength} if job.adapter else {}
+    if job.adapter:
+        metadata["horse_adapter"] = job.adapter.name
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
-                     priority=job.dispatch_priority, delivery=delivery)
+                     priority=job.dispatch_priority, delivery=delivery, dialogue=job.dialogue, **adapter)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:

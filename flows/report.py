@@ -87,24 +87,36 @@ def _qc_results(entries: list[dict]):
 
 
 def qc_table_rows(entries: list[dict]) -> list[dict[str, Any]]:
-    """One row per clip and destination: the result, the values a person looks at first, what failed."""
+    """One row per clip and destination (one row for a clip the dialogue gate checked without
+    destinations): the result, the values a person looks at first, what failed, what was heard."""
     def measured(result: dict, check: str) -> Any:
         return result["checks"].get(check, {}).get("measured")
 
-    return [
-        {
-            "shot": e["shot_id"], "variant": e["variant"], "destination": destination,
-            "result": "pass" if result["passed"] else "FAIL",
-            "loudness_lufs": measured(result, "loudness"), "true_peak_dbtp": measured(result, "true_peak"),
-            "black_s": measured(result, "black"), "frozen_s": measured(result, "frozen"),
-            "frames": measured(result, "duration"),
-            "seed": e.get("rendered_seed") if e.get("rendered_seed") == e.get("seed")
-            else f"{e.get('rendered_seed')} (re-rolled from {e.get('seed')})",
-            "failed_checks": _failed_checks(result),
-            "master": (result.get("master_sha256") or "")[:12],
-        }
-        for e, destination, result in _qc_results(entries)
-    ]
+    rows = []
+    for e in entries:
+        results = sorted((e.get("qc") or {}).items()) or ([("", None)] if e.get("dialogue") else [])
+        heard = e.get("dialogue") or {}
+        for destination, result in results:
+            checks = result or {"checks": {}}
+            rows.append({
+                "shot": e["shot_id"], "variant": e["variant"], "destination": destination,
+                "result": "" if result is None else "pass" if result["passed"] else "FAIL",
+                "loudness_lufs": measured(checks, "loudness"), "true_peak_dbtp": measured(checks, "true_peak"),
+                "black_s": measured(checks, "black"), "frozen_s": measured(checks, "frozen"),
+                "frames": measured(checks, "duration"),
+                "seed": e.get("rendered_seed") if e.get("rendered_seed") == e.get("seed")
+                else f"{e.get('rendered_seed')} (re-rolled from {e.get('seed')})",
+                "failed_checks": _failed_checks(result) if result else "",
+                "master": ((result or {}).get("master_sha256") or "")[:12],
+                "dialogue": _DIALOGUE_RESULT.get(heard.get("status"), ""),
+                "error_rate": heard.get("error_rate"),
+                "heard": heard.get("transcript"),
+                "dialogue_reason": heard.get("reason"),
+            })
+    return rows
+
+
+_DIALOGUE_RESULT = {"passed": "pass", "dialogue_failed": "FAIL", "unchecked": "unchecked"}
 
 
 def qc_failures(entries: list[dict]) -> list[dict[str, Any]]:
@@ -113,24 +125,37 @@ def qc_failures(entries: list[dict]) -> list[dict[str, Any]]:
             for e, destination, result in _qc_results(entries) if not result["passed"]]
 
 
-def qc_markdown(entries: list[dict]) -> str | None:
-    """The summary's delivery QC section: pass counts per destination, failures and re-rolls called out."""
+def qc_markdown(entries: list[dict], gate_note: str | None = None) -> str | None:
+    """The summary's QC section: delivery pass counts per destination, failures and re-rolls called
+    out; the dialogue gate's counts, failures with what was heard, and why lines went unchecked."""
     results = list(_qc_results(entries))
-    if not results:
+    heard = [e for e in entries if e.get("dialogue")]
+    if not results and not heard:
         return None
-    lines = ["## Delivery QC", "", "| destination | clips | passed | failed |", "|---|---:|---:|---:|"]
-    for destination in sorted({d for _, d, _ in results}):
-        passed = [r["passed"] for _, d, r in results if d == destination]
-        lines.append(f"| {destination} | {len(passed)} | {sum(passed)} | {len(passed) - sum(passed)} |")
-    failed = qc_failures(entries)
-    if failed:
-        lines += ["", f"**{len(failed)} failed** (clip → destination: check measured (limit)):", ""]
-        lines += [f"- {f['shot']} {f['variant']} → {f['destination']}: {f['failed_checks']}" for f in failed[:100]]
+    lines = []
+    if results:
+        lines += ["## Delivery QC", "", "| destination | clips | passed | failed |", "|---|---:|---:|---:|"]
+        for destination in sorted({d for _, d, _ in results}):
+            passed = [r["passed"] for _, d, r in results if d == destination]
+            lines.append(f"| {destination} | {len(passed)} | {sum(passed)} | {len(passed) - sum(passed)} |")
+        failed = qc_failures(entries)
+        if failed:
+            lines += ["", f"**{len(failed)} failed** (clip → destination: check measured (limit)):", ""]
+            lines += [f"- {f['shot']} {f['variant']} → {f['destination']}: {f['failed_checks']}" for f in failed[:100]]
     rerolled = [e for e in entries if e.get("rendered_seed") is not None and e["rendered_seed"] != e.get("seed")]
     if rerolled:
-        lines += ["", "**Re-rolled** after a black or frozen picture (seed of the take → seed delivered):", ""]
+        lines += ["", "**Re-rolled** after a black or frozen picture or a wrong line (seed of the take → seed "
+                  "delivered):", ""]
         lines += [f"- {e['shot_id']} {e['variant']}: {e['seed']} → {e['rendered_seed']}" for e in rerolled[:100]]
-    return "\n".join(lines)
+    if heard:
+        counts = {s: sum(e["dialogue"]["status"] == s for e in heard) for s in _DIALOGUE_RESULT}
+        lines += ["", "## Dialogue gate", "", f"{counts['passed']} passed, {counts['dialogue_failed']} failed "
+                  f"(best attempt delivered), {counts['unchecked']} unchecked"]
+        if gate_note:
+            lines += ["", f"**{gate_note}**"]
+        lines += [f"- {e['shot_id']} {e['variant']}: {e['dialogue']['reason']}; heard {e['dialogue'].get('transcript')!r}"
+                  for e in heard if e["dialogue"]["status"] == "dialogue_failed"][:100]
+    return "\n".join(lines).lstrip("\n")
 
 
 def create_qc_table(campaign_id: str, rows: list[dict[str, Any]]) -> None:
@@ -138,9 +163,10 @@ def create_qc_table(campaign_id: str, rows: list[dict[str, Any]]) -> None:
     from prefect.artifacts import create_table_artifact
 
     failed = sum(row["result"] == "FAIL" for row in rows)
+    unheard = sum(row["dialogue"] == "FAIL" for row in rows)
     create_table_artifact(table=rows, key=artifact_key(campaign_id, "qc"),
                           description=f"Delivery QC of {campaign_id}: {len(rows)} clip x destination results, "
-                                      f"{failed} failed")
+                                      f"{failed} failed; {unheard} rows of clips that failed the dialogue gate")
 
 
 def create_failures_table(campaign_label: str, rows: list[dict[str, Any]]) -> None:

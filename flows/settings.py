@@ -59,6 +59,12 @@ class PrefectSettings(_Section):
     concurrency_limit: int = Field(ge=1)
 
 
+def _five_cron_fields(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"cron needs 5 fields (min hour day month weekday), got {value!r}")
+    return value
+
+
 class ScheduleSettings(_Section):
     cron: str
     timezone: str
@@ -73,12 +79,15 @@ class ScheduleSettings(_Section):
             raise ValueError(f"unknown IANA timezone {value!r}") from None
         return value
 
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"cron needs 5 fields (min hour day month weekday), got {value!r}")
-        return value
+    _cron = field_validator("cron")(_five_cron_fields)
+
+
+class MaintenanceSettings(_Section):
+    cron: str
+    vacuum_retention_hours: int = Field(ge=0)
+    gc_grace_hours: float = Field(ge=0)
+
+    _cron = field_validator("cron")(_five_cron_fields)
 
 
 class RenderSettings(_Section):
@@ -88,6 +97,17 @@ class RenderSettings(_Section):
     destinations: list[str]  # names checked against the loaded destination files (flows.destinations)
     destination_folders: list[str]
     max_rerolls: int = Field(ge=0, le=8)
+    adapter: str | None  # brand adapter of shots without an `adapter` column value (brand or brand@N)
+    adapter_strength: float = Field(ge=-4, le=4, allow_inf_nan=False)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_name(cls, value: str | None) -> str | None:
+        from catalog.adapters import parse_name
+
+        if value is not None:
+            parse_name(value)  # existence is checked against the store when a run is planned
+        return value
 
 
 ErrorRate = Annotated[float, Field(ge=0, le=1)]
@@ -257,6 +277,7 @@ class HorseSettings(BaseSettings):
     ray: RaySettings
     prefect: PrefectSettings
     schedule: ScheduleSettings
+    maintenance: MaintenanceSettings
     render: RenderSettings
     dialogue: DialogueSettings
     cost: CostSettings

@@ -5,7 +5,7 @@ Usable from a plain script (no Prefect here):
     from horse_actors import ModelSpec, PoolConfig, RenderPool, Scheduling, StoreTarget
     config = PoolConfig(ModelSpec("tiny"), StoreTarget("file:///tmp/store"), scheduling=Scheduling(cpu_mode=True))
     with RenderPool(config) as pool:
-        outcomes = pool.run(jobs, on_outcome=print)
+        outcomes = pool.run(jobs, on_outcome=print)   # or pool.stream(jobs, on_outcome=...): none kept
 
 Names are imported on first use, so what needs no Ray (the job records, the API providers' specs
 that configuration checks) loads without it.
@@ -16,7 +16,9 @@ from importlib import import_module
 _EXPORTS = {
     "RenderActor": "actor", "connect": "cluster", "preserved_signal_handlers": "cluster",
     "Encoding": "config", "ModelSpec": "config", "PoolConfig": "config", "Scheduling": "config", "StoreTarget": "config",
-    "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs", "RenderPool": "pool",
+    "SpeechSpec": "config",
+    "DialogueCheck": "jobs", "Delivery": "jobs", "RenderJob": "jobs", "RenderOutcome": "jobs", "classify": "jobs",
+    "RenderPool": "pool",
 }
 
 __all__ = list(_EXPORTS)

@@ -5,6 +5,8 @@ It can also be used in-process, e.g. by benchmarks/pool.py for the no-Ray baseli
 Frames never leave the process: they are encoded to a local temp file, checked, hashed and put
 into the catalog, and only a small `RenderOutcome` is returned. A job with a `Delivery` also gets
 delivery QC and a master per destination here, on that local file (horse_actors.delivery).
+A job with a brand adapter gets it applied on the resident model (read from the catalog through
+a node-local cache the first time, then held on the model: no reload, no base weight touched).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from media import encode_mp4, poster_jpeg
 
 from .config import Encoding, ModelSpec, StoreTarget
 from .delivery import make_deliverables, render_checked
+from .dialogue_gate import DialogueGate
 from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_oom,
                    is_sticky_cuda, stage_device_seconds)
 
@@ -93,6 +96,9 @@ class RenderActor:
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
         self.device_type = _device_type(self.device)
+        self.pipe.adapter_capacity = model.adapter_capacity
+        self.adapter_loads: list[str] = []  # sha256 of each adapter put onto the model, in order
+        self._adapters: collections.OrderedDict[str, Any] = collections.OrderedDict()  # sha256 -> Adapter
         _LOADS_IN_PROCESS += 1
         self.load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -103,6 +109,7 @@ class RenderActor:
         from catalog import Store
 
         self.store = Store(store.url, storage_options=store.options)
+        self.gate = DialogueGate(model.speech, self.device)  # the speech recogniser, resident like the model
         self.scratch = encoding.scratch_dir or tempfile.gettempdir()
         self.ids = _ray_context()
         log.info("model %s loaded in %.2fs, warmed in %.2fs on %s", model.name, self.load_s,
@@ -146,7 +153,37 @@ class RenderActor:
             "rss_bytes": _rss_bytes(),
             "gpu_max_allocated_bytes": gpu_mem,
             "renders": self.renders,
+            **self.gate.stats(),
+            "adapter_loads": list(self.adapter_loads),
+            "resident_adapters": list(self.pipe.resident_adapters),
         }
+
+    # -- brand adapters --------------------------------------------------------------------
+    def _adapter_for(self, job: RenderJob, timings: dict[str, float]) -> dict[str, Any]:
+        """pipe() arguments for the job's adapter: read from the catalog via the node's cache and
+        put on the model the first time (timed as "adapter"), a flag flip when already held."""
+        if job.adapter_sha256 is None:
+            return {}
+        from model import Adapter, AdapterError
+
+        sha = job.adapter_sha256
+        if sha not in self.pipe.resident_adapters:
+            t0 = time.perf_counter()
+            path = self.store.adapters.fetch(sha, os.path.join(self.scratch, "horse-adapters"))
+            adapter = Adapter.load(path)
+            if adapter.sha256 != sha:
+                raise AdapterError(f"adapter {sha[:12]}: the cached file reads back as {adapter.sha256[:12]}")
+            self.pipe.use_adapter(adapter, job.adapter_strength)  # checks fit, injects, holds it
+            self._adapters[sha] = adapter
+            self.adapter_loads.append(sha)
+            timings["adapter"] = round(timings.get("adapter", 0.0) + time.perf_counter() - t0, 4)
+            log.info("adapter %s: put on the model in %.3fs", sha[:12], time.perf_counter() - t0)
+        else:
+            log.info("adapter %s: already held, no load", sha[:12])
+        self._adapters.move_to_end(sha)
+        for old in [s for s in self._adapters if s not in self.pipe.resident_adapters]:
+            del self._adapters[old]  # evicted from the model: drop our reference too
+        return {"adapter": self._adapters[sha], "adapter_strength": job.adapter_strength}
 
     # -- one job ---------------------------------------------------------------------------
     def render(self, job: RenderJob, attempt: int = 1, submitted_at: float | None = None,
@@ -178,9 +215,10 @@ class RenderActor:
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         try:
             path = os.path.join(scratch, "clip.mp4")
-            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery).
-            (info, poster, rendered, fallback), clip_qc, qc_attempts = render_checked(
-                job, lambda request: self._render_and_encode(job, request, path, timings), path, timings)
+            # Re-rolled with the next seed while delivery QC finds a picture defect (jobs with a Delivery)
+            # or the dialogue gate hears the wrong line (jobs with a DialogueCheck).
+            (info, poster, rendered, fallback), clip_qc, qc_attempts, dialogue = render_checked(
+                job, lambda request: self._render_and_encode(job, request, path, timings), path, timings, self.gate)
 
             t0 = time.perf_counter()
             blob = self.store.put_blob(path, ext="mp4")
@@ -196,7 +234,7 @@ class RenderActor:
                 device_seconds=stage_device_seconds(timings, rendered.resolution),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
-                rendered_seed=rendered.seed, **base,
+                rendered_seed=rendered.seed, dialogue=dialogue, **base,
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -220,7 +258,7 @@ class RenderActor:
         (EncodeInfo, poster JPEG, the request it was rendered from, OOM ladder rungs used).
         Stage times add up over the re-rolls of a job: they are what the job cost."""
         job = dataclasses.replace(job, request=request)
-        clip, rendered, fallback = self._render_with_ladder(job)
+        clip, rendered, fallback = self._render_with_ladder(job, self._adapter_for(job, timings))
         for stage, seconds in (clip.timings or {}).items():
             timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
         t0 = time.perf_counter()
@@ -229,7 +267,7 @@ class RenderActor:
         timings["encode"] = round(timings.get("encode", 0.0) + time.perf_counter() - t0, 4)
         return info, poster, rendered, fallback
 
-    def _render_with_ladder(self, job: RenderJob):
+    def _render_with_ladder(self, job: RenderJob, adapter: dict[str, Any]):
         """(clip, the request it was rendered from, rungs used): as requested first; on GPU OOM,
         again with each rung of `ModelSpec.oom_ladder` that applies to the request.
 
@@ -249,7 +287,7 @@ class RenderActor:
             try:
                 if tiled:
                     vae.enable_tiling()
-                return self.pipe(request, should_stop=_ray_cancel_requested), request, used
+                return self.pipe(request, should_stop=_ray_cancel_requested, **adapter), request, used
             except Exception as exc:
                 if not is_oom(exc) or i == len(plan) - 1:
                     raise

@@ -3,7 +3,7 @@
     run_routed(pool, jobs, on_outcome, cancel_event, providers)
 
 Jobs whose request is an `ApiRequest` go to their provider's actor; the others go to
-`pool.run` as always (on a thread of their own when both kinds are in one run). Every final
+`pool.stream` (outcomes handed on, none kept) (on a thread of their own when both kinds are in one run). Every final
 outcome reaches the same `on_outcome`, so the caller collects, records and publishes API clips
 exactly like local ones.
 
@@ -52,11 +52,11 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
                cancel_event: threading.Event | None, providers: Mapping[str, Any],
                admit: Callable[[RenderJob], bool] | None = None) -> None:
     """Render `jobs` on their backends: local ones on `pool` (a RenderPool, asking `admit` before
-    each dispatch: RenderPool.run), API ones on provider actors; each final outcome goes to
+    each dispatch: RenderPool.stream), API ones on provider actors; each final outcome goes to
     `on_outcome` (from either thread)."""
     api = [job for job in jobs if is_api_job(job)]
     if not api:
-        pool.run(jobs, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)
+        pool.stream(jobs, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)  # no outcome kept: runs of any size
         return
     cancel_event = cancel_event or threading.Event()
     local = [job for job in jobs if not is_api_job(job)]
@@ -64,7 +64,7 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
 
     def run_local() -> None:
         try:
-            pool.run(local, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)
+            pool.stream(local, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)
         except BaseException as exc:  # handed to the caller's thread
             errors.append(exc)
             cancel_event.set()

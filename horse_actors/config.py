@@ -11,6 +11,15 @@ from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
+class SpeechSpec:
+    """The dialogue gate's recogniser, loaded once per actor beside the model (model.speech):
+    "whisper" from `whisper_dir` (a local folder, never downloaded) or "pocketsphinx" (English)."""
+
+    backend: str
+    whisper_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What each actor loads, and how it falls back when the GPU runs out of memory."""
 
@@ -22,6 +31,10 @@ class ModelSpec:
     warmup_seconds: float = 1.0       # length of the warm-up render after loading; 0: none
     # Rungs tried in order after a GPU OOM, accumulating (RenderActor._render_with_ladder).
     oom_ladder: tuple[str, ...] = ("tiled_decode", "lower_sr")
+    speech: SpeechSpec | None = None  # the dialogue gate's recogniser; None: no gate on this actor
+    # Brand adapters each actor keeps on its model at once (least recently used out); the pool
+    # sends a job to an actor that holds its adapter.
+    adapter_capacity: int = 4
 
 
 @dataclass(frozen=True)

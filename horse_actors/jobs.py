@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from media.dialogue import Thresholds
     from media.qc import Destination
 
 OK, FAILED, CANCELLED = "ok", "failed", "cancelled"
@@ -50,6 +51,22 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class DialogueCheck:
+    """What the clip must say (horse_actors.dialogue_gate): the brief's lines in `language`, the
+    must-say terms, the limits. A clip that fails is rendered again with the next seed, at most
+    `max_rerolls` times (the same re-roll loop as picture defects); when none passes, the best
+    attempt is delivered marked dialogue_failed. `unchecked`: why this clip's speech cannot be
+    checked (no recogniser for its language): the gate records that instead of a pass."""
+
+    language: str
+    lines: tuple[str, ...]
+    thresholds: "Thresholds"
+    must_say: tuple[str, ...] = ()
+    max_rerolls: int = 0
+    unchecked: str | None = None
+
+
+@dataclass(frozen=True)
 class RenderJob:
     """One variant of one shot. `metadata` become mp4 tags (provenance tags are added by the actor)."""
 
@@ -62,6 +79,11 @@ class RenderJob:
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
     priority: tuple[int, ...] = ()   # higher dispatches first (compared item by item); equals keep input order
     delivery: Delivery | None = None  # None: no delivery QC, no masters
+    dialogue: DialogueCheck | None = None  # None: no line to check
+    # Brand adapter: the sha256 of its catalog blob (model.adapters.Adapter.sha256) and its
+    # strength; the actor applies it on its resident model. None: the base model.
+    adapter_sha256: str | None = None
+    adapter_strength: float = 1.0
 
 
 @dataclass
@@ -102,6 +124,15 @@ class RenderOutcome:
     qc: dict[str, dict] | None = None
     qc_attempts: list[dict] = field(default_factory=list)
     rendered_seed: int | None = None
+    # Dialogue gate (jobs with a DialogueCheck): the delivered clip's result {status, reason,
+    # transcript, error_rate, ...}; every attempt's is in qc_attempts[i]["dialogue"].
+    dialogue: dict | None = None
+
+    @property
+    def dialogue_status(self) -> str | None:
+        """"passed", "dialogue_failed" (no re-roll passed: the best is delivered), "unchecked" (the
+        clip has a line no recogniser could check), None without a line."""
+        return None if self.dialogue is None else self.dialogue["status"]
 
     @property
     def qc_status(self) -> str | None:

@@ -8,6 +8,9 @@ every model load is visible here and bounded by Scheduling.
 
 What `run` guarantees:
 - exactly one final outcome per job, returned in input order (and passed to `on_outcome` once);
+  `stream` gives the same outcomes to `on_outcome` only and keeps none, taking jobs from its
+  iterable as actors free up, so a run of 100k jobs holds no more than the jobs in flight (and,
+  for a list, their dispatch order); it orders and admits jobs exactly as `run` does;
 - jobs are dispatched highest `RenderJob.priority` first, equals in input order (retries and
   jobs requeued from a lost actor go first: they were dispatched before);
 - `admit(job)`, when given, is asked before each dispatch; after its first "no" the run takes no
@@ -32,7 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ray
 from ray.exceptions import RayActorError, TaskCancelledError
@@ -112,13 +115,51 @@ class RenderPool:
         keys = [j.render_key for j in jobs]
         if len(set(keys)) != len(keys):
             raise ValueError("render keys must be unique within one run")
-        if not jobs:
-            return []
+        final: list[RenderOutcome | None] = [None] * len(jobs)
+
+        def keep(index: int, outcome: RenderOutcome) -> None:
+            final[index] = outcome
+
+        self._drive(jobs, keep, on_outcome, cancel_event, admit)
+        return final  # type: ignore[return-value]  # every slot filled: one final outcome per job
+
+    def stream(
+        self,
+        jobs: Iterable[RenderJob],
+        on_outcome: Callable[[RenderOutcome], None],
+        cancel_event: threading.Event | None = None,
+        admit: Callable[[RenderJob], bool] | None = None,
+    ) -> int:
+        """`run` for runs of any size: each final outcome goes to `on_outcome` and is not kept;
+        jobs are taken from `jobs` (an iterator is fine) only when an actor has room for one, so
+        the driver's memory does not grow with the number of jobs. Render keys must be unique
+        (not checked: checking would keep every key). On cancel, or when every actor slot is used
+        up, the jobs not yet taken are drawn from `jobs` to get their outcome. Returns how many
+        outcomes were given.
+
+        Priority and `admit` work as in `run`: a list (or other sequence) is dispatched highest
+        `RenderJob.priority` first, equals in input order; a one-pass iterator cannot be reordered
+        without holding it whole, so it must yield jobs in dispatch order already (a plan's jobs
+        are: `make_plan` sorts them)."""
+        count = 0
+
+        def counted(index: int, outcome: RenderOutcome) -> None:
+            nonlocal count
+            count += 1
+
+        self._drive(jobs, counted, on_outcome, cancel_event, admit)
+        return count
+
+    def _drive(self, jobs: Iterable[RenderJob], record: Callable[[int, RenderOutcome], None],
+               on_outcome: Callable[[RenderOutcome], None] | None, cancel_event: threading.Event | None,
+               admit: Callable[[RenderJob], bool] | None) -> None:
         if not self._running.acquire(blocking=False):
             raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
+            run = _Run(self._slots, self.config.scheduling, _dispatch_order(jobs), record, on_outcome, admit)
+            if run.done:
+                return
             self._slots.ensure_started()
-            run = _Run(self._slots, self.config.scheduling, jobs, on_outcome, admit)
             try:
                 while not run.done:
                     if cancel_event is not None and cancel_event.is_set():
@@ -128,43 +169,67 @@ class RenderPool:
             except BaseException:
                 run.cancel()
                 raise
-            return run.outcomes()
         finally:
             self._running.release()
 
 
-class _Run:
-    """State of one `RenderPool.run` call: the queue, the calls in flight, the final outcomes,
-    and what a failure means (retry, requeue, give up). Actors are reached only through `slots`."""
+def _dispatch_order(jobs: Iterable[RenderJob]) -> Iterator[tuple[int, RenderJob]]:
+    """(input index, job) highest `priority` first, equals in input order (a stable sort of the
+    indexes only); an iterator that is not a sequence is taken as it comes (see `stream`)."""
+    if not isinstance(jobs, Sequence):
+        return enumerate(jobs)
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority, reverse=True)
+    return ((i, jobs[i]) for i in order)
 
-    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: list[RenderJob], on_outcome, admit=None):
+
+class _Run:
+    """State of one `RenderPool.run`/`stream` call: the jobs not yet taken, the queue of retried
+    and requeued ones, the calls in flight, and what a failure means (retry, requeue, give up).
+    Final outcomes go to `record` (and `on_outcome`); none is kept here. Actors are reached only
+    through `slots`."""
+
+    def __init__(self, slots: ActorSlots, sched: Scheduling, source: Iterator[tuple[int, RenderJob]],
+                 record: Callable[[int, RenderOutcome], None], on_outcome,
+                 admit: Callable[[RenderJob], bool] | None = None):
         self.slots, self.sched = slots, sched
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority, reverse=True)  # stable: equals keep input order
-        self.pending: deque[_Task] = deque(_Task(i, jobs[i]) for i in order)
+        self.source = source  # (input index, job) in dispatch order: _dispatch_order
+        self.pending: deque[_Task] = deque()  # retried and requeued tasks, ahead of new jobs
         self.admit = admit
         self.taking_jobs = True
-        self.final: dict[int, RenderOutcome] = {}
         self.calls: dict[Any, Call] = {}
-        self.on_outcome = on_outcome
-        self.n = len(jobs)
+        self.record, self.on_outcome = record, on_outcome
+        self.taken = self.finished = 0
         self.cancelling = False
+        self._peek()
+
+    def _peek(self) -> None:
+        """Take the next job from the source into `pending` if it is empty (None at the end)."""
+        if not self.pending:
+            task = next((_Task(i, job) for i, job in self.source), None)
+            if task is not None:
+                self.taken += 1
+                self.pending.append(task)
+
+    def _rest(self) -> Iterator[_Task]:
+        """Every task not dispatched: the queue, then the jobs never taken from the source."""
+        while self.pending:
+            yield self.pending.popleft()
+        for i, job in self.source:
+            self.taken += 1
+            yield _Task(i, job)
 
     @property
     def done(self) -> bool:
-        return len(self.final) == self.n
-
-    def outcomes(self) -> list[RenderOutcome]:
-        return [self.final[i] for i in range(self.n)]
+        return not self.pending and not self.calls and self.finished == self.taken
 
     def step(self) -> None:
         self._dispatch()
         for slot, error_class, message in self.slots.overdue(self.sched.job_deadline_s):
             self.lose_slot(slot, error_class, message)
         if not self.calls and not self.slots.any_alive:
-            for task in list(self.pending):
+            for task in self._rest():
                 self._finish(task, failed(task.job, NO_ACTORS, "every actor slot used up its restarts",
                                           retryable=True, attempt=task.attempt))
-            self.pending.clear()
             return
         waitables = list(self.calls) + self.slots.starting_refs()
         ready, rest = ray.wait(waitables, num_returns=1, timeout=self.sched.poll_s)
@@ -179,23 +244,26 @@ class _Run:
             except ActorStartFailed as exc:
                 self.lose_slot(exc.slot, "ActorStartFailed", str(exc))
 
-    # dispatch: least-loaded ready actor first, never more than max_in_flight_per_actor each
+    # dispatch: an actor holding the job's adapter, else the least-loaded ready actor; never more
+    # than max_in_flight_per_actor each
     def _dispatch(self) -> None:
         while self.pending:
-            slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor)
+            slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor, self.pending[0].job.adapter_sha256)
             if slot is None:
                 return
             if self.taking_jobs and self.admit is not None and not self.admit(self.pending[0].job):
-                log.info("no longer taking new jobs: %d not dispatched", len(self.pending))
                 self.taking_jobs = False
             if not self.taking_jobs:
-                for task in self.pending:
+                skipped = 0
+                for task in self._rest():  # the queue and every job not yet taken from the source
                     self._finish(task, failed(task.job, NOT_ADMITTED, "not dispatched: the run stopped taking new jobs",
                                               retryable=False, attempt=task.attempt, status=CANCELLED))
-                self.pending.clear()
+                    skipped += 1
+                log.info("no longer taking new jobs: %d not dispatched", skipped)
                 return
             call = self.slots.dispatch(slot, self.pending.popleft())
             self.calls[call.ref] = call
+            self._peek()
 
     def _on_result(self, ref) -> None:
         call = self.calls.pop(ref)
@@ -249,7 +317,8 @@ class _Run:
 
     def _finish(self, task: _Task, outcome: RenderOutcome) -> None:
         outcome.earlier_attempts = list(task.history)
-        self.final[task.index] = outcome
+        self.finished += 1
+        self.record(task.index, outcome)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(outcome)
@@ -259,9 +328,8 @@ class _Run:
     def cancel(self) -> None:
         """Cancel queued work, give running work `cancel_grace_s` to stop, then kill all actors."""
         self.cancelling = True
-        for task in list(self.pending):
+        for task in self._rest():
             self._finish(task, _cancelled(task))
-        self.pending.clear()
         for ref in list(self.calls):
             ray.cancel(ref)  # queued calls are dropped; running ones see is_canceled()
         barriers = self.slots.ask_finished()

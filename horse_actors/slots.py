@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,9 @@ class Slot:
     restarts: int = 0
     calls: deque = field(default_factory=deque)  # Call, in submission (= execution) order
     head_since: float = 0.0           # when the call at the head of `calls` started to run
+    # brand adapters sent to this actor, least recently used first: what its model holds once
+    # those calls ran (the actor keeps ModelSpec.adapter_capacity of them, LRU, as tracked here)
+    adapters: OrderedDict = field(default_factory=OrderedDict)
 
     @property
     def ready(self) -> bool:
@@ -73,10 +76,13 @@ class ActorSlots:
         self.replacements = 0  # actors started to replace a crashed, hung or failed one
 
     # -- what the scheduler reads ----------------------------------------------------------
-    def least_loaded(self, max_calls: int) -> Slot | None:
-        """The ready slot with the fewest calls in flight, if it has fewer than `max_calls`."""
+    def least_loaded(self, max_calls: int, adapter: str | None = None) -> Slot | None:
+        """The ready slot with the fewest calls in flight, if it has fewer than `max_calls`;
+        with a brand adapter (sha256), one that holds it first: switching to a held adapter is a
+        flag flip, loading one is a read and an injection."""
         open_slots = [s for s in self._slots if s.ready and len(s.calls) < max_calls]
-        return min(open_slots, key=lambda s: len(s.calls), default=None)
+        holders = [s for s in open_slots if adapter is not None and adapter in s.adapters]
+        return min(holders or open_slots, key=lambda s: len(s.calls), default=None)
 
     def starting_refs(self) -> list:
         """One ref per actor still loading; it completes when that actor is ready."""
@@ -137,6 +143,7 @@ class ActorSlots:
         slot.started_at = time.monotonic()
         slot.stats = None
         slot.calls.clear()
+        slot.adapters.clear()  # a new actor holds none
 
     def mark_ready(self, ref) -> Slot | None:
         """Record the actor whose start `ref` reports, or raise ActorStartFailed."""
@@ -208,6 +215,12 @@ class ActorSlots:
             slot.head_since = time.monotonic()
         call = Call(task, slot, ref, call_id)
         slot.calls.append(call)
+        adapter = task.job.adapter_sha256
+        if adapter is not None:
+            slot.adapters[adapter] = True
+            slot.adapters.move_to_end(adapter)
+            while len(slot.adapters) > self._config.model.adapter_capacity:
+                slot.adapters.popitem(last=False)
         return call
 
     def settled(self, call: Call) -> None:

@@ -170,12 +170,14 @@ class HappyHorsePipeline:
              adapter: Adapter | None, adapter_strength: float):
         validate_request(r, self.config.tiers, self.dits)
         _check_adapter(r, adapter, adapter_strength)
+        # what the stage keys name of the adapter: none, or its sha256 and strength
+        keyed = {"adapter_sha256": adapter.sha256, "adapter_strength": float(adapter_strength)} if adapter else {}
         stages = render_stages(r)
         if stop_after not in stages:
             raise InvalidRequest(f"a {r.resolution} render has no {stop_after!r} stage (it has {stages})")
         todo = stages[: stages.index(stop_after) + 1]
         if start is not None:
-            check_fits(start, r, self.stage_fingerprints, self.device.type)
+            check_fits(start, r, self.stage_fingerprints, self.device.type, **keyed)
             todo = todo[stages.index(start.stage) + 1:]
             if not todo:
                 raise InvalidRequest(f"a {start.stage} stage result is already past {stop_after!r}")
@@ -186,15 +188,15 @@ class HappyHorsePipeline:
             self.use_adapter(adapter, float(adapter_strength))
             for stage in todo:
                 if stage == BASE:
-                    result = self._base(r, timings, should_stop)
+                    result = self._base(r, timings, should_stop, keyed)
                 elif stage == SR:
-                    result = self._super_resolve(r, result, timings, should_stop)
+                    result = self._super_resolve(r, result, timings, should_stop, keyed)
                 else:
                     result = self._decode(r, result, timings, should_stop)
         result.timings, result.stages_run = timings, todo
         return result
 
-    def _base(self, r: RenderRequest, timings: dict, should_stop) -> StageResult:
+    def _base(self, r: RenderRequest, timings: dict, should_stop, keyed: dict) -> StageResult:
         """Text encoding, [image/audio encode], noise and the distill or base loop at 256p."""
         cfg, dev = self.config, self.device
         gen = torch.Generator(device=dev).manual_seed(int(r.seed))
@@ -238,10 +240,11 @@ class HappyHorsePipeline:
         timings["denoise"] = time.perf_counter() - t0
         # `audio` is what sr and decode use: with TA2V the loops return the given audio untouched,
         # unless the distill loop re-noised it (keep_audio_fixed=False, the upstream behaviour)
-        return StageResult(BASE, stage_key_inputs(r, BASE, self.stage_fingerprints), video, audio, text,
+        return StageResult(BASE, stage_key_inputs(r, BASE, self.stage_fingerprints, **keyed), video, audio, text,
                            gen.get_state(), dev.type)
 
-    def _super_resolve(self, r: RenderRequest, base: StageResult, timings: dict, should_stop) -> StageResult:
+    def _super_resolve(self, r: RenderRequest, base: StageResult, timings: dict, should_stop,
+                       keyed: dict) -> StageResult:
         """The SR loop to the request's tier, drawing its noise from the generator state after base."""
         cfg, dev = self.config, self.device
         t0 = time.perf_counter()
@@ -259,7 +262,7 @@ class HappyHorsePipeline:
                                   r.audio is not None, should_stop)
         _sync(dev)
         timings["sr"] = time.perf_counter() - t0
-        return StageResult(SR, stage_key_inputs(r, SR, self.stage_fingerprints), video, base.audio,
+        return StageResult(SR, stage_key_inputs(r, SR, self.stage_fingerprints, **keyed), video, base.audio,
                            device_type=dev.type)
 
     def _decode(self, r: RenderRequest, latent: StageResult, timings: dict, should_stop) -> Clip:

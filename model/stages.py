@@ -78,11 +78,28 @@ def array_sha256(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def stage_key_inputs(request: RenderRequest, stage: str, stage_fingerprints: Mapping[str, str]) -> dict:
+def adapter_key_input(adapter_sha256: str | None, adapter_strength: float = 1.0) -> dict | None:
+    """How a brand adapter enters a stage key or a render key: its sha256 (`Adapter.sha256`, the
+    address of its catalog blob) and its strength; None without one, so that keys of renders
+    without an adapter stay what they were before adapters existed."""
+    if adapter_sha256 is None:
+        return None
+    if not isinstance(adapter_sha256, str) or len(adapter_sha256) != 64 \
+            or any(c not in "0123456789abcdef" for c in adapter_sha256):
+        raise InvalidRequest(f"adapter sha256 must be 64 lowercase hex digits, got {adapter_sha256!r}")
+    if isinstance(adapter_strength, bool) or not isinstance(adapter_strength, (int, float)) \
+            or not np.isfinite(adapter_strength):
+        raise InvalidRequest(f"adapter_strength must be a finite number, got {adapter_strength!r}")
+    return {"sha256": adapter_sha256, "strength": float(adapter_strength)}
+
+
+def stage_key_inputs(request: RenderRequest, stage: str, stage_fingerprints: Mapping[str, str],
+                     adapter_sha256: str | None = None, adapter_strength: float = 1.0) -> dict:
     """Every input that changes a render's result up to and including `stage`, as plain JSON
     values: hash it with `catalog.render_key` to get the stage key. `stage_fingerprints` is
     `pipe.stage_fingerprints` or `describe_checkpoint(...)/describe_tiny(...).stage_fingerprints`
-    (the same values). The base stage is the same for every target resolution."""
+    (the same values). The base stage is the same for every target resolution. A brand adapter
+    (its sha256 and strength) changes the base stage and, through it, every later one."""
     if stage not in render_stages(request):
         raise InvalidRequest(f"a {request.resolution} render has no {stage!r} stage (it has {render_stages(request)})")
     fingerprints = {}
@@ -92,7 +109,9 @@ def stage_key_inputs(request: RenderRequest, stage: str, stage_fingerprints: Map
         elif used != "tokenizer":             # a stack without tokenizer/ reads it from text_encoder/
             raise InvalidRequest(f"the model has no {used!r} stage fingerprint (has {sorted(stage_fingerprints)})")
     audio = request.audio is not None
+    adapter = adapter_key_input(adapter_sha256, adapter_strength)
     return {
+        **({"adapter": adapter} if adapter is not None else {}),
         "stage": stage,
         "stage_result_version": STAGE_RESULT_VERSION,
         "prompt": request.prompt,
@@ -196,16 +215,17 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 def check_fits(result: StageResult, request: RenderRequest, stage_fingerprints: Mapping[str, str],
-               device_type: str) -> None:
-    """Raise StageResultError unless `result` can start `request` on a model with these stage
-    fingerprints and device type, naming what differs: another model (which stack stages'
-    fingerprints), another request (which fields), or another device type (a generator state
-    restores only on its own)."""
+               device_type: str, adapter_sha256: str | None = None, adapter_strength: float = 1.0) -> None:
+    """Raise StageResultError unless `result` can start `request` (with that adapter) on a model
+    with these stage fingerprints and device type, naming what differs: another model (which
+    stack stages' fingerprints), another request or adapter (which fields), or another device
+    type (a generator state restores only on its own)."""
     if not isinstance(result, StageResult):
         raise StageResultError(f"start must be a StageResult, got {type(result).__name__}")
     if result.stage not in STORED_STAGES or result.stage not in render_stages(request):
         raise StageResultError(f"a {result.stage!r} stage result cannot start a {request.resolution} render")
-    expected, got = stage_key_inputs(request, result.stage, stage_fingerprints), result.key_inputs
+    expected = stage_key_inputs(request, result.stage, stage_fingerprints, adapter_sha256, adapter_strength)
+    got = result.key_inputs
     where = f"the {result.stage} stage result"
     theirs, ours = got.get("fingerprints") or {}, expected["fingerprints"]
     if theirs != ours:

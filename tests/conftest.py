@@ -183,6 +183,27 @@ def tmp_store(tmp_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def speak(tmp_path_factory):
+    """`speak(text)`: the text spoken by Debian's flite (voice rms), 16 kHz mono float32, for the
+    dialogue gate's tests (a real recogniser needs real speech)."""
+    import subprocess
+    import wave
+
+    import numpy as np
+
+    require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
+    folder = tmp_path_factory.mktemp("speech")
+
+    def speak(text: str) -> np.ndarray:
+        path = folder / "line.wav"
+        subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True)
+        with wave.open(str(path)) as f:
+            assert (f.getframerate(), f.getnchannels()) == (16000, 1)
+            return np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
+    return speak
+
+
+@pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """Where tests keep files a person may want to look at (screenshots, contact sheets)."""
     ARTIFACTS_DIR.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ set_library_defaults()  # before any command imports Prefect or Ray
 
 import typer  # noqa: E402
 
-from flows.cli import campaigns, demo, manifests, operations, qc, runs  # noqa: E402
+from flows.cli import adapters, campaigns, demo, maintain, manifests, operations, qc, runs  # noqa: E402
 
 app = typer.Typer(
     name="horse",
@@ -29,7 +29,8 @@ def _group() -> None:
 
 app.add_typer(demo.app)
 app.add_typer(manifests.app, name="manifest")
-for group in (runs, campaigns, qc, operations):
+app.add_typer(adapters.app, name="adapter")
+for group in (runs, campaigns, qc, operations, maintain):
     app.add_typer(group.app)
 
 

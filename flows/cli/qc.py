@@ -24,9 +24,11 @@ def qc(
     speech: Annotated[bool, typer.Option("--speech", help="a file with dialogue: long silences fail")] = False,
     as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None,
 ) -> None:
-    """Delivery QC: loudness, true peak, black and frozen picture, lengths, format, per destination.
+    """Delivery QC: loudness, true peak, black and frozen picture, lengths, format, per destination;
+    for a campaign also the dialogue gate (what each clip was heard saying).
 
-    Exit 1 when a check failed (or a clip was never checked against a destination asked for)."""
+    Exit 1 when a check failed (or a clip was never checked against a destination asked for), a clip's
+    speech failed the dialogue gate included; lines no recogniser could hear are listed as unchecked."""
 
     def body(settings) -> Outcome:
         from flows.destinations import load_destinations, pick
@@ -88,21 +90,40 @@ def stored_results(settings, campaign: str, version: int | None, names: list[str
                          "destination": name, "status": status, "rendered_seed": e.get("rendered_seed"),
                          "failed_checks": {c: v for c, v in result["checks"].items() if not v["passed"]} if result else {},
                          "checks": result["checks"] if result else {},
-                         "master_uri": result.get("master_uri") if result else None})
+                         "master_uri": result.get("master_uri") if result else None,
+                         "dialogue_status": e.get("dialogue_status"), "dialogue": e.get("dialogue")})
     counts = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed")}
     counts["not_checked"] = len(rows) - counts["passed"] - counts["failed"]
-    document = {"ok": counts["failed"] == counts["not_checked"] == 0, "campaign_id": campaign,
-                "version": body["version"], **counts, "clips": rows}
+    heard = [e.get("dialogue_status") for e in body["entries"]]
+    counts |= {f"dialogue_{s}": heard.count(s) for s in ("passed", "unchecked")}
+    counts["dialogue_failed"] = heard.count("dialogue_failed")
+    # An unchecked line is shown, not failed: with the default configuration (no Whisper staged) every
+    # line is unchecked, and the run's summary already says the gate was off.
+    document = {"ok": counts["failed"] == counts["not_checked"] == counts["dialogue_failed"] == 0,
+                "campaign_id": campaign, "version": body["version"], **counts, "clips": rows}
 
     def show() -> None:
         table = Table(title=f"{campaign} version {body['version']}: delivery QC", header_style="bold")
-        for column in ("shot", "variant", "destination", "result", "failed checks: measured (limit)"):
+        for column in ("shot", "variant", "destination", "result", "failed checks: measured (limit)", "dialogue"):
             table.add_column(column, overflow="fold")
         for r in rows:
             result = {"passed": "[green]pass[/green]", "failed": "[red]FAIL[/red]"}.get(r["status"], f"[yellow]{r['status']}[/yellow]")
             failed = "; ".join(f"{c} {v['measured']} ({v['limit']})" for c, v in r["failed_checks"].items())
-            table.add_row(r["shot_id"], r["variant"], r["destination"] or "-", result, failed)
+            table.add_row(r["shot_id"], r["variant"], r["destination"] or "-", result, failed, _dialogue(r["dialogue"]))
         console.print(table)
-        console.print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['not_checked']} not checked")
+        console.print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['not_checked']} not checked; "
+                      f"dialogue: {counts['dialogue_passed']} passed, {counts['dialogue_failed']} failed, "
+                      f"{counts['dialogue_unchecked']} unchecked")
 
     return Outcome(document, show)
+
+
+def _dialogue(result: dict | None) -> str:
+    """The dialogue gate's cell: the result, and for a failure why and what was heard."""
+    if not result:
+        return "-"
+    if result["status"] == "passed":
+        return f"[green]pass[/green] {result.get('reason')}"
+    if result["status"] == "unchecked":
+        return f"[yellow]unchecked[/yellow] {result.get('reason')}"
+    return f"[red]FAIL[/red] {result.get('reason')}; heard {result.get('transcript')!r}"

@@ -25,15 +25,19 @@ class FaultyRenderActor(RenderActor):
     render_log: str | None = None                 # file that gets one line per render started
     black_seeds: frozenset[int] = frozenset()     # clips rendered with these seeds come out all black
     seed_log: str | None = None                   # file that gets one line per clip rendered: key, seed
+    speech: dict[int, np.ndarray] = {}            # seed -> 16 kHz mono speech that replaces the clip's sound
 
     @classmethod
     def planned(cls, *, hang_keys=(), oom_at: dict[str, set[str]] | None = None, render_log: str | None = None,
-                black_seeds=(), seed_log: str | None = None) -> type["FaultyRenderActor"]:
+                black_seeds=(), seed_log: str | None = None,
+                speech: dict[int, np.ndarray] | None = None) -> type["FaultyRenderActor"]:
         """`oom_at` stages: a DiT stage ("distill", "540p_sr", "1080p_sr", ...), which raises
         whenever it runs for that job, or "decode", which raises unless the VAE decodes in tiles.
-        `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch)."""
+        `black_seeds`: the model's picture is blanked for these seeds (a defect delivery QC must catch).
+        `speech`: the clip's soundtrack becomes this speech (from 0.1 s, on both channels) for these seeds:
+        what the dialogue gate hears."""
         plan = {"hang_keys": frozenset(hang_keys), "render_log": render_log, "black_seeds": frozenset(black_seeds),
-                "seed_log": seed_log, "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
+                "seed_log": seed_log, "speech": dict(speech or {}), "oom_at": {key: frozenset(stages) for key, stages in (oom_at or {}).items()}}
         return type("PlannedFaultyRenderActor", (cls,), plan)
 
     def __init__(self, *args, **kwargs):
@@ -52,13 +56,22 @@ class FaultyRenderActor(RenderActor):
 
         return guarded
 
-    def _render_with_ladder(self, job):
-        clip, request, used = super()._render_with_ladder(job)
+    def _render_with_ladder(self, job, *args):
+        clip, request, used = super()._render_with_ladder(job, *args)
         if self.seed_log:
             with open(self.seed_log, "a") as log:
                 log.write(f"{job.render_key} {request.seed}\n")
         if request.seed in self.black_seeds:
             clip.frames = np.zeros_like(clip.frames)
+        if request.seed in self.speech:
+            from scipy.signal import resample_poly
+
+            said = resample_poly(self.speech[request.seed], clip.sample_rate, 16000).astype(np.float32)
+            track = np.zeros(clip.audio.shape[1], np.float32)
+            start = int(0.1 * clip.sample_rate)
+            said = said[: max(0, track.size - start)]
+            track[start:start + said.size] = said
+            clip.audio = np.stack([track] * clip.audio.shape[0])
         return clip, request, used
 
     def render(self, job, attempt=1, submitted_at=None, call_id=None):

@@ -27,3 +27,18 @@ def store(backend):
 
     url, options = backend
     return Store(url, options)
+
+
+@pytest.fixture(scope="session")
+def large_index(tmp_path_factory):
+    """A render index of 1M synthetic rows in 40 commits over 20 campaigns (50k rows each), built
+    once per session: what a studio's index looks like after a few months, at a size CI affords."""
+    import numpy as np
+
+    from benchmarks.scale import grow_index
+    from catalog import Store
+
+    store = Store(str(tmp_path_factory.mktemp("large-index") / "store"))
+    grown = grow_index(store, rows=1_000_000, commits=40, campaigns=20, seed=11)
+    assert grown["rows"] == 1_000_000
+    return store

@@ -70,3 +70,44 @@ def test_a_master_outside_the_store_is_refused(tmp_path):
     stranger = {"uri": "file:///etc/passwd", "sha256": "0" * 64}
     with pytest.raises(InvalidId, match="qc master"):
         store.write_receipt({**receipt, "qc": {"social": {"passed": True, "checks": {}, "master": stranger}}})
+
+
+def test_dialogue_results_are_one_row_per_clip_and_an_unchecked_line_has_none(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    heard = {"status": "dialogue_failed", "reason": "WER 0.50 over 0.20", "transcript": "happy horses here",
+             "error_rate": 0.5, "metric": "wer", "max_error_rate": 0.2, "missing_terms": ["Happy Horse"],
+             "language_detected": None, "seed": 9, "attempts": 2}
+    failed = store.write_receipt({**make_receipt(store, "spot", "s010", "en-16x9-t1"),
+                                  "dialogue": heard, "dialogue_status": "dialogue_failed"})
+    unchecked = store.write_receipt({**make_receipt(store, "spot", "s020", "de-16x9-t1"), "dialogue_status": "unchecked",
+                                     "dialogue": {"status": "unchecked", "reason": "cannot hear de", "language": "de"}})
+    assert store.qc.commit([failed, unchecked]) == 1
+    [row] = store.qc.to_arrow(check="dialogue", passed=False).to_pylist()
+    assert (row["shot_id"], row["destination"], row["value"], row["limit"]) == ("s010", "", 0.5, "WER <= 0.2")
+    results = store.qc.dialogue_results([failed["render_key"], unchecked["render_key"]])
+    assert results[failed["render_key"]]["transcript"] == "happy horses here"
+    assert list(results) == [failed["render_key"]], "nothing was heard: no row (the render index says unchecked)"
+    assert store.qc.results([failed["render_key"]]) == {}, "the clip's dialogue is no destination's result"
+    with pytest.raises(InvalidId, match="dialogue_status"):
+        store.write_receipt({**make_receipt(store, "spot", "s030", "en-16x9-t1"), "dialogue_status": "maybe"})
+
+
+def test_qc_rows_are_partitioned_by_campaign_read_per_campaign_and_maintained(tmp_path):
+    from catalog.maintenance import maintain
+
+    store = Store(str(tmp_path / "store"))
+    spring = [with_qc(store, make_receipt(store, "spring", f"s{i:03d}", "en-16x9-t1"), social=checks()) for i in range(3)]
+    autumn = with_qc(store, make_receipt(store, "autumn", "s001", "en-16x9-t1"), social=checks(black=0.9))
+    for receipt in [*spring, autumn]:  # one commit each: small files to compact
+        store.qc.commit([receipt])
+    keys = [r["render_key"] for r in [*spring, autumn]]
+    assert store.qc.table.read(lambda dt: dt.metadata().partition_columns, None) == ["campaign_id"]
+    assert set(store.qc.results(keys, campaigns=["spring"])) == set(keys[:3])
+    assert set(store.qc.results(keys)) == set(keys)
+    assert store.qc.to_arrow(campaigns=[]).num_rows == 0
+
+    before = sorted(map(str, store.qc.to_arrow().to_pylist()))
+    report = maintain(store, retention_hours=0, gc_grace=3600, dry_run=False)
+    qc = next(t for t in report.tables if t.table == "index/qc")
+    assert (qc.files_before, qc.files_after, qc.compacted_files) == (4, 2, 3)
+    assert sorted(map(str, store.qc.to_arrow().to_pylist())) == before

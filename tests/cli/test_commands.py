@@ -59,8 +59,14 @@ def test_invalid_input_is_one_line_and_exit_2_in_every_group(tmp_path, tmp_store
     assert human.returncode == 2 and human.stdout == ""
     assert human.stderr.strip().splitlines() == [f"error: manifest {missing}: no such file"]
 
+    uncaptioned = tmp_path / "clips"
+    uncaptioned.mkdir()
+    (uncaptioned / "take1.mp4").write_bytes(b"")
     for args, reason in ((("plan", missing), "no such file"), (("show", "../etc"), "invalid campaign_id"),
-                         (("backfill", "never-rendered"), "has no published version to backfill")):
+                         (("backfill", "never-rendered"), "has no published version to backfill"),
+                         (("adapter", "train", "Acme", "--clips", str(uncaptioned)), "invalid brand 'Acme'"),
+                         (("adapter", "train", "acme", "--clips", str(uncaptioned)), "no caption file for take1.mp4"),
+                         (("adapter", "train", "acme", "--clips", missing), "neither a folder of clips nor")):
         result = horse(*args, "--json", "--store", tmp_store)
         document = one_json_document(result)
         assert result.returncode == 2 and document["ok"] is False, (args, result.stderr[-2000:])

@@ -97,3 +97,28 @@ def test_unknown_destinations_and_bad_destination_files_exit_2_with_one_line(tmp
 
     missing = horse("qc", "never-rendered", "--json", "--store", tmp_store)
     assert missing.returncode == 2 and "has no published versions" in one_json_document(missing)["error"]
+
+
+def test_qc_of_a_campaign_fails_on_a_failed_dialogue_gate_and_lists_unchecked_lines(tmp_store):
+    from flows.cli.qc import stored_results
+    from flows.settings import load_settings
+
+    store = Store(tmp_store)
+    clip = store.put_blob(b"clip", "mp4")
+
+    def entry(shot: str, status: str) -> dict:
+        heard = {"status": status, "reason": "WER 1.00 over 0.20", "transcript": "the weather"}
+        return {"shot_id": shot, "variant": "en-16x9-t1", "render_key": f"{ord(shot[-1]):064x}", "status": "ok",
+                "blob_uri": clip.uri, "sha256": clip.sha256, "seed": 5, "dialogue_status": status, "dialogue": heard,
+                "qc": {"social": {"passed": True, "master_uri": clip.uri, "master_sha256": clip.sha256, "checks": {}}}}
+
+    store.versions.publish("spot", [entry("s1", "passed"), entry("s2", "unchecked")])
+    settings = load_settings(store_url=tmp_store)
+    document = stored_results(settings, "spot", None, []).document
+    assert document["ok"] is True and document["dialogue_unchecked"] == 1, "unchecked is listed, not failed"
+    store.versions.publish("spot", [entry("s1", "passed"), entry("s2", "unchecked"), entry("s3", "dialogue_failed")])
+    document = stored_results(settings, "spot", None, []).document
+    assert document["ok"] is False, "a clip that failed the dialogue gate fails horse qc"
+    assert (document["dialogue_passed"], document["dialogue_failed"], document["dialogue_unchecked"]) == (1, 1, 1)
+    [failed] = [c for c in document["clips"] if c["dialogue_status"] == "dialogue_failed"]
+    assert failed["shot_id"] == "s3" and failed["dialogue"]["transcript"] == "the weather"

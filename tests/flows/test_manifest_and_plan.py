@@ -189,3 +189,35 @@ def test_reference_audio_becomes_planar_float_audio(tmp_path, tmp_store):
     assert request.audio.dtype == np.float32 and request.audio.shape == (2, 16000)
     assert request.audio_sample_rate == 16000 and 0.2 < float(np.abs(request.audio).max()) < 0.3
     assert request.audio is to_render_job(plan.jobs[1], MODEL.fingerprint).request.audio, "decoded once, shared"
+
+
+def test_render_key_names_the_adapter_and_strength_and_without_one_is_as_before(tmp_path, tmp_store):
+    from flows.manifest import validate_rows
+    from flows.plan import AdapterChoice
+
+    row = shot("s1", "A scene.", languages=["en"], aspect_ratios=["16:9"])
+    [plain], _ = validate_rows([row])
+    # main's key before brand adapters existed: a shot without an adapter keeps it
+    assert [j.render_key for j in expand_shot(plain, MODEL)] == [
+        "674bc8b006eb0b41fc24a4e89d6f740f0cefde34e94b1aa395c78f5071f91188"]
+    keys = {expand_shot(plain, MODEL, adapter=AdapterChoice("acme@1", sha, "file:///a", strength))[0].render_key
+            for sha, strength in (("a" * 64, 1.0), ("b" * 64, 1.0), ("a" * 64, 0.5))}
+    assert len(keys | {"674bc8b006eb0b41fc24a4e89d6f740f0cefde34e94b1aa395c78f5071f91188"}) == 4
+
+    # the manifest names adapters registered in the store; the one validator refuses others
+    store = Store(tmp_store)
+    v1 = store.adapters.register("acme", b"v1", {"format": "horse-lora/1"})
+    rows = [row, shot("s2", "B.", adapter="acme", adapter_strength=0.8), shot("s3", "C.", adapter="nope"),
+            shot("s4", "D.", adapter="acme@7"), shot("s5", "E.", adapter="acme", adapter_strength=float("nan"))]
+    manifest = read_manifest(str(write_manifest(rows, tmp_path / "m.parquet")), adapters=store.adapters.names())
+    assert [str(e) for e in manifest.errors] == [
+        "row 3 (shot s3), column adapter: unknown adapter 'nope' (registered: acme, acme@1; see horse adapter list)",
+        "row 4 (shot s4), column adapter: unknown adapter 'acme@7' (registered: acme, acme@1; see horse adapter list)",
+        "row 5 (shot s5), column adapter_strength: Input should be a finite number"]
+    store.adapters.register("acme", b"v2", {"format": "horse-lora/1"})      # planned: the latest version
+    plan = make_plan(manifest.shots, MODEL, store, default_adapter="acme@1", default_adapter_strength=0.3)
+    by_shot = {j.shot_id: j.adapter for j in plan.jobs}
+    assert by_shot["s2"].name == "acme@2" and by_shot["s2"].strength == 0.8
+    assert by_shot["s1"].name == "acme@1" and by_shot["s1"].sha256 == v1["sha256"] and by_shot["s1"].strength == 0.3
+    assert make_plan(manifest.shots, MODEL, store, default_adapter="gone").errors[0] == (
+        "row 1 (shot s1), render.adapter (configuration): unknown adapter 'gone' (known: acme, acme@1, acme@2)")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import Adapter, AdapterConfig, AdapterError, HappyHorsePipeline, InvalidRequest, RenderRequest
+from model import (Adapter, AdapterConfig, AdapterError, HappyHorsePipeline, InvalidRequest, RenderRequest,
+                   StageResultError)
 from model.adapters import tensor_shapes
 
 REQ = RenderRequest(prompt="A teal brand shot.", seconds=0.4, seed=5)
@@ -214,6 +215,16 @@ def test_adapter_must_match_the_request(pipe, adapters):
         pipe(REQ, adapter=base_adapter)
     with pytest.raises(InvalidRequest, match="adapter_strength must be a finite number"):
         pipe(REQ, adapter=adapters["A"], adapter_strength=float("nan"))
+
+
+def test_a_stage_result_names_its_adapter_and_starts_only_renders_with_it(pipe, adapters):
+    stored = pipe.render_until(REQ, "base", adapter=adapters["A"], adapter_strength=0.5)
+    assert stored.key_inputs["adapter"] == {"sha256": adapters["A"].sha256, "strength": 0.5}
+    for other in ({}, {"adapter": adapters["A"]}, {"adapter": adapters["B"], "adapter_strength": 0.5}):
+        with pytest.raises(StageResultError, match="made for another request: adapter is"):
+            pipe(REQ, start=stored, **other)
+    assert same(pipe(REQ, start=stored, adapter=adapters["A"], adapter_strength=0.5),
+                pipe(REQ, adapter=adapters["A"], adapter_strength=0.5))
 
 
 def test_dit_fingerprint_is_per_stage_and_shared_by_the_training_loader(tiny_pipe, saved):

@@ -70,3 +70,4 @@ def test_dialogue_benchmark_smoke(capsys):
     assert load("dialogue").main(["--seconds", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "tiny render of a 1 s clip" in out and "pocketsphinx" in out and "whisper" in out
+    assert "gate on the encoded clip" in out

@@ -3,14 +3,12 @@
 Whisper: a random-weight tiny checkpoint the test saves in the released folder layout, loaded and
 decoded by the real code path (features, language identification, forced-language decode); its
 text is garbage. pocketsphinx: the real US-English model in its wheel, on speech synthesised by
-Debian's flite, judged end to end by the gate with the configured thresholds."""
+Debian's flite (the `speak` fixture of tests/conftest.py), judged end to end by the gate with the
+configured thresholds."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import wave
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from flows.settings import load_settings
 from media.dialogue import check_dialogue
 from model.errors import CheckpointError
 from model.speech import check_whisper_folder, load_recognizer
-from tests.conftest import require
 
 CLIP_RATE = 44100  # what the render hands over: float32 (channels, samples) at the model's audio rate
 LINE = "Happy Horse makes every morning brighter."
@@ -33,20 +30,6 @@ def clip_audio(mono_16k: np.ndarray, seconds: float = 4.0) -> np.ndarray:
     track = np.zeros(round(seconds * CLIP_RATE), np.float32)
     track[CLIP_RATE // 2: CLIP_RATE // 2 + speech.size] = speech[: track.size - CLIP_RATE // 2]
     return np.stack([track, track])
-
-
-@pytest.fixture(scope="module")
-def speak(tmp_path_factory):
-    require(shutil.which("flite"), "flite (Debian package `flite`) to synthesise speech")
-    folder = tmp_path_factory.mktemp("speech")
-
-    def speak(text: str) -> np.ndarray:
-        path = folder / "line.wav"
-        subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True)
-        with wave.open(str(path)) as f:
-            assert (f.getframerate(), f.getnchannels()) == (16000, 1)
-            return np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
-    return speak
 
 
 @pytest.fixture(scope="module")

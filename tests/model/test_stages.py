@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load, save
 
-from model import (HappyHorsePipeline, InvalidRequest, StageResult, StageResultError, describe_checkpoint,
+from model import (HappyHorsePipeline, InvalidRequest, RenderRequest, StageResult, StageResultError, describe_checkpoint,
                    describe_tiny, stage_key_inputs)
 
 from .test_pipeline import req
@@ -109,6 +109,25 @@ def test_stage_keys_name_only_the_stages_used(tiny_pipe):
     assert json.loads(json.dumps(keys["256p"])) == keys["256p"]          # plain JSON: the caller hashes it
     with pytest.raises(InvalidRequest, match="no 'sr' stage"):
         stage_key_inputs(req(), "sr", fps)
+
+
+def test_stage_keys_name_the_adapter_and_its_strength_and_without_one_are_as_before_adapters():
+    from catalog import render_key
+
+    fps = describe_tiny(0).stage_fingerprints
+    r = RenderRequest("A horse.", 1.0, 1, resolution="540p")
+    # the keys of main before brand adapters existed (no adapter: nothing in the key changes)
+    assert {stage: render_key(stage_key_inputs(r, stage, fps)) for stage in ("base", "sr", "decode")} == {
+        "base": "2afa1aa75099ade4c8093f887135fc7c3185ba3a8a2acfc2f61f85182908e2e9",
+        "sr": "c648b8e07255ccd161b2d40896f81c75e50e5e9f694a346dfeccbee2873dbfa4",
+        "decode": "7b37cb239a6195065d365bda4805c52e9e407ec1596f821e00539d7c8d5e2ba8"}
+    for stage in ("base", "sr", "decode"):
+        keys = {render_key(stage_key_inputs(r, stage, fps, sha, strength))
+                for sha, strength in ((None, 1.0), ("a" * 64, 1.0), ("b" * 64, 1.0), ("a" * 64, 0.5))}
+        assert len(keys) == 4, stage
+        assert stage_key_inputs(r, stage, fps, "a" * 64, 1) == stage_key_inputs(r, stage, fps, "a" * 64, 1.0)
+    with pytest.raises(InvalidRequest, match="adapter_strength must be a finite number"):
+        stage_key_inputs(r, "base", fps, "a" * 64, float("inf"))
 
 
 def test_checkpoint_stage_fingerprints_change_only_for_the_changed_stage(saved, tmp_path):

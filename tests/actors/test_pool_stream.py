@@ -1,0 +1,43 @@
+"""RenderPool.stream: a run of any size keeps no outcome and takes jobs only as actors free up, so
+the driver's memory does not grow with the number of jobs (issue 21; benchmarks/scale.py measures
+the RSS). The actor is a stand-in without a model: the scheduler is what is under test."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderPool, Scheduling, StoreTarget
+from standin_actor import InstantActor
+
+pytestmark = pytest.mark.slow
+
+
+def test_stream_keeps_no_outcome_and_draws_jobs_only_as_actors_free_up(ray_cluster, tmp_store):
+    n, in_flight = 300, 2
+    taken, lead, alive, held = [0], [], [], []
+
+    def jobs():
+        for i in range(n):
+            taken[0] += 1
+            yield RenderJob(f"{i:064x}", None, "spring", f"s{i:04d}", "en-16x9-t1")
+
+    def on_outcome(outcome):
+        lead.append(taken[0] - len(alive) - 1)  # jobs taken but not yet finished, this one excluded
+        alive.append(weakref.ref(outcome))
+        if len(alive) in (n // 2, n):  # while the run is on: what of the earlier outcomes is still held?
+            gc.collect()
+            held.append(sum(ref() is not None for ref in alive[:-1]))
+
+    config = PoolConfig(ModelSpec("none", warmup_seconds=0), StoreTarget(tmp_store),
+                        scheduling=Scheduling(num_actors=2, max_in_flight_per_actor=in_flight, job_deadline_s=300))
+    with RenderPool(config, actor_class=InstantActor) as pool:
+        pool.start()
+        assert pool.stream(jobs(), on_outcome) == n
+    assert held == [0, 0], f"outcomes held by the pool mid-run and at the end: {held}"
+
+    assert len(alive) == n
+    # 2 actors x 2 in flight, and one job drawn ahead into the queue: never the whole list.
+    assert max(lead) <= 2 * in_flight + 1, max(lead)
