@@ -6,10 +6,16 @@ Four ways to render the same N shots (render -> encode mp4 -> put blob into a fi
   inproc     a plain loop in this process: load the model once, then render each shot
   pool-1     RenderPool with one resident actor (same work as `inproc`, plus Ray)
   pool-K     RenderPool with one actor per (fake) GPU
+  +overlap   the same pools with Scheduling.overlap: each actor renders the next shot while the
+             last one is encoded, checked and uploaded
   per-shot   a fresh Ray worker per shot that loads the model, renders one shot and exits,
              K at a time (what a pool without resident models would do)
 Printed: overhead = pool-1 / inproc (shot time, model load excluded), and
-resident gain = per-shot / pool-K (wall time for all shots, the pool's start-up included).
+resident gain = per-shot / pool-K (wall time for all shots, the pool's start-up included); then
+clips per second of each resident variant against the in-process loop (>= 1.0x: no slower), and
+the accelerator-idle fraction: the share of each actor's wall time (shots only) outside the model's
+stages (text encode, denoise, sr, decode, from each outcome's timings), i.e. the CPU tail (mp4
+encode, checks, hashing, upload) and the pool's own overhead.
 On a CPU-only machine the "GPUs" are logical (Ray resources); every actor runs torch on the CPU,
 so K actors share the cores and pool-K shows the scheduling, not GPU scaling.
 """
@@ -50,31 +56,37 @@ def timed(fn):
     return result, time.perf_counter() - t0
 
 
-def best_of(repeats: int, render_all, clear) -> float:
-    """Fastest of `repeats` passes over all shots (this machine is shared and noisy); the store is
-    emptied before each pass so every pass really uploads."""
-    times = []
+# the pipeline's stages (RenderOutcome.timings): where the accelerator is busy
+MODEL_STAGES = ("text_encode", "denoise", "sr", "decode")
+
+
+def best_of(repeats: int, render_all, clear) -> tuple[float, float]:
+    """Fastest of `repeats` passes over all shots (this machine is shared and noisy), and the model's
+    busy seconds in it; the store is emptied before each pass so every pass really uploads."""
+    passes = []
     for _ in range(repeats):
         clear()
         outcomes, seconds = timed(render_all)
         assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
-        times.append(seconds)
-    return min(times)
+        passes.append((seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES)))
+    return min(passes)
 
 
 def bench_inproc(config, jobs, repeats, clear):
     from horse_actors import RenderActor
 
     actor, load_s = timed(lambda: RenderActor(config.model, config.store, config.encoding))
-    return {"start_s": load_s, "shots_s": best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)}
+    shots_s, busy_s = best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)
+    return {"start_s": load_s, "shots_s": shots_s, "busy_s": busy_s, "actors": 1}
 
 
 def bench_pool(config, jobs, repeats, clear):
     from horse_actors import RenderPool
 
     with RenderPool(config) as pool:
-        _, start_s = timed(pool.start)
-        return {"start_s": start_s, "shots_s": best_of(repeats, lambda: pool.run(jobs), clear)}
+        stats, start_s = timed(pool.start)
+        shots_s, busy_s = best_of(repeats, lambda: pool.run(jobs), clear)
+        return {"start_s": start_s, "shots_s": shots_s, "busy_s": busy_s, "actors": len(stats)}
 
 
 def bench_per_shot(config, jobs, clear):
@@ -105,6 +117,7 @@ def main() -> None:
     parser.add_argument("--fake-gpus", type=int, default=2, help="logical GPUs for the local cluster")
     parser.add_argument("--repeats", type=int, default=2, help="passes per resident variant; the fastest counts")
     parser.add_argument("--address", default=None, help="join a cluster instead (auto or host:port)")
+    parser.add_argument("--no-per-shot", action="store_true", help="skip the per-shot variant (slow: a load per shot)")
     args = parser.parse_args()
 
     from horse_actors import ModelSpec, PoolConfig, Scheduling, StoreTarget, connect
@@ -124,23 +137,39 @@ def main() -> None:
 
         n = args.repeats
         results = {}
-        for name, run in [("inproc", lambda: bench_inproc(config, jobs, n, clear)),
-                          ("pool-1", lambda: bench_pool(one_actor, jobs, n, clear)),
-                          (f"pool-{k}", lambda: bench_pool(config, jobs, n, clear)),
-                          ("per-shot", lambda: bench_per_shot(config, jobs, clear))]:
+        def overlapping(c):
+            return dataclasses.replace(c, scheduling=dataclasses.replace(c.scheduling, overlap=True))
+
+        variants = [("inproc", lambda: bench_inproc(config, jobs, n, clear)),
+                    ("pool-1", lambda: bench_pool(one_actor, jobs, n, clear)),
+                    ("pool-1+overlap", lambda: bench_pool(overlapping(one_actor), jobs, n, clear)),
+                    (f"pool-{k}", lambda: bench_pool(config, jobs, n, clear)),
+                    (f"pool-{k}+overlap", lambda: bench_pool(overlapping(config), jobs, n, clear))]
+        if not args.no_per_shot:
+            variants.append(("per-shot", lambda: bench_per_shot(config, jobs, clear)))
+        for name, run in variants:
             results[name] = run()
             r = results[name]
-            print(f"{name:>9}: start {r['start_s']:6.2f}s  shots {r['shots_s']:6.2f}s  "
+            print(f"{name:>14}: start {r['start_s']:6.2f}s  shots {r['shots_s']:6.2f}s  "
                   f"({r['shots_s'] / args.shots:.2f}s/shot)")
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
     overhead = results["pool-1"]["shots_s"] / results["inproc"]["shots_s"]
-    resident = results[f"pool-{k}"]["start_s"] + results[f"pool-{k}"]["shots_s"]
-    gain = results["per-shot"]["shots_s"] / resident
     print(f"overhead ratio (pool-1 / in-process, shots only): {overhead:.2f}")
     print(f"scaling (pool-1 / pool-{k}, shots only): {results['pool-1']['shots_s'] / results[f'pool-{k}']['shots_s']:.2f}")
-    print(f"resident gain (load per shot / resident pool-{k} incl. start): {gain:.2f}")
+    if "per-shot" in results:
+        resident = results[f"pool-{k}"]["start_s"] + results[f"pool-{k}"]["shots_s"]
+        print(f"resident gain (load per shot / resident pool-{k} incl. start): "
+              f"{results['per-shot']['shots_s'] / resident:.2f}")
+    inproc = args.shots / results["inproc"]["shots_s"]
+    for name, r in results.items():
+        if "busy_s" not in r:
+            continue
+        rate = args.shots / r["shots_s"]
+        idle = 1.0 - r["busy_s"] / (r["shots_s"] * r["actors"])
+        print(f"{name:>14}: {rate:.3f} clips/s = {rate / inproc:.2f}x in-process, "
+              f"{r['actors']} actor(s), accelerator idle {idle:.0%}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from model.stages import adapter_key_input
 
 # Bump when a change outside the model weights alters rendered bytes (sampler code, encoder
 # settings, mp4 tags): every render key changes, so the next run re-renders everything.
-PIPELINE_CACHE_VERSION = 1
+PIPELINE_CACHE_VERSION = 2    # 2: x264 with a fixed count of frame threads, audio interleaved
 FPS = 25
 # What a run needs of a render the catalog already has (version entries); the planner reads
 # only these columns of the index.

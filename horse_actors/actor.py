@@ -7,6 +7,8 @@ into the catalog, and only a small `RenderOutcome` is returned. A job with a `De
 delivery QC and a master per destination here, on that local file (horse_actors.delivery).
 A job with a brand adapter gets it applied on the resident model (read from the catalog through
 a node-local cache the first time, then held on the model: no reload, no base weight touched).
+Calls may run in two threads at once (`Scheduling.overlap`): the model renders one job at a time
+(`_model_lock`), so the next job renders while this one's CPU tail (encode, QC, upload) runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -93,6 +96,9 @@ class RenderActor:
         self.model, self.encoding = model, encoding
         self.renders = 0
         self._recent: collections.OrderedDict[str, RenderOutcome] = collections.OrderedDict()
+        self._calls = threading.Condition()   # guards _recent and _running (calls may overlap)
+        self._running: set[str] = set()       # call ids of the render calls under way
+        self._model_lock = threading.Lock()   # one render on the model at a time
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
         self.device_type = _device_type(self.device)
@@ -192,18 +198,31 @@ class RenderActor:
 
         Only sticky CUDA errors escape: the process exits so the pool replaces the actor.
         """
-        outcome = self._render(job, attempt, submitted_at)
-        if call_id is not None:
-            self._recent[call_id] = outcome
-            while len(self._recent) > 16:
-                self._recent.popitem(last=False)
+        if call_id is None:
+            return self._render(job, attempt, submitted_at)
+        with self._calls:
+            self._running.add(call_id)
+        outcome = None
+        try:
+            outcome = self._render(job, attempt, submitted_at)
+        finally:
+            with self._calls:
+                self._running.discard(call_id)
+                if outcome is not None:
+                    self._recent[call_id] = outcome
+                    while len(self._recent) > 16:
+                        self._recent.popitem(last=False)
+                self._calls.notify_all()
         return outcome
 
     def finished(self, call_ids: list[str]) -> dict[str, RenderOutcome]:
         """Outcomes of recent calls by call id. On cancel the pool queues this behind the
         cancelled calls: `ray.get` of a cancelled call raises even when the job had already been
-        stored, and this answer (it arrives once the actor is idle) says what really happened."""
-        return {c: self._recent[c] for c in call_ids if c in self._recent}
+        stored, and this answer (it waits until none of these calls is running) says what really
+        happened."""
+        with self._calls:
+            self._calls.wait_for(lambda: not self._running.intersection(call_ids))
+            return {c: self._recent[c] for c in call_ids if c in self._recent}
 
     def _render(self, job: RenderJob, attempt: int, submitted_at: float | None) -> RenderOutcome:
         from model import RenderCancelled
@@ -258,7 +277,10 @@ class RenderActor:
         (EncodeInfo, poster JPEG, the request it was rendered from, OOM ladder rungs used).
         Stage times add up over the re-rolls of a job: they are what the job cost."""
         job = dataclasses.replace(job, request=request)
-        clip, rendered, fallback = self._render_with_ladder(job, self._adapter_for(job, timings))
+        t0 = time.perf_counter()
+        with self._model_lock:      # overlapping calls: wait here while the other one renders
+            timings["model_wait"] = round(timings.get("model_wait", 0.0) + time.perf_counter() - t0, 4)
+            clip, rendered, fallback = self._render_with_ladder(job, self._adapter_for(job, timings))
         for stage, seconds in (clip.timings or {}).items():
             timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
         t0 = time.perf_counter()

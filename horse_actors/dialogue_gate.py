@@ -17,6 +17,7 @@ checked clip, and the flows that planned it built this actor's recogniser from t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ def unchecked(check: DialogueCheck | None) -> dict[str, Any] | None:
 class DialogueGate:
     def __init__(self, spec: SpeechSpec | None, device: str):
         self.spec, self.recognizer, self.load_s = spec, None, 0.0
+        self._hearing = threading.Lock()    # overlapping render calls (Scheduling.overlap) share the recogniser
         if spec is None:
             return
         from model.speech import load_recognizer
@@ -67,7 +69,9 @@ class DialogueGate:
         from media.dialogue import check_dialogue
         from media.measure import RATE, decode_audio
 
-        transcript = self.recognizer.transcribe(decode_audio(path), RATE, check.language)
+        sound = decode_audio(path)
+        with self._hearing:
+            transcript = self.recognizer.transcribe(sound, RATE, check.language)
         result = check_dialogue(transcript, check.lines, check.language, check.must_say, thresholds=check.thresholds)
         return {"status": PASSED if result.passed else FAILED, **result.to_dict(), "transcript": transcript.text,
                 "no_speech_probability": transcript.no_speech_probability, "recognizer": transcript.backend,

@@ -20,7 +20,8 @@ What `run` guarantees:
   dispatched only after the previous one ended, with a failure outcome or with its actor lost
   (crash, hang past its deadline, failed start). The job at the head of a lost actor's queue is
   charged an attempt even if it had not started yet; the jobs queued behind it had not started
-  and are requeued uncharged. So a job that ends ok was rendered at least once, and more than
+  and are requeued uncharged (with `Scheduling.overlap` every call in flight may have started,
+  so each is charged). So a job that ends ok was rendered at least once, and more than
   once only after a failed or lost attempt (an actor killed after storing a clip but before
   answering means that clip is rendered again: at-least-once rendering). Blobs are
   content-addressed, so a repeated render adds no second file;
@@ -292,15 +293,15 @@ class _Run:
         calls = self.slots.lose(slot, replace=not self.cancelling)
         for call in calls:
             self.calls.pop(call.ref, None)
-        for call in reversed(calls[1:]):
+        started = len(calls) if self.sched.overlap else 1     # calls that may have begun rendering
+        for call in reversed(calls[started:]):
             if self.cancelling:
                 self._finish(call.task, _cancelled(call.task))
             else:
                 self.pending.appendleft(call.task)
-        if calls:
-            head = calls[0].task
-            self._settle(head, failed(
-                head.job, error_class, message, retryable=True, attempt=head.attempt,
+        for call in reversed(calls[:started]):
+            self._settle(call.task, failed(
+                call.task.job, error_class, message, retryable=True, attempt=call.task.attempt,
                 actor_id=ids.get("actor_id"), node_id=ids.get("node_id"), pid=ids.get("pid"),
                 gpu_ids=ids.get("gpu_ids", [])))
 

@@ -23,6 +23,8 @@ from .jobs import DEADLINE_EXCEEDED
 
 log = logging.getLogger(__name__)
 
+RENDER_GROUP = "render"   # the Ray concurrency group of overlapping render calls (Scheduling.overlap)
+
 
 @dataclass
 class Slot:
@@ -125,7 +127,11 @@ class ActorSlots:
             n = 1 if sched.cpu_mode else int(info["gpus"] // sched.gpus_per_actor)
         if n < 1:
             raise RuntimeError(f"no GPUs in the Ray cluster ({info}); set cpu_mode=True or num_actors")
-        self._remote = ray.remote(self._actor_class).options(
+        # With overlap, render calls get threads of their own; stats/finished keep the default one.
+        # (Ray takes concurrency groups when the class is made remote, not in .options().)
+        remote = ray.remote(concurrency_groups={RENDER_GROUP: sched.max_in_flight_per_actor}) \
+            if sched.overlap else ray.remote
+        self._remote = remote(self._actor_class).options(
             num_gpus=0 if sched.cpu_mode else sched.gpus_per_actor,
             num_cpus=sched.cpus_per_actor,
             max_restarts=0,
@@ -210,7 +216,10 @@ class ActorSlots:
     def dispatch(self, slot: Slot, task: Any) -> Call:
         """Queue one render of `task.job` (attempt `task.attempt`) on the slot's actor."""
         call_id = uuid.uuid4().hex
-        ref = slot.actor.render.remote(task.job, task.attempt, time.time(), call_id)
+        render = slot.actor.render
+        if self._config.scheduling.overlap:
+            render = render.options(concurrency_group=RENDER_GROUP)
+        ref = render.remote(task.job, task.attempt, time.time(), call_id)
         if not slot.calls:
             slot.head_since = time.monotonic()
         call = Call(task, slot, ref, call_id)

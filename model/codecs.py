@@ -101,13 +101,23 @@ class AudioCodec:
     def encode(self, wave: torch.Tensor, sample_rate: int, generator: torch.Generator) -> torch.Tensor:
         """wave (channels, samples) -> latent (1, Ta, C). Mono mix, resample to 51.2 kHz, duplicate to
         stereo, encode and SAMPLE the posterior (upstream is stochastic)."""
+        return self.sample(*self.posterior(wave, sample_rate), generator)
+
+    @torch.no_grad()
+    def posterior(self, wave: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic half of `encode`: the posterior's (mean, std), (1, C, Ta) each."""
         p = next(self.vae.parameters())
         mono = wave.float().mean(0, keepdim=True)
         mono = resample_fft(mono, sample_rate, self.model_rate)
         x = mono.expand(2, -1)[None].to(p.device, p.dtype)
         dist = self.vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=generator.device,
-                                               dtype=dist.mean.dtype).to(dist.mean.device)
+        return dist.mean, dist.std
+
+    @staticmethod
+    def sample(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The random half of `encode`: a draw from the posterior -> latent (1, Ta, C)."""
+        z = mean + std * torch.randn(mean.shape, generator=generator, device=generator.device,
+                                     dtype=mean.dtype).to(mean.device)
         return z.float().transpose(1, 2)
 
     @torch.no_grad()

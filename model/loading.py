@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +64,10 @@ def load_dit(model: str | Path, stage: str, tiny_seed: int = 0, device: str | to
     folder = Path(model)
     cfg_path = folder / stage / "config.json"
     cfg = DiTConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.exists() else full_dit_config(stage)
-    dit = meta_dit(cfg, dtype).to_empty(device=device)
+    dit = meta_dit(cfg, dtype)
     dit.compute_dtype = dtype
-    ckpt.load_into(dit, folder / stage)
-    _, hashes = ckpt.fingerprint_files(folder, dit_stage_files(folder, stage))
+    digests = ckpt.load_into(dit, folder / stage, device=device)
+    _, hashes = ckpt.fingerprint_files(folder, dit_stage_files(folder, stage), digests)
     return dit.eval(), dit_fingerprint("", hashes, stage)
 
 
@@ -94,16 +95,34 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
                           f"{device}; offloading idle stages to the CPU (pass stages=... to load fewer)")
             offload = True
     place = torch.device("cpu") if offload else device
-    dits: dict[str, DiT] = {}
-    for stage, dit in metas.items():
-        dit = dit.to_empty(device=place)
-        dit.compute_dtype = dtype
-        ckpt.load_into(dit, folder / stage, allow_pickle)
-        dits[stage] = dit.eval()
     config = read_pipeline_config(folder)
+    te_dtype = dtype if device.type == "cuda" else torch.float32
+    dits: dict[str, DiT] = {}
+    digests: dict[Path, str] = {}      # sha256 of the DiT shards, computed while loading them
+    # The DiT shards are read in the background (I/O and hashing, which release the GIL) while the
+    # library stages are built here (Python-bound, seconds). The DiTs take their weights after:
+    # the libraries build under accelerate's init_empty_weights, which patches
+    # nn.Module.register_parameter process-wide while it runs.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        reads = {stage: side.submit(ckpt.read_weights, dit, folder / stage, allow_pickle, place)
+                 for stage, dit in metas.items()}
+        text_encoder, video_codec, audio_codec = load_library_stages(folder, config, te_dtype, place, allow_pickle)
+        for stage, dit in metas.items():
+            state, stage_digests = reads[stage].result()
+            dit.load_state_dict(state, strict=True, assign=True)
+            dit.compute_dtype = dtype
+            dits[stage] = dit.eval()
+            digests.update(stage_digests)
+    fingerprint, hashes = ckpt.fingerprint_files(folder, files, digests)
+    return Stack(dits, text_encoder, video_codec, audio_codec, config, fingerprint, hashes,
+                 stage_fingerprints(fingerprint, hashes, config)), offload
+
+
+def load_library_stages(folder: Path, config: PipelineConfig, te_dtype: torch.dtype, place: torch.device,
+                        allow_pickle: bool) -> tuple[TextEncoder, VideoCodec, AudioCodec]:
+    """The text encoder (with its tokenizer) and the two VAEs of a stack folder, by their libraries."""
     # Libraries prefer safetensors; without the opt-in they may read nothing else.
     use_safetensors = None if allow_pickle else True
-    te_dtype = dtype if device.type == "cuda" else torch.float32
     tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder / "text_encoder"
     te_model, tok = load_text_encoder(folder / "text_encoder", tok_dir, te_dtype, place, use_safetensors)
     from diffusers import AutoencoderKLWan, AutoencoderOobleck
@@ -113,10 +132,8 @@ def load_stack(folder: str | Path, device: torch.device, dtype: torch.dtype, off
         warnings.simplefilter("ignore", FutureWarning)
         audio_vae = AutoencoderOobleck.from_pretrained(folder / "audio_vae", local_files_only=True,
                                                        use_safetensors=use_safetensors).eval()
-    fingerprint, hashes = ckpt.fingerprint_files(folder, files)
-    return Stack(dits, TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
-                 AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate), config, fingerprint,
-                 hashes, stage_fingerprints(fingerprint, hashes, config)), offload
+    return (TextEncoder(te_model, tok, config.text_max_tokens), VideoCodec(video_vae),
+            AudioCodec(audio_vae, config.audio_model_rate, config.sample_rate))
 
 
 def meta_dit(cfg: DiTConfig, dtype: torch.dtype) -> DiT:

@@ -12,6 +12,7 @@ loading and saving `model.loading` (files and fingerprints: `model.stack`), the 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import time
@@ -30,8 +31,13 @@ from .offload import StageOffload
 from .prompt import NEGATIVE_PROMPT
 from .request import Clip, RenderRequest, latent_lengths, validate_request
 from .sampling import check_stop, distill_loop, noise, super_resolve, unipc_loop
-from .stages import BASE, DECODE, SR, STORED_STAGES, StageResult, check_fits, render_stages, stage_key_inputs
+from .stages import (BASE, DECODE, SR, STORED_STAGES, StageResult, array_sha256, check_fits, render_stages,
+                     stage_key_inputs)
 from .stack import dit_fingerprint
+
+# Encoded conditioning a pipeline keeps (prompt embeddings: a few MB each at full size, <= 640
+# tokens x 3840 fp32; image latents and audio posteriors: less).
+ENCODED_CACHE_SIZE = 64
 
 
 @contextlib.contextmanager
@@ -90,7 +96,11 @@ class HappyHorsePipeline:
         else:
             for m in (*self.dits.values(), self.text_encoder.model, self.video_codec.vae, self.audio_codec.vae):
                 m.to(self.device)
-        self._negative_cache: dict[str, torch.Tensor] = {}
+        # Conditioning encoded once (least recently used out): prompt embeddings by (text encoder and
+        # tokenizer fingerprints, prompt), reference image latents and audio posteriors by (VAE
+        # fingerprint, content sha256, size). The variants of a shot (aspects, takes, destinations)
+        # share its prompt and references.
+        self._encoded: collections.OrderedDict[tuple, object] = collections.OrderedDict()
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -207,15 +217,15 @@ class HappyHorsePipeline:
         t0 = time.perf_counter()
         with self._on_device(self.text_encoder.model):
             text = self._encode_text(r.prompt)
-            neg = self._negative(NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt) if r.profile == "base" else None
+            neg = self._encode_text(NEGATIVE_PROMPT if r.negative_prompt is None else r.negative_prompt) \
+                if r.profile == "base" else None
         image_latent = given_audio = None
         if r.image is not None or r.audio is not None:
             with self._on_device(self.video_codec.vae, self.audio_codec.vae):
                 if r.image is not None:
                     image_latent = self._encode_image(r.image, width, height)
                 if r.audio is not None:
-                    wave = torch.from_numpy(r.audio[:, : int(round(r.seconds * r.audio_sample_rate))])
-                    given_audio = self.audio_codec.encode(wave.to(dev), r.audio_sample_rate, gen).to(dev)
+                    given_audio = self.audio_codec.sample(*self._audio_posterior(r), gen).to(dev)
         _sync(dev)
         timings["text_encode"] = time.perf_counter() - t0
 
@@ -283,15 +293,34 @@ class HappyHorsePipeline:
         """With offload, bring `modules` to the device for the block; without, they are there."""
         return self.offload.use(*modules) if self.offload else contextlib.nullcontext()
 
-    def _encode_text(self, prompt: str) -> torch.Tensor:
-        return self.text_encoder.encode(prompt).to(self.device)
+    def _once(self, key: tuple, compute: Callable[[], object]):
+        """`compute()`, or what it returned for `key` before (see `ENCODED_CACHE_SIZE`). What it
+        returns is shared by every render with that input: callers must not change it in place."""
+        value = self._encoded.pop(key, None)
+        if value is None:
+            value = compute()
+        self._encoded[key] = value
+        while len(self._encoded) > ENCODED_CACHE_SIZE:
+            self._encoded.popitem(last=False)
+        return value
 
-    def _negative(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._negative_cache:
-            self._negative_cache = {prompt: self._encode_text(prompt)}   # keep only the latest
-        return self._negative_cache[prompt]
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        fp = self.stage_fingerprints
+        key = ("text", fp.get("text_encoder"), fp.get("tokenizer"), self.text_encoder.max_tokens, prompt)
+        return self._once(key, lambda: self.text_encoder.encode(prompt).to(self.device))
+
+    def _audio_posterior(self, r: RenderRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """The given audio's posterior (mean, std), for the request's length."""
+        wave = r.audio[:, : int(round(r.seconds * r.audio_sample_rate))]
+        key = ("audio", self.stage_fingerprints.get("audio_vae"), array_sha256(wave), r.audio_sample_rate)
+        return self._once(key, lambda: self.audio_codec.posterior(torch.from_numpy(wave).to(self.device),
+                                                                  r.audio_sample_rate))
 
     def _encode_image(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
+        key = ("image", self.stage_fingerprints.get("video_vae"), array_sha256(image), width, height)
+        return self._once(key, lambda: self._image_latent(image, width, height))
+
+    def _image_latent(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
         """Centre-crop to the target aspect, resize, map to [-1, 1], encode as a 1-frame video."""
         h, w = image.shape[:2]
         if w * height > h * width:

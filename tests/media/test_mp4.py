@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -97,3 +101,22 @@ def test_poster_is_a_small_jpeg():
     from PIL import Image
 
     assert max(Image.open(BytesIO(data)).size) == 256
+
+
+def test_bytes_do_not_depend_on_the_machines_core_count(tmp_path):
+    """x264's output depends on its thread count; left on auto, that follows the CPUs a process may
+    use, and the same render would get another blob sha256 on another machine."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to compare against a process pinned to one")
+    clip = synthetic_clip(height=256, width=448)
+    np.savez(tmp_path / "clip.npz", frames=clip.frames, audio=clip.audio)
+    encode_mp4(clip, tmp_path / "here.mp4", TAGS)
+    child = (
+        "import json, os, sys, numpy as np; from types import SimpleNamespace; from media import encode_mp4;"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "d = np.load(sys.argv[1]);"
+        "encode_mp4(SimpleNamespace(frames=d['frames'], audio=d['audio'], fps=25, sample_rate=44100), sys.argv[2], json.loads(sys.argv[3]))"
+    )
+    subprocess.run([sys.executable, "-c", child, str(tmp_path / "clip.npz"), str(tmp_path / "one_cpu.mp4"), json.dumps(TAGS)],
+                   check=True, cwd=Path(__file__).resolve().parents[2])
+    assert (tmp_path / "here.mp4").read_bytes() == (tmp_path / "one_cpu.mp4").read_bytes()
