@@ -61,6 +61,7 @@ def test_stream_dispatches_by_priority_and_stops_taking_jobs_when_admit_says_no(
                         scheduling=Scheduling(num_actors=1, max_in_flight_per_actor=1, job_deadline_s=300))
     with RenderPool(config, actor_class=InstantActor) as pool:
         assert pool.stream(jobs, seen.append, admit=admit) == 5
+    assert all(o.status != "failed" for o in seen), [(o.status, o.error_class, o.error_message) for o in seen]
     assert [o.render_key for o in seen if o.status == "ok"] == [jobs[4].render_key, jobs[3].render_key,
                                                                  jobs[2].render_key] == admitted
     assert sorted((o.render_key, o.status, o.error_class) for o in seen if o.status != "ok") == [
