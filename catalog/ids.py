@@ -13,7 +13,9 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,16}$")
-_SEGMENT_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,199}|\.tmp-[0-9a-f]{32})$")
+# `=` after the first character: Delta's Hive partition folders (`campaign_id=camp`) are listed
+# and read back like any other key; it never forms a path step of its own.
+_SEGMENT_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._=-]{0,199}|\.tmp-[0-9a-f]{32})$")
 
 
 class InvalidId(ValueError):
