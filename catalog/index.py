@@ -140,13 +140,14 @@ class RenderIndex:
         return table
 
     def existing(self, keys: Iterable[str], status: str | None = "ok",
-                 campaigns: Iterable[str] | None = None) -> dict[str, dict]:
+                 columns: list[str] | None = None, campaigns: Iterable[str] | None = None) -> dict[str, dict]:
         """Bulk lookup: {render_key: index row} for the keys that are in the index (by default
-        only renders that are ok; status=None returns failed and degraded rows too).
+        only renders that are ok; status=None returns failed and degraded rows too); rows hold
+        only `columns` (and render_key, campaign_id, status, created_at) when given.
 
         `campaigns` limits the lookup to those campaigns' rows: it reads only their files, so
         its cost does not grow with the rest of the index. Without it every file is read."""
-        table = self._lookup(keys, status, None, campaigns)
+        table = self._lookup(keys, status, columns, campaigns)
         if table is None:
             return {}
         return {row["render_key"]: row for row in table.to_pylist()}
@@ -157,11 +158,14 @@ class RenderIndex:
         table = self._lookup(keys, status, ["render_key"], campaigns)
         return set() if table is None else set(table.column("render_key").to_pylist())
 
-    def to_arrow(self, campaign_id: str | None = None, status: str | None = None) -> pa.Table:
+    def to_arrow(self, campaign_id: str | None = None, status: str | None = None,
+                 columns: list[str] | None = None) -> pa.Table:
+        """Index rows (only `columns`, when given), of one campaign and/or status."""
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "campaign_id", "status"]))
         where = None if campaign_id is None else [("campaign_id", "=", validate_id(campaign_id, "campaign_id"))]
-        table = self.table.read_table(files_where=where)
+        table = self.table.read_table(wanted, files_where=where)
         if table is None:
-            return RENDER_SCHEMA.empty_table()
+            table = RENDER_SCHEMA.empty_table() if wanted is None else RENDER_SCHEMA.empty_table().select(wanted)
         return _filter(table, campaign_id=campaign_id, status=status)
 
     def referenced_uris(self) -> set[str]:

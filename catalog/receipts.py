@@ -38,10 +38,12 @@ STRING_FIELDS = (
     "render_key", "campaign_id", "shot_id", "variant", "language", "aspect_ratio", "blob_uri",
     "sha256", "poster_uri", "status", "error_class", "error_message", "model_fingerprint",
     "timings", "actor_id", "node_id", "run_id", "extra", "resolution", "rendered_resolution", "fallback",
-    "qc_status", "dialogue_status",
+    "qc_status", "dialogue_status", "profile", "device_type", "device_seconds",
 )
 INT_FIELDS = ("take", "seed", "bytes", "attempt", "width", "height", "frames", "rendered_seed")
-JSON_FIELDS = ("timings", "qc", "qc_attempts", "dialogue")  # canonical JSON text; all but timings stay out of the index
+# Kept as canonical JSON text; qc, qc_attempts and dialogue stay out of the index, device_seconds
+# (seconds per stage, what quotes learn from) is in it.
+JSON_FIELDS = ("timings", "device_seconds", "qc", "qc_attempts", "dialogue")
 QC_STATUSES = ("passed", "failed")
 DIALOGUE_STATUSES = ("passed", "dialogue_failed", "unchecked")
 FLOAT_FIELDS = ("gpu_seconds", "duration_s")
@@ -91,7 +93,7 @@ def normalize_receipt(receipt: dict, check_uri: Callable[[str, str], None] | Non
     out["created_at"] = _to_utc(r.pop("created_at", None))
     for name in ("language", "aspect_ratio", "blob_uri", "sha256", "poster_uri", "error_class",
                  "error_message", "model_fingerprint", "actor_id", "node_id", "run_id", "resolution",
-                 "rendered_resolution", "fallback", "qc_status", "dialogue_status"):
+                 "rendered_resolution", "fallback", "qc_status", "dialogue_status", "profile", "device_type"):
         value = r.pop(name, None)
         if value is not None:
             value = (value if isinstance(value, str) else str(value))[:_MAX_TEXT]

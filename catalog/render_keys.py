@@ -19,42 +19,74 @@ from typing import Any
 RENDER_KEY_VERSION = 1  # bump only if the canonical form itself changes
 
 
-def _canonical(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"render_key input {path} is {value!r}; only finite numbers are allowed")
-        return int(value) if value.is_integer() else value
-    if isinstance(value, str):
+def _canonical(value: Any, path: Any) -> Any:
+    """`value` in canonical form. `path` names where it sits for error messages: "$", or a
+    (parent path, key or index) pair, made into text only for an error (`_where`): planning makes
+    hundreds of thousands of keys."""
+    kind = type(value)
+    if kind is str:
         return unicodedata.normalize("NFC", value)
-    if isinstance(value, dict):
+    if value is None or kind is bool or kind is int:
+        return value
+    if kind is dict:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(f"render_key input {path} has a non-string key {k!r}")
+                raise TypeError(f"render_key input {_where(path)} has a non-string key {k!r}")
             nk = unicodedata.normalize("NFC", k)
             if nk in out:
-                raise ValueError(f"render_key input {path} has two keys that normalise to {nk!r}")
-            out[nk] = _canonical(v, f"{path}.{nk}")
+                raise ValueError(f"render_key input {_where(path)} has two keys that normalise to {nk!r}")
+            out[nk] = _canonical(v, (path, nk))
         return out
+    if isinstance(value, int):  # an int subclass (IntEnum); bool cannot be subclassed
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"render_key input {_where(path)} is {value!r}; only finite numbers are allowed")
+        return int(value) if value.is_integer() else float(value)
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, dict):
+        return _canonical(dict(value), path)
     if isinstance(value, (list, tuple)):
-        return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_canonical(v, (path, i)) for i, v in enumerate(value)]
     if hasattr(value, "item") and callable(value.item) and not hasattr(value, "__len__"):
         return _canonical(value.item(), path)  # numpy scalars, without importing numpy
     raise TypeError(
-        f"render_key input {path} has type {type(value).__name__}; pass str, int, float, bool, "
+        f"render_key input {_where(path)} has type {type(value).__name__}; pass str, int, float, bool, "
         "None, list or dict (hash bytes and arrays first)"
     )
 
 
+def _where(path: Any) -> str:
+    """"$.a.b[2]" from ((("$", "a"), "b"), 2)."""
+    parts = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return path + "".join(reversed(parts))
+
+
+# One encoder for every canonical JSON text (json.dumps with these options builds a new one per call).
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_text(value: Any) -> str:
+    """The canonical JSON text of one canonical value; the common scalars without the encoder's
+    per-call set-up (it is what the encoder writes for them: ints in decimal, strings escaped)."""
+    kind = type(value)
+    if kind is str:
+        return json.encoder.encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _JSON.encode(value)
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding used for render keys (and for stored receipts/manifests)."""
-    return json.dumps(
-        _canonical(value, "$"), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _JSON.encode(_canonical(value, "$")).encode("utf-8")
 
 
 def render_key(inputs: dict) -> str:
@@ -62,3 +94,47 @@ def render_key(inputs: dict) -> str:
     if not isinstance(inputs, dict):
         raise TypeError(f"render_key takes a dict of inputs, not {type(inputs).__name__}")
     return hashlib.sha256(canonical_json(inputs)).hexdigest()
+
+
+def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
+    """`render_key({**shared, **variant})` for each variant; every variant names the same inputs
+    and none of `shared`'s.
+
+    The variants of one shot share most inputs (prompt, model, references) and differ in a few
+    (aspect ratio, size, seed), and a planner keys hundreds of thousands of them. So the canonical
+    JSON of the merged inputs is cut once into the fixed text around the per-variant values (keys
+    are sorted, and JSON encodes each value on its own), and each variant only fills those in."""
+    if not variants:
+        return []
+    base = _canonical(shared, "$")
+    texts, slots, text = [], [], "{"
+    run: dict = {}  # shared inputs since the last per-variant one: JSON-encoded in one call
+    members = 0  # written into the object so far; each after the first follows a comma
+    for name in sorted({*base, *_canonical(variants[0], "$")}):
+        if name in base:
+            run[name] = base[name]
+            continue
+        if run:
+            text += ("," if members else "") + _JSON.encode(run)[1:-1]
+            members, run = members + len(run), {}
+        text += ("," if members else "") + _json_text(name) + ":"
+        members += 1
+        texts.append(text)
+        slots.append(name)
+        text = ""
+    if run:
+        text += ("," if members else "") + _JSON.encode(run)[1:-1]
+    texts.append(text + "}")
+    keys, names_per_variant = [], set(slots)
+    for variant in variants:
+        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
+        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
+            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
+        own = variant if plain else _canonical(variant, "$")
+        if own.keys() != names_per_variant:
+            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
+        pieces = [texts[0]]
+        for name, after in zip(slots, texts[1:]):
+            pieces += (_json_text(own[name]), after)
+        keys.append(hashlib.sha256("".join(pieces).encode("utf-8")).hexdigest())
+    return keys

@@ -1,10 +1,10 @@
-"""Store: the catalog behind one root URL (blobs, stage results, receipts, index, versions, lineage, gc)."""
+"""Store: the catalog behind one root URL (blobs, stage results, receipts, index, versions, spend, lineage, gc)."""
 
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
 
 from .adapters import AdapterRegistry
 from .approvals import Approvals
@@ -12,18 +12,21 @@ from .blobs import BLOB_PREFIX, BlobRef, BlobSource, BlobStore
 from .gc import GCReport, collect_garbage
 from .ids import InvalidId
 from .index import RenderIndex
-from .lineage import Lineage
 from .provider_tasks import ProviderTasks
 from .qc_index import QCIndex
 from .receipts import Receipts
 from .root import Root
 from .stage_results import Retention, StageResults
+from .spend import SpendTable
 from .versions import CampaignVersions, version_key
+
+if TYPE_CHECKING:
+    from .lineage import Lineage
 
 
 class Store:
     """All of the catalog under one root: file://, s3://, gs://, memory:// or a plain path.
-    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, brand
+    (blobs, receipts, the render index, the delivery QC index `qc`, campaign versions, spend, brand
     `adapters`, lineage)
 
     storage_options are fsspec style (s3fs: key, secret, token, client_kwargs={endpoint_url,
@@ -41,6 +44,7 @@ class Store:
         self.index = RenderIndex(self.root, self.receipts, self._check_blob_uri)
         self.qc = QCIndex(self.root)
         self.versions = CampaignVersions(self.root, self._check_blob_uri, self.index.version)
+        self.spend = SpendTable(self.root)
         self.provider_tasks = ProviderTasks(self.root)
         self.adapters = AdapterRegistry(self.root, self.blobs)
         self.approvals = Approvals(self.root)
@@ -54,6 +58,8 @@ class Store:
     @property
     def lineage(self) -> Lineage:
         if self._lineage is None:
+            from .lineage import Lineage  # openlineage loads only for runs that emit events (not `horse plan`)
+
             self._lineage = Lineage(self.root, self._lineage_config)
         return self._lineage
 

@@ -9,6 +9,7 @@ Tasks take serialisable inputs (settings, manifests, plans, records); the live o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from prefect.exceptions import MissingContextError
 
 from catalog import Store
 from catalog.approvals import FORCED, new_event, slot_of
+from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_spend_table, over_budget
 from flows.collect import RunRecord, describe, record_render
+from flows.cost import Quote, cost_model, quote_plan
 from flows.destinations import RunDestinations, run_destinations
 from flows.dialogue import DialoguePolicy, dialogue_policy
 from flows.manifest import Manifest, read_manifest
@@ -34,6 +37,7 @@ from flows.report import (artifact_key, create_failures_table, create_qc_table, 
                           qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings, reviewer_name
 from horse_actors import RenderOutcome, RenderPool
+from horse_actors.jobs import NOT_ADMITTED
 
 
 class RunFailed(RuntimeError):
@@ -49,6 +53,8 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # what a person should know, one line each
+    spend: list[dict[str, Any]] = field(default_factory=list)  # the run's rows of the spend table
+    budget_stop: str = ""  # "not rendered: budget (...)" when a budget stopped the run
     qc_failures: list[dict[str, Any]] = field(default_factory=list)  # clip x destination that failed delivery QC
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +66,8 @@ class RunResult:
             "failures": self.failures,
             "contact_sheets": self.contact_sheets,
             "notices": self.notices,
+            "spend": self.spend,
+            "budget_stop": self.budget_stop,
             "qc_failures": self.qc_failures,
         }
 
@@ -119,6 +127,26 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     return plan
 
 
+def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budget: bool) -> tuple[Quote, list[Budget]]:
+    """The to-do jobs' quote and the budgets the run is held to; a quote over one stops the run
+    here (OverBudget) unless allow_over_budget, which renders what fits. Not a task: Prefect
+    would walk the plan's every job as a task input."""
+    store = Store(settings.store_url, settings.storage_options)
+    quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint))
+    budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
+    log = _logger()
+    low, high = quote.band
+    log.info("quote: %.3f GPU-hours (%.3f-%.3f) on %s, %s", quote.gpu_seconds / 3600, low / 3600, high / 3600,
+             quote.model.device_type or "an unknown device", quote.basis)
+    over = over_budget(budgets, quote)
+    if over and not allow_over_budget:
+        raise OverBudget(f"{over[0]} (--allow-over-budget starts the run anyway: it renders, most important "
+                         "first, until the budget is reached)")
+    for line in over:
+        log.warning("%s: rendering until the budget is reached", line)
+    return quote, budgets
+
+
 @task(name="index-chunk", cache_policy=NO_CACHE)
 def index_chunk(receipts: list[dict], settings: HorseSettings, run_id: str) -> int:
     """One Delta commit for a chunk's receipts (and one for their delivery QC rows): the UI follows
@@ -155,11 +183,26 @@ def report(label: str, failures: list[dict], summaries: dict[str, str], qc_table
 # ---- the run ----------------------------------------------------------------------------------
 
 
+def record_spend(store: Store, guard: BudgetGuard, run_id: str, settings: HorseSettings,
+                 quiet: bool = False) -> list[dict]:
+    """Append the run's spend to the spend table and return its rows. `quiet` (a run that is
+    failing anyway): a store error is logged, so that it does not hide the run's own error."""
+    rows = guard.rows(run_id, settings)
+    try:
+        store.spend.record(rows, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001
+        if not quiet:
+            raise
+        _logger().error("the spend of run %s could not be recorded: %s", run_id, exc)
+    return rows
+
+
 def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: RunRecord, store: Store,
-                       totals: RunTotals, progress: Progress) -> dict[str, tuple[PlannedJob, RenderOutcome]]:
+                       totals: RunTotals, progress: Progress,
+                       guard: BudgetGuard) -> dict[str, tuple[PlannedJob, RenderOutcome]]:
     """Render the to-do jobs as one stream and collect each as it arrives; returns every outcome
-    by render key. A cancel or crash stops the pool; receipts already written are indexed by the
-    next run (`Store.recover_unindexed`)."""
+    by render key. `guard` counts the spend and stops dispatching at a budget. A cancel or crash
+    stops the pool; receipts already written are indexed by the next run (`Store.recover_unindexed`)."""
     collected: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
     if not todo:
         return collected
@@ -170,11 +213,14 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
         size = settings.render.chunk_size
         routes = Routes.from_settings(settings.routing)
         providers = {job.backend: routes.provider(job.backend) for job in todo if job.backend != "local"}
-        with RenderStream(pool, [to_render_job(job, run.model_fingerprint) for job in todo], providers) as stream:
+        jobs = [to_render_job(job, run.model_fingerprint) for job in todo]
+        with RenderStream(pool, jobs, providers, admit=guard.admit, on_outcome=guard.settle) as stream:
             # The stream keeps rendering the next chunk while this one is being collected.
             for number, start in enumerate(range(0, len(todo), size), start=1):
                 receipts = []
                 for job, outcome in stream.outcomes_for(todo[start:start + size]):
+                    if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
+                        outcome = dataclasses.replace(outcome, error_message=guard.reason)
                     receipt = record_render(store, run, job, outcome)
                     if receipt is not None:
                         receipts.append(receipt)
@@ -202,13 +248,13 @@ def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, 
 
 
 def render_campaign(manifest_uri: str, settings: HorseSettings, filters: Filters = Filters(), force: bool = False,
-                    merge_previous: bool = False) -> RunResult:
+                    merge_previous: bool = False, allow_over_budget: bool = False) -> RunResult:
     """The one code path behind the nightly and the backfill flow; call it inside a flow run."""
     run_id = current_run_id()
     destinations = run_destinations(settings)  # once per run; jobs carry them to the actors
     manifest = read_manifest_rows(manifest_uri, settings, destinations)
     plan = plan_variants(manifest, settings, filters, force, run_id, destinations, dialogue_policy(settings))
-    return run_plan(manifest, plan, settings, run_id, merge_previous)
+    return run_plan(manifest, plan, settings, run_id, merge_previous, allow_over_budget=allow_over_budget)
 
 
 def current_run_id() -> str:
@@ -218,7 +264,7 @@ def current_run_id() -> str:
 
 
 def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: str, merge_previous: bool,
-             notices: list[str] | None = None) -> RunResult:
+             notices: list[str] | None = None, allow_over_budget: bool = False) -> RunResult:
     """Render the plan's to-do jobs, record them, publish each campaign's next version and report:
     the part of a run after planning, shared by campaign runs and promotes (`flows.promote`)."""
     context = FlowRunContext.get()
@@ -229,6 +275,8 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         _logger().warning(dialogue.off_note)  # every run says so: an unchecked line never looks checked
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
+    quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
+    guard = BudgetGuard(budgets, quote, plan.todo)
 
     resolved = settings.resolved_model()
     run = RunRecord(
@@ -248,10 +296,19 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
     store.lineage.start(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                         tags=run.lineage_tags)
     try:
-        outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress)
+        try:
+            outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress, guard)
+        except BaseException:  # what was spent was spent, cancelled or not
+            record_spend(store, guard, run_id, settings, quiet=True)
+            raise
+        spend = record_spend(store, guard, run_id, settings)
         progress.update(totals, force=True)
-        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values() if not outcome.ok])
-        result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []))
+        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values()
+                                 if not outcome.ok and outcome.error_class != NOT_ADMITTED])
+        result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []), spend=spend,
+                           budget_stop=guard.reason)
+        if guard.stopped_by:
+            _logger().warning("%s: %d shots left for a later run", guard.reason, totals.not_rendered_budget)
         summaries, qc_tables = {}, {}
         qc = delivery_qc(store, plan, outcomes)
         heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)
@@ -268,6 +325,7 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
                 qc_tables[campaign_id] = qc_table_rows(entries)
         if in_flow:
             report(label, result.failures, summaries, qc_tables)
+            create_spend_table(label, spend, budgets, guard.reason)
         outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
         store.lineage.complete(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                                outputs=outputs, tags=run.lineage_tags)
@@ -276,7 +334,7 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
                            error_message=f"{type(exc).__name__}: {exc}")
         raise
 
-    attempted = len(plan.todo)
+    attempted = len(plan.todo)  # shots a budget left for later are missing, not failed
     not_delivered = totals.failed + totals.degraded  # a degraded clip is not what was asked for
     failed_fraction = not_delivered / max(attempted, 1)
     if not_delivered and failed_fraction > settings.render.failure_threshold:

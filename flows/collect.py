@@ -74,8 +74,11 @@ def receipt_for(job: PlannedJob, outcome: RenderOutcome, run: RunRecord) -> dict
         "error_message": outcome.error_message,
         "model_fingerprint": run.model_fingerprint,
         "timings": outcome.timings,
-        "gpu_seconds": outcome.duration_s,  # actor wall time: what the shot cost in GPU time
-        "duration_s": job.seconds,  # clip length, for GPU-seconds-per-clip-second quotes
+        "gpu_seconds": outcome.duration_s,  # actor wall time of the attempt
+        "device_seconds": outcome.device_seconds or None,  # per cost stage: what quotes learn from
+        "device_type": outcome.device_type,
+        "profile": job.profile,
+        "duration_s": job.seconds,  # clip length: quotes are per clip-second
         "actor_id": outcome.actor_id,
         "node_id": outcome.node_id,
         "attempt": outcome.attempt,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -25,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from catalog.ids import InvalidId, validate_id
 from model.geometry import ASPECT_RATIOS, RESOLUTIONS
-from model.prompt import normalize_language
+from model.prompt import normalize_language as _normalize_language
+
+# A manifest repeats a handful of language codes over 100k rows: each is normalised once.
+normalize_language = lru_cache(maxsize=1024)(_normalize_language)
 
 # The released model was trained on clips of a few seconds; upstream examples render 4-10 s.
 MIN_DURATION_S, MAX_DURATION_S = 1.0, 10.0
@@ -282,7 +286,7 @@ def _reason(error: dict) -> str:
     return message
 
 
-def validate_rows(records: list[dict[str, Any]], input_roots: Sequence[str] = (),
+def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] = (),
                   destinations: Collection[str] | None = None,
                   backends: Collection[str] | None = None,
                   adapters: Collection[str] = ()) -> tuple[list[Shot], list[RowError]]:
@@ -366,9 +370,11 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
-    records = table.to_pylist()
+    # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
+    records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
     shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
-    return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=len(records), data=data)
+    return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
+                    data=data)
 
 
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:

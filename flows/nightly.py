@@ -15,7 +15,7 @@ from flows.campaign_run import RunResult, render_campaign
 from flows.manifest import ManifestError
 from flows.plan import Filters
 from flows.review import review_step
-from flows.settings import HorseSettings, load_settings
+from flows.settings import HorseSettings, load_settings, run_budget_overrides
 
 
 @flow(name="nightly-campaign-render", log_prints=True)
@@ -27,6 +27,9 @@ def nightly_campaign_render(
     ray_address: str | None = None,
     force: bool = False,
     preview: bool = False,
+    allow_over_budget: bool = False,
+    budget_gpu_hours: float | None = None,
+    budget_money: float | None = None,
     destinations: list[str] | None = None,
     force_approved: list[str] | None = None,
     review: bool = False,
@@ -39,10 +42,12 @@ def nightly_campaign_render(
     every row had the manifest's `preview` column set). `destinations` replaces `render.destinations`
     (for rows without their own). Approved variants are kept as they are, except on the
     `force_approved` shots, which render again (on record as forced). `review`: then pause for
-    review in the UI (flows.review; approved previews are promoted to `promote_to`)."""
-    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
+    review in the UI (flows.review; approved previews are promoted to `promote_to`). A quote over a
+    budget stops the run before it renders, unless allow_over_budget: then it renders, most
+    important first, until the budget is reached (flows.budget)."""
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money, destinations)
     filters = Filters(preview=True if preview else None, force_approved=tuple(force_approved or ()))
-    result = render_campaign(manifest_uri, settings, filters, force=force).as_dict()
+    result = render_campaign(manifest_uri, settings, filters, force=force, allow_over_budget=allow_over_budget).as_dict()
     if review:
         result["review"] = {campaign: review_step(campaign, number, settings, promote_to=promote_to,
                                                   timeout_s=review_timeout_s, run_id=result["run_id"])
@@ -62,20 +67,25 @@ def backfill_variants(
     config_file: str | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    allow_over_budget: bool = False,
+    budget_gpu_hours: float | None = None,
+    budget_money: float | None = None,
     destinations: list[str] | None = None,
     force_approved: list[str] | None = None,
 ) -> dict[str, Any]:
     """Render extra variants (languages, aspect ratios, takes) of a published campaign from the
     manifest its latest version was made from; the new version keeps every earlier variant."""
-    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
+    settings = flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours, budget_money, destinations)
     filters = dataclasses.replace(backfill_filters(languages, aspect_ratios, takes, shot_ids),
                                   force_approved=tuple(force_approved or ()))
-    return run_backfill(campaign_id, settings, filters, force).as_dict()
+    return run_backfill(campaign_id, settings, filters, force, allow_over_budget).as_dict()
 
 
-def flow_settings(config_file, store_url, model, ray_address, destinations=None) -> HorseSettings:
+def flow_settings(config_file, store_url, model, ray_address, budget_gpu_hours=None, budget_money=None,
+                  destinations=None) -> HorseSettings:
     return load_settings(config_file, store_url=store_url, model=model,
                          ray={"address": ray_address} if ray_address else None,
+                         budget=run_budget_overrides(budget_gpu_hours, budget_money),
                          render={"destinations": destinations} if destinations is not None else None)
 
 
@@ -90,11 +100,13 @@ def backfill_filters(languages, aspect_ratios, takes, shot_ids) -> Filters:
     )
 
 
-def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False) -> RunResult:
+def run_backfill(campaign_id: str, settings: HorseSettings, filters: Filters, force: bool = False,
+                 allow_over_budget: bool = False) -> RunResult:
     store = Store(settings.store_url, settings.storage_options)
     latest = store.versions.latest(campaign_id)
     if latest is None:
         raise ManifestError(f"campaign {campaign_id!r} has no published version to backfill; render its manifest first")
     manifest_uri = store.versions.read(campaign_id, latest)["manifest_uri"]
-    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True)
+    return render_campaign(manifest_uri, settings, filters, force=force, merge_previous=True,
+                           allow_over_budget=allow_over_budget)
 

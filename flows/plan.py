@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
-from catalog import Store, render_key, sha256_file
+from catalog import Store, sha256_file, variant_render_keys
 from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
@@ -37,6 +38,9 @@ from model.stages import adapter_key_input
 PIPELINE_CACHE_VERSION = 2    # 2: x264 with a fixed count of frame threads, audio interleaved
 FPS = 25
 PREVIEW, PROMOTED = "preview", "promoted"  # roles of a job (and of its version entry) in preview -> promote
+# What a run needs of a render the catalog already has (version entries); the planner reads
+# only these columns of the index.
+CACHED_COLUMNS = ["render_key", "status", "blob_uri", "sha256", "poster_uri", "rendered_seed", "qc_status"]
 
 
 class PlanError(ValueError):
@@ -56,6 +60,12 @@ class Filters:
     force_approved: tuple[str, ...] = ()  # shots whose approved variants are rendered again (recorded as forced)
 
 
+# Dispatch order after the manifest's priority and the hero tag: previews (cheap, and what a
+# reviewer waits for) before full renders before promotes (DESIGN §12 staged renders).
+KIND_RANK = {"preview": 2, "render": 1, "promote": 0}
+HERO_TAG = "hero"
+
+
 @dataclass(frozen=True)
 class AdapterChoice:
     """The brand adapter a variant renders with: one registered version and a strength."""
@@ -70,8 +80,10 @@ class AdapterChoice:
         return {"name": self.name, "sha256": self.sha256, "uri": self.uri, "strength": self.strength}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 6x, over 400k variants seconds
 class PlannedJob:
+    """One variant to render; treat it as immutable (its render key hashes its fields)."""
+
     campaign_id: str
     shot_id: str
     variant: str
@@ -85,20 +97,45 @@ class PlannedJob:
     height: int
     prompt: str
     render_key: str
+    profile: str = "distill"
+    model_fingerprint: str = ""
     priority: int = 0
+    hero: bool = False  # tagged `hero` in the manifest: first among shots of its priority
+    kind: str = "render"  # preview | render | promote: which stages it runs (flows.cost)
     image_path: str | None = None
     audio_path: str | None = None
-    key_inputs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    image_sha256: str | None = None
+    audio_sha256: str | None = None
+    destinations: tuple[Any, ...] = ()  # media.qc.Destination
+    max_rerolls: int = 0
+    expects_speech: bool = False  # the variant has dialogue lines
+    delivery: dict[str, Any] | None = None  # the destinations' specs in the key (one dict per shot and language)
+    backend: str = "local"  # or the API provider that renders it (flows.routing)
+    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
+    api_key_inputs: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # a provider's key inputs
+    dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
+    dialogue_key: dict[str, Any] | None = None  # the gate's policy in the key (flows.dialogue), None: not heard
+    adapter: AdapterChoice | None = None
     role: str | None = None  # PREVIEW, PROMOTED, or None for a plain render
     # a promoted take's preview: {render_key, variant, blob_uri, sha256, stage_key} of its version entry
     promoted_from: dict[str, Any] | None = field(default=None, compare=False)
-    destinations: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # media.qc.Destination
-    max_rerolls: int = 0
-    expects_speech: bool = False  # the variant has dialogue lines
-    dialogue: Any = field(default=None, compare=False, repr=False)  # horse_actors.DialogueCheck, None: no line
-    backend: str = "local"  # or the API provider that renders it (flows.routing)
-    api_request: Any = field(default=None, compare=False, repr=False)  # its ApiRequest, for a provider
-    adapter: AdapterChoice | None = None
+
+    @property
+    def key_inputs(self) -> dict[str, Any]:
+        """Every input that changes pixels or sound: what `render_key` hashes."""
+        if self.api_key_inputs is not None:
+            return self.api_key_inputs
+        return {**_shared_inputs(self.prompt, self.language, self.resolution, self.seconds, self.profile,
+                                 self.image_sha256, self.audio_sha256, self.model_fingerprint, self.delivery,
+                                 self.dialogue_key, self.adapter),
+                **_variant_inputs(self.aspect_ratio, self.width, self.height, self.seed)}
+
+    @property
+    def dispatch_priority(self) -> tuple[int, int, int]:
+        """Higher goes first: manifest priority, then hero shots, then previews before promotes.
+        The pool dispatches in this order (`RenderJob.priority`), so a budget or deadline cut
+        drops the least important work."""
+        return (self.priority, int(self.hero), KIND_RANK[self.kind])
 
     def entry(self) -> dict[str, Any]:
         """The identifying fields shared by receipts, index rows and version entries."""
@@ -115,6 +152,25 @@ class PlannedJob:
         if self.role:
             entry["role"] = self.role
         return entry
+
+
+def _shared_inputs(prompt, language, resolution, seconds, profile, image_sha256, audio_sha256, fingerprint,
+                   delivery, dialogue_key, adapter: AdapterChoice | None) -> dict:
+    """The key inputs every variant of one shot and language shares."""
+    inputs = {"prompt": prompt, "language": language, "resolution": resolution, "fps": FPS, "seconds": seconds,
+              "profile": profile, "image_sha256": image_sha256, "audio_sha256": audio_sha256,
+              "model_fingerprint": fingerprint, "pipeline_cache_version": PIPELINE_CACHE_VERSION}
+    if delivery is not None:  # without destinations the key stays what it was before delivery QC
+        inputs["delivery"] = delivery
+    if dialogue_key is not None:  # without a gate that hears it the key stays what it was before the gate
+        inputs["dialogue"] = dialogue_key
+    if adapter is not None:  # without one the key stays what it was before adapters
+        inputs["adapter"] = adapter_key_input(adapter.sha256, adapter.strength)
+    return inputs
+
+
+def _variant_inputs(aspect_ratio: str, width: int, height: int, seed: int) -> dict:
+    return {"aspect_ratio": aspect_ratio, "width": width, "height": height, "seed": seed}
 
 
 @dataclass
@@ -138,6 +194,7 @@ class Plan:
         return sum(job.seconds for job in self.todo if job.backend == "local")
 
 
+@lru_cache(maxsize=4096)
 def variant_id(language: str | None, aspect_ratio: str, take: int, preview: bool = False) -> str:
     """`en-16x9-t1`; without a language axis just `16x9-t1`; a preview `en-16x9-t1-preview`."""
     axes = [language] if language else []
@@ -172,73 +229,38 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
             raise PlanError(f"languages: no dialogue lines for {', '.join(missing)}")
     image, audio = shot.reference_image_uri, shot.reference_audio_uri
     try:
-        refs = {"image_sha256": sha256_file(image)[0] if image else None,
-                "audio_sha256": sha256_file(audio)[0] if audio else None}
+        image_sha256 = sha256_file(image)[0] if image else None
+        audio_sha256 = sha256_file(audio)[0] if audio else None
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
+    seeds = [take_seed(shot.seed, take) for take in range(1, takes + 1)]
+    sizes = [model.size_for(resolution, aspect) for aspect in aspects]
+    hero = HERO_TAG in shot.tags
+    kind = "preview" if preview else "render"  # a promote is planned by flows.promote
     # a preview is for review, not for delivery: its masters are made when it is promoted
     delivered_to = destinations.for_shot(shot.destinations) if destinations and not preview else ()
     max_rerolls = destinations.max_rerolls if delivered_to else 0
-    delivery = {"destinations": sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"]),
-                "max_rerolls": max_rerolls}
+    specs = sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"])
     jobs = []
     for language in languages:
         lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
+        delivery = ({"destinations": specs, "max_rerolls": max_rerolls, "expects_speech": bool(lines)}
+                    if delivered_to else None)
         gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
                                                [d.name for d in delivered_to]) if dialogue else (None, None)
-        for aspect in aspects:
-            width, height = model.size_for(resolution, aspect)
-            for take in range(1, takes + 1):
-                seed = take_seed(shot.seed, take)
-                inputs = {
-                    "prompt": prompt,
-                    "language": language,
-                    "resolution": resolution,
-                    "aspect_ratio": aspect,
-                    "width": width,
-                    "height": height,
-                    "fps": FPS,
-                    "seconds": shot.duration_s,
-                    "seed": seed,
-                    "profile": model.profile,
-                    **refs,
-                    "model_fingerprint": model.fingerprint,
-                    "pipeline_cache_version": PIPELINE_CACHE_VERSION,
-                }
-                if delivered_to:  # without destinations the key stays what it was before delivery QC
-                    inputs["delivery"] = {**delivery, "expects_speech": bool(lines)}
-                if gate_key:  # without a gate that hears it the key stays what it was before the gate
-                    inputs["dialogue"] = gate_key
-                if adapter is not None:  # without one the key stays what it was before adapters
-                    inputs["adapter"] = adapter_key_input(adapter.sha256, adapter.strength)
-                jobs.append(
-                    PlannedJob(
-                        campaign_id=shot.campaign_id,
-                        shot_id=shot.shot_id,
-                        variant=variant_id(language, aspect, take, preview),
-                        language=language,
-                        aspect_ratio=aspect,
-                        take=take,
-                        seed=seed,
-                        resolution=resolution,
-                        seconds=shot.duration_s,
-                        width=width,
-                        height=height,
-                        prompt=prompt,
-                        render_key=render_key(inputs),
-                        priority=shot.priority,
-                        image_path=image,
-                        audio_path=audio,
-                        key_inputs=inputs,
-                        role=PREVIEW if preview else None,
-                        destinations=delivered_to,
-                        max_rerolls=max_rerolls,
-                        expects_speech=bool(lines),
-                        dialogue=check,
-                        adapter=adapter,
-                    )
-                )
+        shared = _shared_inputs(prompt, language, resolution, shot.duration_s, model.profile,
+                                image_sha256, audio_sha256, model.fingerprint, delivery, gate_key, adapter)
+        axes = [(aspect, width, height, take, seed) for aspect, (width, height) in zip(aspects, sizes)
+                for take, seed in enumerate(seeds, start=1)]
+        keys = variant_render_keys(shared, [_variant_inputs(a, w, h, seed) for a, w, h, _, seed in axes])
+        jobs += [PlannedJob(shot.campaign_id, shot.shot_id, variant_id(language, aspect, take, preview), language,
+                            aspect, take, seed, resolution, shot.duration_s, width, height, prompt, key,
+                            model.profile, model.fingerprint, shot.priority, hero, kind, image, audio, image_sha256,
+                            audio_sha256, delivered_to, max_rerolls, bool(lines), delivery,
+                            dialogue=check, dialogue_key=gate_key, adapter=adapter,
+                            role=PREVIEW if preview else None)
+                 for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
 
 
@@ -290,11 +312,12 @@ def shot_adapter(shot: Shot, store: Store, default: str | None = None, default_s
 def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Filters = Filters(),
               destinations: RunDestinations | None = None, routes: Routes = Routes(),
               dialogue: DialoguePolicy | None = None, default_adapter: str | None = None,
-              default_adapter_strength: float = 1.0) -> Plan:
+              default_adapter_strength: float = 1.0, cached_columns: list[str] = CACHED_COLUMNS) -> Plan:
     """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
     `default_adapter`), keep approved variants as they are (except on `filters.force_approved`
-    shots), then ask the catalog once which render keys already exist. `dialogue`: the run's
-    gate, for local renders (API clips are not heard)."""
+    shots), then ask the catalog once which render keys already exist (their index rows hold
+    `cached_columns`: a dry run needs only the keys). `dialogue`: the run's gate, for local
+    renders (API clips are not heard)."""
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run
@@ -313,11 +336,13 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))
-    # Highest priority first, then manifest order: the nightly run renders what matters most first.
-    jobs.sort(key=lambda job: -job.priority)
+    # In dispatch order (stable: manifest order among equals), so the run collects its chunks in
+    # the order the pool renders them.
+    jobs.sort(key=lambda job: job.dispatch_priority, reverse=True)
     # Looked up in the plan's campaigns only: the cost follows the campaign, not the whole index.
     # A key first rendered for another campaign is found by its receipt (Store.recover_unindexed).
-    cached = store.index.existing([job.render_key for job in jobs], campaigns={job.campaign_id for job in jobs}) if jobs else {}
+    cached = (store.index.existing([job.render_key for job in jobs], columns=cached_columns,
+                                   campaigns={job.campaign_id for job in jobs}) if jobs else {})
     return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors, kept=kept, lifted=lifted)
 
 
@@ -336,17 +361,3 @@ def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str]
     pinned = {(e["campaign_id"], e["shot_id"], e["variant"]) for e in kept}
     return [job for job in jobs if (job.campaign_id, job.shot_id, job.variant) not in pinned], kept, lifted
 
-
-def quote_gpu_seconds(plan: Plan, store: Store, default_per_clip_second: float) -> tuple[float, str]:
-    """GPU-seconds to render the plan's to-do list: from past renders in the index when there are
-    any (their GPU-seconds per clip-second), else the configured rate."""
-    seconds = plan.clip_seconds_todo
-    try:
-        history = store.index.to_arrow(status="ok").select(["gpu_seconds", "duration_s"]).to_pylist()
-    except Exception:  # no index yet
-        history = []
-    pairs = [(r["gpu_seconds"], r["duration_s"]) for r in history if r["gpu_seconds"] and r["duration_s"]]
-    if pairs:
-        rate = sum(g for g, _ in pairs) / sum(d for _, d in pairs)
-        return seconds * rate, f"{rate:.2f} GPU-s per clip-s from {len(pairs)} past renders"
-    return seconds * default_per_clip_second, f"{default_per_clip_second:g} GPU-s per clip-s from configuration"

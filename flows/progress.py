@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from horse_actors import RenderOutcome
+from horse_actors.jobs import NOT_ADMITTED
 
 STAGES = ("queue", "text_encode", "denoise", "sr", "decode", "encode", "upload")
 
@@ -44,6 +45,7 @@ class RunTotals:
     degraded: int = 0  # rendered, but not as requested (an OOM fallback): not cached, counted against the run
     failed: int = 0
     cancelled: int = 0
+    not_rendered_budget: int = 0  # never dispatched: a budget was reached (a rerun renders them)
     invalid_rows: int = 0
     kept_approved: int = 0  # approved variants published as they are, not planned (catalog.approvals)
     gpu_seconds: float = 0.0
@@ -54,6 +56,8 @@ class RunTotals:
             self.rendered += 1
         elif outcome.status == "degraded":
             self.degraded += 1
+        elif outcome.error_class == NOT_ADMITTED:
+            self.not_rendered_budget += 1
         elif outcome.status == "cancelled":
             self.cancelled += 1
         else:
@@ -65,7 +69,7 @@ class RunTotals:
 
     @property
     def done(self) -> int:
-        return self.cached + self.rendered + self.degraded + self.failed + self.cancelled
+        return self.cached + self.rendered + self.degraded + self.failed + self.cancelled + self.not_rendered_budget
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +79,7 @@ class RunTotals:
             "degraded": self.degraded,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "not_rendered_budget": self.not_rendered_budget,
             "invalid_rows": self.invalid_rows,
             "kept_approved": self.kept_approved,
             "gpu_seconds": round(self.gpu_seconds, 2),

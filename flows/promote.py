@@ -60,7 +60,7 @@ def promote_takes(
     their stored base latents; the new version lists each promoted clip beside its preview.
     `variants` are preview variant ids, with or without the `-preview` suffix; `destinations`
     replaces `render.destinations` (promoted clips get delivery QC like any other render)."""
-    settings = flow_settings(config_file, store_url, model, ray_address, destinations)
+    settings = flow_settings(config_file, store_url, model, ray_address, destinations=destinations)
     return run_promote(campaign_id, to, settings, shot_ids, variants)
 
 
@@ -83,7 +83,7 @@ def run_promote(campaign_id: str, to: str, settings: HorseSettings, shot_ids: li
     manifest = read_manifest_rows(version["manifest_uri"], settings, destinations)
     filters = Filters(resolution=to, preview=False, shot_ids=tuple(sorted({shot for shot, _ in previews})))
     planned = plan_variants(manifest, settings, filters, False, run_id, destinations, dialogue_policy(settings))
-    jobs = [dataclasses.replace(job, role=PROMOTED, promoted_from=previews[(job.shot_id, job.variant)])
+    jobs = [dataclasses.replace(job, role=PROMOTED, kind="promote", promoted_from=previews[(job.shot_id, job.variant)])
             for job in planned.jobs if job.campaign_id == campaign_id and (job.shot_id, job.variant) in previews]
     lost = sorted(set(previews) - {(job.shot_id, job.variant) for job in jobs})
     if lost:  # the manifest no longer plans them (e.g. a shot row was removed)

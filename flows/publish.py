@@ -15,7 +15,11 @@ from flows.plan import PROMOTED, Plan, PlannedJob
 from flows.routing import version_fields
 from horse_actors import RenderOutcome
 from horse_actors.dialogue_gate import unchecked
+from horse_actors.jobs import NOT_ADMITTED
 from media import contact_sheet
+
+
+NOT_RENDERED = "NotRendered"  # error class of an entry the run did not get to render
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,16 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
                       "rendered_seed": cached.get("rendered_seed"), "qc_status": cached.get("qc_status"),
                       **linked_from_record(cached, job)}
-        elif job.render_key in outcomes:
+        elif job.render_key in outcomes and outcomes[job.render_key][1].error_class != NOT_ADMITTED:
             outcome = outcomes[job.render_key][1]
             entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
                       "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
                       "error_message": outcome.error_message, "rendered_seed": outcome.rendered_seed,
                       "qc_status": outcome.qc_status, **staged(job, outcome)}
-        else:  # the run was cancelled before this variant was rendered
-            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": "NotRendered"}
+        else:  # the run was cancelled, or stopped at a budget, before this variant was rendered
+            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": NOT_RENDERED}
+            if job.render_key in outcomes:
+                entry["error_message"] = outcomes[job.render_key][1].error_message  # "not rendered: budget (...)"
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
         # What the gate heard (from index/qc), or why this run could not hear the line (the plan's check).

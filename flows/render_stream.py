@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from catalog import public_options
 from flows.dialogue import speech_spec
@@ -15,7 +15,7 @@ from flows.plan import PREVIEW, PlannedJob
 from flows.routing import api_render_job
 from flows.settings import HorseSettings
 from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
-from horse_actors.api_actor import run_routed
+from horse_actors.api_actor import is_api_job, run_routed
 from media import load_audio, load_image
 
 
@@ -56,7 +56,7 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
         aspect_ratio=job.aspect_ratio,
         seconds=job.seconds,
         seed=job.seed,
-        profile=job.key_inputs["profile"],
+        profile=job.profile,
         image=load_image(job.image_path) if job.image_path else None,
         **_load_audio(job.audio_path),
     )
@@ -77,7 +77,8 @@ def to_render_job(job: PlannedJob, model_fingerprint: str) -> RenderJob:
     if job.adapter:
         metadata["horse_adapter"] = job.adapter.name
     return RenderJob(job.render_key, request, job.campaign_id, job.shot_id, job.variant, metadata,
-                     stage_retention=retention, delivery=delivery, dialogue=job.dialogue, **adapter)
+                     stage_retention=retention, priority=job.dispatch_priority, delivery=delivery, dialogue=job.dialogue,
+                     **adapter)
 
 
 def _load_audio(path: str | None) -> dict[str, Any]:
@@ -106,13 +107,21 @@ class RenderStream:
 
         with RenderStream(pool, jobs) as stream:
             for job, outcome in stream.outcomes_for(chunk): ...
+
+    `admit` and `on_outcome` (a budget guard) run on the stream's thread, in the pool's own
+    loop: an outcome is seen before the next job is admitted.
     """
 
     _END = object()
 
-    def __init__(self, pool: RenderPool, jobs: list[RenderJob], providers: Mapping[str, Any] | None = None):
+    def __init__(self, pool: RenderPool, jobs: list[RenderJob], providers: Mapping[str, Any] | None = None,
+                 admit: Callable[[RenderJob], bool] | None = None,
+                 on_outcome: Callable[[RenderOutcome], None] | None = None):
         self.pool = pool
         self.providers = providers or {}  # ProviderSpec by name, for the jobs an API provider renders
+        self.admit, self.on_outcome = admit, on_outcome
+        # The hooks (a budget guard, of GPU time) see the local jobs only, all on the pool's thread.
+        self._local = {job.render_key for job in jobs if not is_api_job(job)}
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -123,11 +132,16 @@ class RenderStream:
 
     def _render(self, jobs: list[RenderJob]) -> None:
         try:
-            run_routed(self.pool, jobs, self._queue.put, self.cancel, self.providers)
+            run_routed(self.pool, jobs, self._arrived, self.cancel, self.providers, admit=self.admit)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:
             self._queue.put(self._END)
+
+    def _arrived(self, outcome: RenderOutcome) -> None:
+        self._queue.put(outcome)  # first: a failing hook must not lose the outcome
+        if self.on_outcome is not None and outcome.render_key in self._local:
+            self.on_outcome(outcome)
 
     def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
         """Each of `jobs` with its outcome, in the order they finish; ends early only if the

@@ -84,7 +84,7 @@ def api_variants(shot: "Shot", spec: Any, model: "ModelInfo", filters: "Filters"
         width, height = clip_size(request.ratio, request.resolution)
         jobs.append(dataclasses.replace(
             job, backend=spec.name, api_request=request, resolution=request.resolution, seconds=request.seconds,
-            width=width, height=height, prompt=request.prompt, render_key=render_key(inputs), key_inputs=inputs,
+            width=width, height=height, prompt=request.prompt, render_key=render_key(inputs), api_key_inputs=inputs,
             max_rerolls=0))
     return jobs
 

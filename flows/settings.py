@@ -16,7 +16,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from configs import CONFIG_DIR
-from media.dialogue import Thresholds
 from model.prompt import LANGUAGES
 from model.speech import missing_whisper_files
+
+if TYPE_CHECKING:
+    from media.dialogue import Thresholds
 
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PRESETS_DIR = CONFIG_DIR / "models"
@@ -91,7 +93,6 @@ class MaintenanceSettings(_Section):
 class RenderSettings(_Section):
     chunk_size: int = Field(ge=1, le=1000)
     failure_threshold: float = Field(ge=0, le=1)
-    gpu_seconds_per_clip_second: float = Field(gt=0)
     input_roots: list[str]
     destinations: list[str]  # names checked against the loaded destination files (flows.destinations)
     destination_folders: list[str]
@@ -158,6 +159,8 @@ class DialogueSettings(_Section):
 
     def thresholds(self, language: str, destinations: Iterable[str] = ()) -> Thresholds:
         """The limits for one clip in `language` bound for `destinations` (the strictest applies)."""
+        from media.dialogue import Thresholds  # jiwer and friends: only where clips are heard, not to plan
+
         base = self.max_error_rate[language]
         limits = [self.destination_max_error_rate.get(name, {}).get(language, base) for name in destinations]
         return Thresholds(max_error_rate=min(limits, default=base), language_confidence=self.language_confidence,
@@ -178,6 +181,49 @@ class GCSettings(_Section):
     grace_hours: float = Field(ge=0)
     preview_latent_days: float = Field(ge=0)
     stage_result_hours: float = Field(ge=0)
+
+
+class ConfiguredCost(_Section):
+    """Per-stage seconds for one clip, quoted until the index has history (flows.cost)."""
+
+    source: str
+    device_type: str
+    clip_seconds: float = Field(gt=0)
+    uncertainty: float = Field(ge=0, lt=1)
+    seconds: dict[str, float]  # cost key (base, sr_540p, decode_1080p, ...) -> seconds for one clip
+
+    @field_validator("seconds")
+    @classmethod
+    def _known_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        from flows.cost import COST_KEYS
+
+        unknown = sorted(set(value) - set(COST_KEYS))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(COST_KEYS)}")
+        if any(seconds < 0 for seconds in value.values()):
+            raise ValueError("stage seconds must be >= 0")
+        return value
+
+
+class CostSettings(_Section):
+    device_type: str | None
+    history_renders: int = Field(ge=1)
+    currency: str
+    price_per_gpu_hour: dict[str, float]
+    configured: ConfiguredCost
+
+
+class BudgetLimit(_Section):
+    """A spend limit; a limit left out is no limit."""
+
+    gpu_hours: float | None = Field(None, gt=0)
+    money: float | None = Field(None, gt=0)
+
+
+class BudgetSettings(_Section):
+    run: BudgetLimit
+    campaign: BudgetLimit  # every campaign, over all its runs, unless `campaigns` names it
+    campaigns: dict[str, BudgetLimit]
 
 
 class RoutingRule(_Section):
@@ -254,6 +300,8 @@ class HorseSettings(BaseSettings):
     dialogue: DialogueSettings
     gc: GCSettings
     review: ReviewSettings
+    cost: CostSettings
+    budget: BudgetSettings
     routing: RoutingSettings
 
     @classmethod
@@ -356,3 +404,9 @@ def reviewer_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def run_budget_overrides(gpu_hours: float | None, money: float | None) -> dict[str, Any] | None:
+    """`load_settings(budget=...)` for a run budget given on the command line or as flow parameters."""
+    limits = {k: v for k, v in (("gpu_hours", gpu_hours), ("money", money)) if v is not None}
+    return {"run": limits} if limits else None

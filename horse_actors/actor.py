@@ -30,7 +30,8 @@ from media import encode_mp4, poster_jpeg
 from .config import Encoding, ModelSpec, StoreTarget
 from .delivery import make_deliverables, render_checked
 from .dialogue_gate import DialogueGate
-from .jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify, is_sticky_cuda
+from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify,
+                   is_sticky_cuda, stage_device_seconds)
 from .staged import StagedRenderer, StageReport
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ def _stages(report: StageReport) -> dict[str, Any]:
             "stage_results": report.stage_results}
 
 
+def _device_type(device: str) -> str:
+    """What renders are timed on, for cost history: "cpu", or the GPU's name ("NVIDIA H100 80GB HBM3")."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return device.split(":")[0]
+
+
 def _rss_bytes() -> int | None:
     try:
         import psutil
@@ -95,6 +105,7 @@ class RenderActor:
         self._model_lock = threading.Lock()   # one render on the model at a time
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
+        self.device_type = _device_type(self.device)
         self.pipe.adapter_capacity = model.adapter_capacity
         self.adapter_loads: list[str] = []  # sha256 of each adapter put onto the model, in order
         self._adapters: collections.OrderedDict[str, Any] = collections.OrderedDict()  # sha256 -> Adapter
@@ -146,6 +157,7 @@ class RenderActor:
             "model": self.model.name,
             "model_fingerprint": self.pipe.fingerprint,
             "device": self.device,
+            "device_type": self.device_type,
             "load_count": _LOADS_IN_PROCESS,
             "load_s": round(self.load_s, 3),
             "warmup_s": round(self.warmup_s, 3),
@@ -222,7 +234,8 @@ class RenderActor:
 
         started = time.time()
         timings = {"queue": round(max(0.0, started - (submitted_at or started)), 4)}
-        base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint)
+        base = dict(self.ids, pid=os.getpid(), attempt=attempt, model_fingerprint=self.pipe.fingerprint,
+                    device_type=self.device_type)
         scratch = tempfile.mkdtemp(prefix="horse-render-", dir=self.scratch)
         report = StageReport(attempt)
         try:
@@ -244,6 +257,7 @@ class RenderActor:
             return RenderOutcome(
                 render_key=job.render_key, status=status, blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes,
                 poster_uri=poster_ref.uri, timings=timings, duration_s=round(time.time() - started, 3),
+                device_seconds=stage_device_seconds(timings, rendered.resolution),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
                 rendered_seed=rendered.seed, dialogue=dialogue, **base, **_stages(report),

@@ -49,12 +49,14 @@ def is_api_job(job: RenderJob) -> bool:
 
 
 def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome], None],
-               cancel_event: threading.Event | None, providers: Mapping[str, Any]) -> None:
-    """Render `jobs` on their backends: local ones on `pool` (a RenderPool), API ones on
-    provider actors; each final outcome goes to `on_outcome` (from either thread)."""
+               cancel_event: threading.Event | None, providers: Mapping[str, Any],
+               admit: Callable[[RenderJob], bool] | None = None) -> None:
+    """Render `jobs` on their backends: local ones on `pool` (a RenderPool, asking `admit` before
+    each dispatch: RenderPool.stream), API ones on provider actors; each final outcome goes to
+    `on_outcome` (from either thread)."""
     api = [job for job in jobs if is_api_job(job)]
     if not api:
-        pool.stream(jobs, on_outcome=on_outcome, cancel_event=cancel_event)  # no outcome kept: runs of any size
+        pool.stream(jobs, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)  # no outcome kept: runs of any size
         return
     cancel_event = cancel_event or threading.Event()
     local = [job for job in jobs if not is_api_job(job)]
@@ -62,7 +64,7 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
 
     def run_local() -> None:
         try:
-            pool.stream(local, on_outcome=on_outcome, cancel_event=cancel_event)
+            pool.stream(local, on_outcome=on_outcome, cancel_event=cancel_event, admit=admit)
         except BaseException as exc:  # handed to the caller's thread
             errors.append(exc)
             cancel_event.set()

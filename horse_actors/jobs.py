@@ -24,6 +24,7 @@ GPU_OOM = "GpuOutOfMemory"              # the actor already walked the fallback 
 ACTOR_DIED = "ActorDied"                # process crashed or was killed: restart the actor, retry
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # hung past its deadline: kill the actor, retry
 CANCELLED_CLASS = "Cancelled"
+NOT_ADMITTED = "NotAdmitted"            # never dispatched: the run stopped taking new jobs (a budget)
 NO_ACTORS = "NoActors"                  # every actor slot used up its restarts
 
 # Text of CUDA errors that leave the context unusable; the actor must exit (DESIGN §4).
@@ -78,6 +79,7 @@ class RenderJob:
     deadline_s: float | None = None  # overrides PoolConfig.job_deadline_s for this job
     # how long the catalog keeps this job's stage results: "preview" (promotable) or "retry"
     stage_retention: str = "retry"
+    priority: tuple[int, ...] = ()   # higher dispatches first (compared item by item); equals keep input order
     delivery: Delivery | None = None  # None: no delivery QC, no masters
     dialogue: DialogueCheck | None = None  # None: no line to check
     # Brand adapter: the sha256 of its catalog blob (model.adapters.Adapter.sha256) and its
@@ -99,6 +101,10 @@ class RenderOutcome:
     poster_uri: str | None = None
     # seconds per stage: queue, text_encode, denoise, sr, decode, encode, upload
     timings: dict[str, float] = field(default_factory=dict)
+    # device seconds per cost stage (stage_device_seconds) and what they were spent on:
+    # "cpu" or the GPU's name as torch reports it ("NVIDIA H100 80GB HBM3")
+    device_seconds: dict[str, float] = field(default_factory=dict)
+    device_type: str | None = None
     actor_id: str | None = None
     node_id: str | None = None
     gpu_ids: list[str] = field(default_factory=list)
@@ -163,6 +169,18 @@ def sorted_stages_run(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
         return (int(head) if head.isdigit() else 0, len(rungs), label)
 
     return {label: merged[label] for label in sorted(merged, key=order)}
+
+
+def stage_device_seconds(timings: dict[str, float], resolution: str) -> dict[str, float]:
+    """Device seconds per cost stage of one render (flows.cost) from its stage timings: `base`
+    (text encoding and the denoising loop, at 256p), `sr_540p` or `sr_1080p`, `decode`,
+    `encode` and, where it ran, `qc` (delivery QC and the masters: they hold the actor too). The
+    model syncs the device at the end of each stage, so these are device time; a stage the render
+    did not run (a promote has no base) is left out."""
+    stages = {"base": timings.get("text_encode", 0.0) + timings.get("denoise", 0.0),
+              f"sr_{resolution}": timings.get("sr", 0.0), "decode": timings.get("decode", 0.0),
+              "encode": timings.get("encode", 0.0), "qc": timings.get("qc", 0.0) + timings.get("masters", 0.0)}
+    return {stage: round(seconds, 4) for stage, seconds in stages.items() if seconds > 0}
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -9,7 +9,13 @@ every model load is visible here and bounded by Scheduling.
 What `run` guarantees:
 - exactly one final outcome per job, returned in input order (and passed to `on_outcome` once);
   `stream` gives the same outcomes to `on_outcome` only and keeps none, taking jobs from its
-  iterable as actors free up, so a run of 100k jobs holds no more than the jobs in flight;
+  iterable as actors free up, so a run of 100k jobs holds no more than the jobs in flight (and,
+  for a list, their dispatch order); it orders and admits jobs exactly as `run` does;
+- jobs are dispatched highest `RenderJob.priority` first, equals in input order (retries and
+  jobs requeued from a lost actor go first: they were dispatched before);
+- `admit(job)`, when given, is asked before each dispatch; after its first "no" the run takes no
+  new job: the jobs on actors finish as usual, every other one ends `cancelled` (NOT_ADMITTED)
+  and was never started (a budget stop, never a half-written shot);
 - at most one render per attempt: a job is on one actor at a time, and its next attempt is
   dispatched only after the previous one ended, with a failure outcome or with its actor lost
   (crash, hang past its deadline, failed start). The job at the head of a lost actor's queue is
@@ -30,14 +36,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ray
 from ray.exceptions import RayActorError, TaskCancelledError
 
 from .actor import RenderActor
 from .config import PoolConfig, Scheduling
-from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, RenderJob, RenderOutcome,
+from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, NOT_ADMITTED, RenderJob, RenderOutcome,
                    classify, failed, sorted_stages_run)
 from .slots import ActorSlots, ActorStartFailed, Call, Slot, first_line
 
@@ -95,8 +101,12 @@ class RenderPool:
         jobs: Iterable[RenderJob],
         on_outcome: Callable[[RenderOutcome], None] | None = None,
         cancel_event: threading.Event | None = None,
+        admit: Callable[[RenderJob], bool] | None = None,
     ) -> list[RenderOutcome]:
         """Render every job; return one final outcome per job, in input order.
+
+        `admit(job)` is asked just before each dispatch (retries too); once it says no, the
+        run stops taking new jobs and lets the ones on actors finish (see the module doc).
 
         Cancel (cancel_event set, or KeyboardInterrupt) cancels queued jobs, asks running ones to
         stop, waits at most `cancel_grace_s`, then kills every actor; the pool can be run again
@@ -111,7 +121,7 @@ class RenderPool:
         def keep(index: int, outcome: RenderOutcome) -> None:
             final[index] = outcome
 
-        self._drive(jobs, keep, on_outcome, cancel_event)
+        self._drive(jobs, keep, on_outcome, cancel_event, admit)
         return final  # type: ignore[return-value]  # every slot filled: one final outcome per job
 
     def stream(
@@ -119,28 +129,35 @@ class RenderPool:
         jobs: Iterable[RenderJob],
         on_outcome: Callable[[RenderOutcome], None],
         cancel_event: threading.Event | None = None,
+        admit: Callable[[RenderJob], bool] | None = None,
     ) -> int:
         """`run` for runs of any size: each final outcome goes to `on_outcome` and is not kept;
         jobs are taken from `jobs` (an iterator is fine) only when an actor has room for one, so
         the driver's memory does not grow with the number of jobs. Render keys must be unique
         (not checked: checking would keep every key). On cancel, or when every actor slot is used
         up, the jobs not yet taken are drawn from `jobs` to get their outcome. Returns how many
-        outcomes were given."""
+        outcomes were given.
+
+        Priority and `admit` work as in `run`: a list (or other sequence) is dispatched highest
+        `RenderJob.priority` first, equals in input order; a one-pass iterator cannot be reordered
+        without holding it whole, so it must yield jobs in dispatch order already (a plan's jobs
+        are: `make_plan` sorts them)."""
         count = 0
 
         def counted(index: int, outcome: RenderOutcome) -> None:
             nonlocal count
             count += 1
 
-        self._drive(jobs, counted, on_outcome, cancel_event)
+        self._drive(jobs, counted, on_outcome, cancel_event, admit)
         return count
 
     def _drive(self, jobs: Iterable[RenderJob], record: Callable[[int, RenderOutcome], None],
-               on_outcome: Callable[[RenderOutcome], None] | None, cancel_event: threading.Event | None) -> None:
+               on_outcome: Callable[[RenderOutcome], None] | None, cancel_event: threading.Event | None,
+               admit: Callable[[RenderJob], bool] | None) -> None:
         if not self._running.acquire(blocking=False):
             raise RuntimeError("RenderPool.run is already running; call it from one thread at a time")
         try:
-            run = _Run(self._slots, self.config.scheduling, iter(jobs), record, on_outcome)
+            run = _Run(self._slots, self.config.scheduling, _dispatch_order(jobs), record, on_outcome, admit)
             if run.done:
                 return
             self._slots.ensure_started()
@@ -157,17 +174,29 @@ class RenderPool:
             self._running.release()
 
 
+def _dispatch_order(jobs: Iterable[RenderJob]) -> Iterator[tuple[int, RenderJob]]:
+    """(input index, job) highest `priority` first, equals in input order (a stable sort of the
+    indexes only); an iterator that is not a sequence is taken as it comes (see `stream`)."""
+    if not isinstance(jobs, Sequence):
+        return enumerate(jobs)
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].priority, reverse=True)
+    return ((i, jobs[i]) for i in order)
+
+
 class _Run:
     """State of one `RenderPool.run`/`stream` call: the jobs not yet taken, the queue of retried
     and requeued ones, the calls in flight, and what a failure means (retry, requeue, give up).
     Final outcomes go to `record` (and `on_outcome`); none is kept here. Actors are reached only
     through `slots`."""
 
-    def __init__(self, slots: ActorSlots, sched: Scheduling, jobs: Iterator[RenderJob],
-                 record: Callable[[int, RenderOutcome], None], on_outcome):
+    def __init__(self, slots: ActorSlots, sched: Scheduling, source: Iterator[tuple[int, RenderJob]],
+                 record: Callable[[int, RenderOutcome], None], on_outcome,
+                 admit: Callable[[RenderJob], bool] | None = None):
         self.slots, self.sched = slots, sched
-        self.source = enumerate(jobs)
+        self.source = source  # (input index, job) in dispatch order: _dispatch_order
         self.pending: deque[_Task] = deque()  # retried and requeued tasks, ahead of new jobs
+        self.admit = admit
+        self.taking_jobs = True
         self.calls: dict[Any, Call] = {}
         self.record, self.on_outcome = record, on_outcome
         self.taken = self.finished = 0
@@ -222,6 +251,16 @@ class _Run:
         while self.pending:
             slot = self.slots.least_loaded(self.sched.max_in_flight_per_actor, self.pending[0].job.adapter_sha256)
             if slot is None:
+                return
+            if self.taking_jobs and self.admit is not None and not self.admit(self.pending[0].job):
+                self.taking_jobs = False
+            if not self.taking_jobs:
+                skipped = 0
+                for task in self._rest():  # the queue and every job not yet taken from the source
+                    self._finish(task, failed(task.job, NOT_ADMITTED, "not dispatched: the run stopped taking new jobs",
+                                              retryable=False, attempt=task.attempt, status=CANCELLED))
+                    skipped += 1
+                log.info("no longer taking new jobs: %d not dispatched", skipped)
                 return
             call = self.slots.dispatch(slot, self.pending.popleft())
             self.calls[call.ref] = call

@@ -14,11 +14,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Literal
 
-from .loudness import METERS_AGREE_LU
-from .measure import Measurements, measure  # noqa: F401  (media.qc.measure: the QC entry point)
 from .stretch import Stretch, longest
+
+if TYPE_CHECKING:
+    from .measure import Measurements
+
+
+def __getattr__(name: str) -> Any:
+    """`media.qc.measure` (the QC entry point) and `Measurements`, loaded on first use: measuring
+    needs FFmpeg, numpy and scipy, and planning (which only reads Destination) must stay light."""
+    if name in ("measure", "Measurements"):
+        return getattr(import_module(".measure", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ def check(
     m: Measurements, destination: Destination, *, brief_seconds: float | None = None, expects_speech: bool = False
 ) -> QCReport:
     """Every check the destination asks for. Without `brief_seconds` the length is not checked."""
+    from .loudness import METERS_AGREE_LU
+
     d, video, audio = destination, m.video, m.audio
     checks: list[Check] = []
     add = checks.append

@@ -86,13 +86,14 @@ def run_command(
     store: str | None = None,
     model: str | None = None,
     ray_address: str | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> NoReturn:
     """Run one command: settings from the config file, environment and flags, then the body.
     Configuration and input errors exit 2, any other error 1, each with a one-line message
     (HORSE_DEBUG=1 raises instead, to show the traceback)."""
     emit = claim_stdout_for_json() if as_json else None
     try:
-        outcome = body(_load_settings(config, store, model, ray_address))
+        outcome = body(_load_settings(config, store, model, ray_address, budget))
     except (ConfigError, InvalidInput) as exc:
         outcome = _error(str(exc), EXIT_INVALID)
     except (typer.Exit, KeyboardInterrupt):
@@ -112,8 +113,10 @@ def _error(message: str, code: int) -> Outcome:
     return Outcome({"ok": False, "error": message}, lambda: err_console.print(f"[red]error:[/red] {message}", highlight=False), code)
 
 
-def _load_settings(config: Path | None, store: str | None, model: str | None, ray_address: str | None) -> HorseSettings:
-    settings = load_settings(config, store_url=store, model=model, ray={"address": ray_address} if ray_address else None)
+def _load_settings(config: Path | None, store: str | None, model: str | None, ray_address: str | None,
+                   budget: dict[str, Any] | None = None) -> HorseSettings:
+    settings = load_settings(config, store_url=store, model=model, ray={"address": ray_address} if ray_address else None,
+                             budget=budget)
     if settings.prefect.api_url and "PREFECT_API_URL" not in os.environ:
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url  # read by Prefect on import
     return settings

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import ray.cloudpickle
 
@@ -17,6 +18,7 @@ class InstantActor(RenderActor):
     def __init__(self, model, store, encoding=None):
         self.renders, self.ids = 0, _ray_context()
         self._recent = {}
+        self._calls, self._running = threading.Condition(), set()  # RenderActor.render's call bookkeeping
 
     def stats(self):
         return {**self.ids, "pid": os.getpid(), "device": "none", "load_s": 0.0, "renders": self.renders}

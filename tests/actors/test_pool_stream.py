@@ -10,6 +10,7 @@ import weakref
 import pytest
 
 from horse_actors import ModelSpec, PoolConfig, RenderJob, RenderPool, Scheduling, StoreTarget
+from horse_actors.jobs import CANCELLED, NOT_ADMITTED
 from standin_actor import InstantActor
 
 pytestmark = pytest.mark.slow
@@ -41,3 +42,27 @@ def test_stream_keeps_no_outcome_and_draws_jobs_only_as_actors_free_up(ray_clust
     assert len(alive) == n
     # 2 actors x 2 in flight, and one job drawn ahead into the queue: never the whole list.
     assert max(lead) <= 2 * in_flight + 1, max(lead)
+
+
+def test_stream_dispatches_by_priority_and_stops_taking_jobs_when_admit_says_no(ray_cluster, tmp_store):
+    # The runs' path (RenderStream -> run_routed -> stream) orders and admits as RenderPool.run does.
+    # Submitted in reverse priority; one actor, one job at a time: outcomes arrive in dispatch order.
+    jobs = [RenderJob(f"{i:064x}", None, "spring", f"s{i}", "en-16x9-t1", priority=priority)
+            for i, priority in enumerate([(0,), (1,), (1, 1), (2,), (3,)])]
+    admitted, seen = [], []
+
+    def admit(job) -> bool:  # a budget that holds three jobs
+        if len(admitted) == 3:
+            return False
+        admitted.append(job.render_key)
+        return True
+
+    config = PoolConfig(ModelSpec("none", warmup_seconds=0), StoreTarget(tmp_store),
+                        scheduling=Scheduling(num_actors=1, max_in_flight_per_actor=1, job_deadline_s=300))
+    with RenderPool(config, actor_class=InstantActor) as pool:
+        assert pool.stream(jobs, seen.append, admit=admit) == 5
+    assert all(o.status != "failed" for o in seen), [(o.status, o.error_class, o.error_message) for o in seen]
+    assert [o.render_key for o in seen if o.status == "ok"] == [jobs[4].render_key, jobs[3].render_key,
+                                                                 jobs[2].render_key] == admitted
+    assert sorted((o.render_key, o.status, o.error_class) for o in seen if o.status != "ok") == [
+        (jobs[0].render_key, CANCELLED, NOT_ADMITTED), (jobs[1].render_key, CANCELLED, NOT_ADMITTED)]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from catalog import InvalidId, render_key, safe_key, validate_id
+from catalog import InvalidId, render_key, safe_key, validate_id, variant_render_keys
 from catalog.render_keys import canonical_json
 
 from catalog_testlib import make_receipt
@@ -56,6 +56,24 @@ def test_render_key_is_canonical():
     assert render_key({"seed": 4}) != render_key({"seed": 3})
     assert render_key({"x": 0.1}) != render_key({"x": 0.10000000000000002})
     assert canonical_json({"b": 1, "a": "ü"}) == '{"a":"ü","b":1}'.encode()
+
+
+def test_variant_keys_are_the_keys_of_the_merged_inputs():
+    """The planner's fast path cuts the canonical JSON around the per-variant values: the same keys."""
+    shared = {"prompt": "Cafe\u0301 \"quoted\"\n\t🐴", "seconds": 5.0, "rate": 0.1, "refs": [None, True, {"z": 1, "a": [2.0]}],
+              "model": "f" * 64, "zz_last": None}
+    variants = [{"aspect": aspect, "seed": seed, "b_between": 1.5, "\u00e9": "x"} for aspect in ("16:9", "Ü") for seed in (0, 2**31)]
+    keys = variant_render_keys(shared, variants)
+    assert keys == [render_key({**shared, **variant}) for variant in variants] and len(set(keys)) == 4
+    # Plain int/ASCII variants skip the canonical pass; a bool or non-NFC text must not.
+    plain = [{"aspect": "16:9", "seed": 7}, {"aspect": "9:16", "seed": True}, {"aspect": "Cafe\u0301", "seed": 1}]
+    assert variant_render_keys(shared, plain) == [render_key({**shared, **variant}) for variant in plain]
+    assert variant_render_keys({}, plain) == [render_key(variant) for variant in plain]
+    for bad in ({"aspect": "1:1", "seed": 1, "b_between": 1, "\u00e9": "x", "model": "g"}, {"aspect": "1:1"}):
+        with pytest.raises(ValueError, match="every variant names"):
+            variant_render_keys(shared, [variants[0], bad])
+    with pytest.raises(ValueError):
+        variant_render_keys(shared, [{"seconds": 1}])
 
 
 @pytest.mark.parametrize("bad", [{"x": math.nan}, {"x": math.inf}, {"x": b"raw"}, {1: "a"}, {"x": object()}])

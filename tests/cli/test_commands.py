@@ -7,6 +7,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
+from flows.settings import load_settings
 from tests.cli.cli_testlib import horse, manifest, one_json_document
 
 COMMANDS = ("demo", "manifest", "plan", "render", "backfill", "versions", "show", "qc", "deploy", "serve", "ui", "doctor")
@@ -32,7 +33,10 @@ def test_plan_is_a_dry_run_with_a_quote(tmp_path, tmp_store):
     document = one_json_document(result)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (document["jobs"], document["cached"], document["to_render"]) == (12, 0, 12)
-    assert document["gpu_seconds_quote"] == 96.0 and "from configuration" in document["quote_basis"]
+    # No history yet: the configured per-stage figures of a 256p render (base, decode, encode) per clip-second.
+    configured = load_settings().cost.configured
+    per_clip_second = sum(configured.seconds[k] for k in ("base", "decode_256p", "encode_256p")) / configured.clip_seconds
+    assert document["gpu_seconds_quote"] == round(12 * per_clip_second, 1) and "from configuration" in document["quote_basis"]
     assert document["ok"] is True and document["row_errors"] == []
     assert {(job["shot_id"], job["variant"]) for job in document["plan"]} == {
         (f"s0{i}", f"{lang}-{aspect}-t1") for i in (1, 2, 3) for lang in ("en", "de") for aspect in ("16x9", "9x16")}

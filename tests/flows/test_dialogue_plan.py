@@ -100,3 +100,23 @@ def test_dialogue_configuration_edges(tmp_path, tmp_store, yaml_text, expected):
         return
     with pytest.raises(ConfigError, match=expected):
         load_settings(config, store_url=tmp_store)
+
+
+def test_fast_variant_keys_hash_the_gate_and_the_adapter_like_key_inputs_say(tmp_store):
+    # The planner fills per-variant values into one shared canonical text (catalog.variant_render_keys);
+    # a job's key_inputs (receipts, lineage, API routing) are rebuilt from its fields: both must agree.
+    from catalog import render_key
+    from flows.plan import AdapterChoice
+    from model.stages import adapter_key_input
+
+    settings = load_settings(store_url=tmp_store, dialogue={"recognizer": "pocketsphinx"},
+                             render={"destinations": ["broadcast-eu"], "max_rerolls": 2})
+    [validated], _ = validate_rows([shot("s010", "A woman.", aspect_ratios=["16:9", "9:16"], takes=2)])
+    adapter = AdapterChoice("acme@1", "a" * 64, "file:///a", 0.7)
+    jobs = expand_shot(validated, MODEL, destinations=run_destinations(settings), dialogue=dialogue_policy(settings),
+                       adapter=adapter)
+    assert len(jobs) == 8 and len({job.render_key for job in jobs}) == 8
+    for job in jobs:
+        assert job.render_key == render_key(job.key_inputs), job.variant
+        assert job.key_inputs["adapter"] == adapter_key_input("a" * 64, 0.7)
+        assert ("dialogue" in job.key_inputs) == (job.language == "en"), "pocketsphinx hears en only"

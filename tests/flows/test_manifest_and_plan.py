@@ -197,8 +197,8 @@ def test_render_key_names_the_adapter_and_strength_and_without_one_is_as_before(
 
     row = shot("s1", "A scene.", languages=["en"], aspect_ratios=["16:9"])
     [plain], _ = validate_rows([row])
-    # the key of a shot without an adapter is what it was before brand adapters existed
-    # (pipeline cache version 2)
+    # main's key before brand adapters existed: a shot without an adapter keeps it (at
+    # PIPELINE_CACHE_VERSION 2, the x264 change; at version 1 it was 674bc8b0...f91188)
     assert [j.render_key for j in expand_shot(plain, MODEL)] == [
         "3baa2205ecf104f0e29bfc42984381c6949527727f3855f20e015a280ad79943"]
     keys = {expand_shot(plain, MODEL, adapter=AdapterChoice("acme@1", sha, "file:///a", strength))[0].render_key
