@@ -103,7 +103,7 @@ def horse_ui(tmp_path):
     env.pop("PREFECT_API_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # a first start migrates a new database: slow on 2 busy cores
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).json() is True:
@@ -111,11 +111,20 @@ def horse_ui(tmp_path):
         except (httpx.HTTPError, ValueError):
             time.sleep(0.5)
     else:
-        process.kill()
+        _stop(process)
         pytest.fail(f"horse ui did not come up: {process.stdout.read()}")
     yield f"http://127.0.0.1:{port}", process
+    _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, which `horse ui` passes on to its Prefect server (SIGKILL would leave it running)."""
     if process.poll() is None:
-        process.kill()
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.fixture
