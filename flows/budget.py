@@ -121,6 +121,9 @@ class BudgetGuard:
         self.attempts: dict[tuple[str, str | None], int] = defaultdict(int)
         self.not_rendered: dict[str, int] = defaultdict(int)  # campaign -> shots left for later
         self.stopped_by: Budget | None = None
+        # (campaign, provider) -> [clips delivered, USD or None when a clip had no price]: what the
+        # API providers billed (one task per clip, however many attempts polled it)
+        self.api: dict[tuple[str, str], list] = {}
 
     def admit(self, job: RenderJob) -> bool:
         quote = self.quotes.get(job.render_key, 0.0)
@@ -147,6 +150,12 @@ class BudgetGuard:
             self.spent[(campaign, outcome.device_type)] += spend_of(outcome)
             self.attempts[(campaign, outcome.device_type)] += 1
 
+    def provider_billed(self, campaign: str, backend: str, cost_usd: float | None) -> None:
+        """Count a clip an API provider rendered (its receipt holds the usage; `cost_usd` is that
+        usage at the configured prices, None if unpriced)."""
+        clips, usd = self.api.setdefault((campaign, backend), [0, 0.0])
+        self.api[(campaign, backend)] = [clips + 1, None if usd is None or cost_usd is None else usd + cost_usd]
+
     @property
     def reason(self) -> str:
         return f"not rendered: budget ({self.stopped_by})" if self.stopped_by else ""
@@ -169,6 +178,10 @@ class BudgetGuard:
                              "money": None if price is None else round(seconds / 3600 * price, 4),
                              "currency": settings.cost.currency, "renders": self.attempts.get((campaign, device), 0),
                              "not_rendered_budget": self.not_rendered.get(campaign, 0) if i == 0 else 0})
+        for (campaign, backend), (clips, usd) in sorted(self.api.items()):  # providers bill in USD
+            rows.append({"run_id": run_id, "campaign_id": campaign, "device_type": f"api:{backend}",
+                         "gpu_seconds": 0.0, "money": None if usd is None else round(usd, 4), "currency": "USD",
+                         "renders": clips, "not_rendered_budget": 0})
         return rows
 
 

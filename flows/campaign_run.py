@@ -221,6 +221,8 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
                 for job, outcome in stream.outcomes_for(todo[start:start + size]):
                     if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
                         outcome = dataclasses.replace(outcome, error_message=guard.reason)
+                    if job.backend != "local" and outcome.ok:
+                        guard.provider_billed(job.campaign_id, job.backend, getattr(outcome, "cost_usd", None))
                     receipt = record_render(store, run, job, outcome)
                     if receipt is not None:
                         receipts.append(receipt)

@@ -124,6 +124,11 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
         with store.open_blob(entries[shot]["blob_uri"]) as src:
             path.write_bytes(src.read())
         assert (probe_mp4(path).width, probe_mp4(path).height) == (854, 480)
+    [billed] = [r for r in store.spend.to_arrow(run_id=first["run_id"]).to_pylist() if r["device_type"].startswith("api:")]
+    assert (billed["campaign_id"], billed["device_type"], billed["renders"], billed["gpu_seconds"]) == (
+        "launch", "api:seedance-2.0", 2, 0.0), "the spend table shows what the provider billed: 2 clips, 1 task each"
+    costs = [json.loads(store.read_receipt(entries[s]["render_key"])["extra"]).get("cost_usd") for s in ("h1", "h2")]
+    assert billed["money"] == (None if None in costs else round(sum(costs), 4))
     root = Path(tmp_store.removeprefix("file://"))
     events = [json.loads(p.read_text()) for p in root.glob("lineage/*/*.json")]
     models = sorted(sorted(d["name"] for d in e["inputs"] if "/blobs/" not in d["name"])
