@@ -75,8 +75,9 @@ def show_plan(document: dict[str, Any]) -> None:
     if document["jobs"] > len(jobs):
         console.print(f"... and {document['jobs'] - len(jobs)} more (--rows N shows more, --json lists every job)")
     quote = document["quote"]
-    console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, "
-                  f"{len(document['kept_approved'])} kept (approved), [bold]{document['to_render']} "
+    kept = f"{len(document['kept_approved'])} kept (approved), " if document["kept_approved"] else ""
+    console.print(f"{document['jobs']} jobs: {document['cached']} already rendered, {kept}"
+                  f"[bold]{document['to_render']} "
                   f"to render[/bold], about {quote['gpu_seconds'] / 3600:.3g} GPU-hours "
                   f"({quote['gpu_seconds_low'] / 3600:.3g}-{quote['gpu_seconds_high'] / 3600:.3g}) "
                   f"on {quote['device_type'] or 'an unknown device'}", highlight=False)
