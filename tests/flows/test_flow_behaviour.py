@@ -43,7 +43,8 @@ def artifacts_of(flow_run_id) -> dict[str, object]:
         async with get_client() as client:
             return await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
-    return {a.type: a for a in asyncio.run(read())}
+    found = asyncio.run(read())
+    return {**{a.type: a for a in found}, **{a.key: a for a in found if a.key}}  # by type, and by key
 
 
 def log_messages(flow_run_id, containing: str) -> list[str]:
@@ -141,7 +142,7 @@ def test_failed_shots_are_published_as_failed_and_fail_the_run(prefect_api, ray_
     assert state.is_failed()
     version = Store(tmp_store).versions.read("spring-launch", 1)
     assert [e["status"] for e in version["entries"]] == ["failed"]
-    table = json.loads(artifacts_of(state.state_details.flow_run_id)["table"].data)
+    table = json.loads(artifacts_of(state.state_details.flow_run_id)["spring-launch-failures"].data)  # not the spend table
     assert table[0]["shot"] == "s200" and table[0]["variant"] == "en-1x1-t1"
     assert table[0]["error_class"] == "DeadlineExceeded"
     assert set(table[0]) == {"shot", "variant", "error_class", "message", "retryable", "attempts", "render_key"}
