@@ -105,7 +105,7 @@ class AdapterRegistry:
     def encoding_uris(self) -> set[str]:
         """The training-clip encodings registered adapters name in their lineage."""
         return {c["encoding_uri"] for r in self.list() for c in (r.get("training") or {}).get("clips") or ()
-                if c.get("encoding_uri")}
+                if isinstance(c, dict) and c.get("encoding_uri")}   # records before encodings name none
 
     def names(self) -> set[str]:
         """Every name a manifest may use: `brand` for each brand and `brand@N` for each version."""
