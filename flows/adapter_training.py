@@ -102,8 +102,8 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
     width, height = pipe.size_for("256p", "16:9")
     stored = [store.put_blob(str(s.path), ext=s.path.suffix.lstrip(".").lower()) for s in sources]
     try:  # encodings already in the catalog are read back: no clip decoded, no encoder called
-        encodings = stored_encodings(store, pipe, [ClipToEncode(s.path, b.sha256, s.caption) for s, b in zip(sources, stored)],
-                                     width, height, made_by={"brand": brand, "run_id": run_id})
+        to_encode = [ClipToEncode(s.path, b.sha256, s.caption) for s, b in zip(sources, stored)]
+        encodings = stored_encodings(store, pipe, to_encode, width, height, made_by={"brand": brand, "run_id": run_id})
     except ClipError as exc:
         raise TrainingInputError(str(exc)) from None
 
@@ -113,8 +113,8 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
     name = f"{brand}-{render_key(inputs)[:16]}"
     connect(settings.ray.address)
     with tempfile.TemporaryDirectory(prefix="horse-training-") as output:
-        result = train_adapter([e.blob_uri for e in encodings], StoreTarget(store.url, public_options(settings.storage_options) or None),
-                               config, output, num_workers=workers,
+        target = StoreTarget(store.url, public_options(settings.storage_options) or None)   # no credentials
+        result = train_adapter([e.blob_uri for e in encodings], target, config, output, num_workers=workers,
                                use_gpu=not (settings.ray.cpu_mode or resolved.device == "cpu"), name=name)
         plot_png = result.files["plot"].read_bytes()
         history_json = result.files["history"].read_bytes()
@@ -125,7 +125,8 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
                     for b, s, e in zip(stored, sources, encodings)]
     training = {"run": name, "steps": config.steps, "workers": workers, "initial_loss": result.initial_loss,
                 "final_loss": result.final_loss, "resumed_from": result.resumed_from, "loss_curve_uri": plot.uri,
-                "history_uri": history.uri, "checkpoints": result.checkpoints, "clips": clip_records, "model_fingerprint": pipe.fingerprint}
+                "history_uri": history.uri, "checkpoints": result.checkpoints, "clips": clip_records,
+                "model_fingerprint": pipe.fingerprint}
     record = store.adapters.register(brand, result.adapter.to_bytes(), result.adapter.config.to_dict(),
                                      run_id=run_id, training=training)
     store.lineage.complete(
