@@ -1,6 +1,6 @@
 """Brand adapters on the tiny preset, measured side by side in one run.
 
-    .venv/bin/python benchmarks/adapters.py [--repeats 5] [--rank 16] [--train-steps 12] [--skip-train]
+    .venv/bin/python benchmarks/adapters.py [--repeats 5] [--rank 16] [--train-steps 12] [--skip-train] [--skip-serving]
 
 Serving (one process, CPU, the tiny preset saved and loaded as a checkpoint folder): a distilled
 1 s 256p render without an adapter; the switch a render
@@ -129,30 +129,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--train-steps", type=int, default=12)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-serving", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")     # Ray listens on 127.0.0.1 only
 
-    with tempfile.TemporaryDirectory() as folder:
-        HappyHorsePipeline.tiny(seed=0).save_pretrained(folder)     # the reload baseline needs files
-        s = bench_serving(Path(folder), args.repeats, args.rank)
-    print(f"tiny preset, distilled 1 s 256p, adapter rank {args.rank} on every block linear ({s['adapter_mb'][0]:.2f} MiB)")
-    print(f"  {'':34} {'wall':>10}    {'CPU':>10}")
+    if not args.skip_serving:
+        with tempfile.TemporaryDirectory() as folder:
+            HappyHorsePipeline.tiny(seed=0).save_pretrained(folder)     # the reload baseline needs files
+            s = bench_serving(Path(folder), args.repeats, args.rank)
+        print(f"tiny preset, distilled 1 s 256p, adapter rank {args.rank} on every block linear ({s['adapter_mb'][0]:.2f} MiB)")
+        print(f"  {'':34} {'wall':>10}    {'CPU':>10}")
 
-    def row(label: str, key: str, scale: float = 1e3, digits: int = 1, note: str = "") -> None:
-        wall, cpu = s[key]
-        print(f"  {label:34} {wall * scale:7.{digits}f} ms  {cpu * scale:7.{digits}f} ms  {note}")
-    row("render, no adapter", "render_s")
-    row("switch between held adapters", "switch_s", digits=3,
-        note=f"= {s['switch_s'][0] / s['render_s'][0]:.2%} of a render (CPU {s['switch_s'][1] / s['render_s'][1]:.2%})")
-    row("switch to no adapter", "to_none_s", digits=3)
-    row("first load of an adapter", "first_load_s", note=f"= {s['first_load_s'][0] / s['render_s'][0]:.1%} of a render")
-    row("reload the pipeline per adapter", "reload_s",
-        note=f"= {s['reload_s'][0] / s['switch_s'][0]:,.0f}x the switch (CPU {s['reload_s'][1] / max(s['switch_s'][1], 1e-9):,.0f}x)")
-    row("denoise step, no adapter", "step_none_s", digits=2)
-    row("denoise step, unmerged adapter", "step_adapter_s", digits=2,
-        note=f"(+{s['step_adapter_s'][0] / s['step_none_s'][0] - 1:.0%} wall, +{s['step_adapter_s'][1] / s['step_none_s'][1] - 1:.0%} CPU)")
+        def row(label: str, key: str, scale: float = 1e3, digits: int = 1, note: str = "") -> None:
+            wall, cpu = s[key]
+            print(f"  {label:34} {wall * scale:7.{digits}f} ms  {cpu * scale:7.{digits}f} ms  {note}")
+        row("render, no adapter", "render_s")
+        row("switch between held adapters", "switch_s", digits=3,
+            note=f"= {s['switch_s'][0] / s['render_s'][0]:.2%} of a render (CPU {s['switch_s'][1] / s['render_s'][1]:.2%})")
+        row("switch to no adapter", "to_none_s", digits=3)
+        row("first load of an adapter", "first_load_s", note=f"= {s['first_load_s'][0] / s['render_s'][0]:.1%} of a render")
+        row("reload the pipeline per adapter", "reload_s",
+            note=f"= {s['reload_s'][0] / s['switch_s'][0]:,.0f}x the switch (CPU {s['reload_s'][1] / max(s['switch_s'][1], 1e-9):,.0f}x)")
+        row("denoise step, no adapter", "step_none_s", digits=2)
+        row("denoise step, unmerged adapter", "step_adapter_s", digits=2,
+            note=f"(+{s['step_adapter_s'][0] / s['step_none_s'][0] - 1:.0%} wall, +{s['step_adapter_s'][1] / s['step_none_s'][1] - 1:.0%} CPU)")
     if not args.skip_train:
         rates = bench_training(args.train_steps, (1, 2))
         print(f"training on Ray Train (CPU workers, {args.train_steps} steps, 1 clip per worker per step)")
