@@ -45,7 +45,7 @@ from .fal import FalQueue
 from .http import AUTH, INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError
 from .modelark import ModelArkTasks
 from .request import ApiRequest
-from .spec import ProviderSpec, ratio_numbers
+from .spec import ProviderSpec, billed_tokens, ratio_numbers
 from .task_api import TaskApi, TaskState
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,8 @@ class ApiBackend:
                 for name, value in sent.items() if name in echo and echo[name] != value]
 
     def _cost(self, usage: dict) -> float | None:
-        tokens = usage.get("total_tokens", usage.get("estimated_tokens"))
+        reported, estimated = billed_tokens(usage)
+        tokens = reported if reported is not None else estimated
         if self.spec.price_per_million_tokens is not None and tokens is not None:
             return round(tokens * self.spec.price_per_million_tokens / 1e6, 6)
         return self.spec.price_per_clip

@@ -62,6 +62,16 @@ class ProviderSpec:
         return self.image_model if has_image and self.image_model else self.model
 
 
+def billed_tokens(usage: dict | None) -> tuple[int | None, int | None]:
+    """(tokens the provider reported, tokens estimated where it reported none) of one clip's usage:
+    ModelArk bills Seedance by `total_tokens`; for a provider that reports none (fal) the backend
+    records `estimated_tokens` by the documented formula. One of the two is None."""
+    usage = usage or {}
+    if usage.get("total_tokens") is not None:
+        return int(usage["total_tokens"]), None
+    return None, None if usage.get("estimated_tokens") is None else int(usage["estimated_tokens"])
+
+
 def ratio_numbers(ratio: str) -> tuple[int, int]:
     """"16:9" -> (16, 9)."""
     try:
