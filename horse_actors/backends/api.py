@@ -346,7 +346,7 @@ class ApiBackend:
             shutil.rmtree(scratch, ignore_errors=True)
         info = check.info
         usage = dict(state.usage or record.get("usage") or {})
-        if "total_tokens" not in usage:
+        if billed_tokens(usage)[0] is None:
             # The token count both Seedance price lists bill by: W x H x 24 fps x seconds / 1024.
             usage["estimated_tokens"] = round(info.width * info.height * 24 * info.video_seconds / 1024)
         self.store.provider_tasks.update(record, blob_sha256=blob.sha256, usage=usage)

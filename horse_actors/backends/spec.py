@@ -66,11 +66,13 @@ class ProviderSpec:
 
 def billed_tokens(usage: dict | None) -> tuple[int | None, int | None]:
     """(tokens the provider reported, tokens estimated where it reported none) of one clip's usage:
-    ModelArk bills Seedance by `total_tokens`; for a provider that reports none (fal) the backend
-    records `estimated_tokens` by the documented formula. One of the two is None."""
+    ModelArk bills Seedance by its tokens (`total_tokens`, else `completion_tokens`); for a provider
+    that reports none (fal) the backend records `estimated_tokens` by the documented formula. One of
+    the two is None."""
     usage = usage or {}
-    if usage.get("total_tokens") is not None:
-        return int(usage["total_tokens"]), None
+    for name in ("total_tokens", "completion_tokens"):
+        if usage.get(name) is not None:
+            return int(usage[name]), None
     return None, None if usage.get("estimated_tokens") is None else int(usage["estimated_tokens"])
 
 
