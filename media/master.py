@@ -15,10 +15,12 @@ settings) and shared by every destination in one `make_masters` call that wants 
 Colour tags are never converted (that would need a gamut/transfer conversion): a clip whose tags
 differ from the destination's is refused, as is a size of another aspect ratio.
 
-Sound is always re-encoded (AAC 48 kHz): measured, gained to the target loudness, passed through
-a true-peak limiter at the ceiling, re-measured and re-gained until it settles; the encoded file
-is measured again and, if AAC pushed the peak over the ceiling, remade with the limit lowered by
-the overshoot.
+Sound is always made anew at 48 kHz in the destination's codec: AAC in an .mp4, or uncompressed
+24-bit PCM in a QuickTime .mov (`Destination.container`; what broadcasters take). It is measured,
+gained to the target loudness, passed through a true-peak limiter at the ceiling, re-measured and
+re-gained until it settles; the written file is measured again and, if AAC pushed the peak over
+the ceiling, remade with the limit lowered by the overshoot. The sound is written interleaved with
+the video packets, a video frame's worth at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 
 from .loudness import RATE, ffmpeg_loudness, limit_true_peak
 from .measure import Measurements, decode_audio, measure
-from .mp4 import MP4_OPTIONS, add_audio_stream, add_video_stream, mux_audio
+from .mp4 import MP4_OPTIONS, AudioFeed, add_audio_stream, add_video_stream
 from .qc import Destination, QCReport, brief_frames, check
 
 SETTLED_LU = 0.05  # stop re-gaining once the loudness is this close to the target
@@ -44,6 +46,7 @@ FIRST_LIMIT_MARGIN_DB = 0.3  # AAC adds a little to the true peak; start the lim
 MAX_ATTEMPTS = 3
 MAX_MAKEUP_DB = 6.0  # gain beyond the plain level change, to win back what the limiter takes
 MAX_ASPECT_CHANGE = 0.01
+_CONTAINER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder"}  # the muxer writes its own
 
 
 class MasterError(ValueError):
@@ -80,8 +83,9 @@ def make_master(
     path: str | os.PathLike, destination: Destination, out_path: str | os.PathLike, *,
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
 ) -> tuple[MasterInfo, QCReport]:
-    """One master of `path` for `destination` at `out_path`, and its QC report. `source`: the clip's
-    measurements if already taken with its picture (saves decoding it again)."""
+    """One master of `path` for `destination` at `out_path` (name it with the extension
+    `destination.container`), and its QC report. `source`: the clip's measurements if already taken
+    with its picture (saves decoding it again)."""
     return _Mastering(path, brief_seconds, expects_speech, source).master(destination, out_path)
 
 
@@ -90,7 +94,7 @@ def make_masters(
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
     refused: dict[str, str] | None = None,
 ) -> dict[str, tuple[MasterInfo, QCReport]]:
-    """A master per destination as `out_dir/<destination>.mp4`; the clip is measured once and a
+    """A master per destination as `out_dir/<destination>.<destination.container>`; the clip is measured once and a
     re-encoded picture is made once for all destinations that want the same one. A destination a
     master cannot be made for raises MasterError, or, when `refused` is given, is left out and
     recorded there (name -> reason) while the others are made."""
@@ -100,7 +104,7 @@ def make_masters(
     try:
         for d in destinations:
             try:
-                made[d.name] = job.master(d, Path(out_dir) / f"{d.name}.mp4")
+                made[d.name] = job.master(d, Path(out_dir) / f"{d.name}.{d.container}")
             except MasterError as exc:
                 if refused is None:
                     raise
@@ -118,7 +122,8 @@ class _Mastering:
         if self.source.video is None:
             raise MasterError(f"{self.path}: no video stream")
         with av.open(self.path) as clip:
-            self._tags = dict(clip.metadata)  # render key, campaign, shot...: the master keeps them
+            # render key, campaign, shot...: the master keeps them (not the clip's file-type brands)
+            self._tags = {k: v for k, v in clip.metadata.items() if k not in _CONTAINER_TAGS}
         self._pictures: dict[_Picture, str] = {}  # re-encoded pictures, shared between destinations
         self._tmp = None
 
@@ -224,17 +229,20 @@ class _Mastering:
         return out
 
     def _write(self, out_path: str, video_from: str, audio: np.ndarray, d: Destination) -> None:
-        with av.open(video_from) as box, av.open(out_path, "w", format="mp4", options=MP4_OPTIONS) as out:
+        with av.open(video_from) as box, av.open(out_path, "w", format=d.container, options=MP4_OPTIONS) as out:
             out.metadata.update({**self._tags, "horse_destination": d.name})
             source = box.streams.video[0]
             video = out.add_stream_from_template(source)
-            sound = add_audio_stream(out, "mono" if audio.shape[0] == 1 else "stereo")
+            sound = AudioFeed(out, add_audio_stream(out, "mono" if audio.shape[0] == 1 else "stereo",
+                                                    d.audio_codec or "aac"), audio, RATE)
             for packet in box.demux(source):
                 if packet.dts is None:  # the demuxer's end-of-stream marker
                     continue
+                end = float((packet.dts + (packet.duration or 0)) * source.time_base)
                 packet.stream = video
                 out.mux(packet)
-            mux_audio(out, sound, audio, RATE)
+                sound.until(round(end * RATE))  # the sound up to this packet's end, next to it in the file
+            sound.close()
 
 
 class _Gained(NamedTuple):

@@ -70,6 +70,7 @@ class AudioFacts:
 class Measurements:
     path: str
     bytes: int
+    container: str  # "mp4" or "mov" (QuickTime) by the file's major brand; else the demuxer's name
     faststart: bool
     video: VideoFacts | None
     audio: AudioFacts | None
@@ -117,6 +118,7 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
         return Measurements(
             path=path,
             bytes=os.path.getsize(path),
+            container=_container(box),
             faststart=moov_first(path),
             video=video_facts,
             audio=audio_facts,
@@ -124,6 +126,12 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
             frozen=scan.frozen(end) if scan else None,
             picture_from=path if scan else None,
         )
+
+
+def _container(box) -> str:
+    if "mp4" not in box.format.name:
+        return box.format.name.split(",")[0]
+    return "mov" if box.metadata.get("major_brand", "").strip() == "qt" else "mp4"
 
 
 def _seconds(stream) -> float | None:
