@@ -125,6 +125,7 @@ class _Mastering:
             # render key, campaign, shot...: the master keeps them (not the clip's file-type brands)
             self._tags = {k: v for k, v in clip.metadata.items() if k not in _CONTAINER_TAGS}
         self._pictures: dict[_Picture, str] = {}  # re-encoded pictures, shared between destinations
+        self._sounds: dict[str, np.ndarray] = {}  # the clip's decoded sound by layout
         self._tmp = None
 
     def cleanup(self) -> None:
@@ -135,11 +136,11 @@ class _Mastering:
         out_path = os.fspath(out_path)
         picture, reasons = self._plan(d)
         video_from = self._reencoded(picture) if reasons else self.path
-        sound = self._conformed_sound(d, picture)
+        sound, loudness = self._conformed_sound(d, picture)
         # Aim at the target and just under the ceiling, then correct both by what the encoded file measures.
         aim, limit = d.loudness_lufs, d.true_peak_dbtp - FIRST_LIMIT_MARGIN_DB
         for _ in range(MAX_ATTEMPTS):
-            audio, gain, limited = _normalised(sound, aim, limit)
+            audio, gain, limited = _normalised(sound, aim, limit, loudness)
             self._write(out_path, video_from, audio, d)
             measured = measure(out_path, picture=bool(reasons))
             got = measured.audio.loudness if measured.audio else None
@@ -218,15 +219,21 @@ class _Mastering:
         self._pictures[picture] = target
         return target
 
-    def _conformed_sound(self, d: Destination, picture: _Picture) -> np.ndarray:
-        """The clip's sound at 48 kHz in the destination's layout, cut or padded to the picture's length."""
-        layout = d.audio_layout or (self.source.audio.layout if self.source.audio else "stereo")
+    def _conformed_sound(self, d: Destination, picture: _Picture) -> tuple[np.ndarray, float | None]:
+        """(The clip's sound at 48 kHz in the destination's layout, cut or padded to the picture's
+        length; its integrated loudness when that is the clip's measured one, else None)."""
+        audio = self.source.audio
+        layout = d.audio_layout or (audio.layout if audio else "stereo")
         channels = 1 if layout == "mono" else 2
         samples = round(Fraction(picture.frames) / picture.fps * RATE)
-        sound = decode_audio(self.path, layout) if self.source.audio else np.zeros((channels, 0), np.float32)
+        if layout not in self._sounds:  # decoded once per layout for every destination
+            self._sounds[layout] = decode_audio(self.path, layout) if audio else np.zeros((channels, 0), np.float32)
+        sound = self._sounds[layout]
         out = np.zeros((sound.shape[0], samples), np.float32)
         out[:, : min(samples, sound.shape[1])] = sound[:, :samples]
-        return out
+        # The very samples the clip's measurement metered (same decode, same layout, same length).
+        same = audio is not None and layout == audio.layout in ("mono", "stereo") and sound.shape[1] == samples
+        return out, audio.loudness.integrated_lufs if same else None
 
     def _write(self, out_path: str, video_from: str, audio: np.ndarray, d: Destination) -> None:
         with av.open(video_from) as box, av.open(out_path, "w", format=d.container, options=MP4_OPTIONS) as out:
@@ -252,14 +259,15 @@ class _Gained(NamedTuple):
     loudness: float
 
 
-def _normalised(sound: np.ndarray, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, float, float]:
+def _normalised(sound: np.ndarray, target_lufs: float, ceiling_dbtp: float,
+                measured_lufs: float | None = None) -> tuple[np.ndarray, float, float]:
     """(sound at `target_lufs` with its true peak at most `ceiling_dbtp`, gain dB, limiter reduction dB).
 
     The plain level change is target - measured. Where the limiter then has to act it takes some
     loudness away, so up to MAX_MAKEUP_DB more gain is searched for (regula falsi on measured
     loudness, which only rises with gain); past that the limiter would be squashing the sound, and
     the master stays under its target for QC to report. Digital silence is returned as it is."""
-    before = ffmpeg_loudness(sound).integrated_lufs
+    before = measured_lufs if measured_lufs is not None else ffmpeg_loudness(sound).integrated_lufs
     if before is None:
         return sound, 0.0, 0.0
 

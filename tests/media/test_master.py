@@ -57,12 +57,17 @@ def test_a_clip_of_the_right_length_keeps_its_video_packets_and_its_sound_is_cut
     assert report.passed, report.failures()
 
 
-def test_a_pcm_destination_gets_24_bit_pcm_in_a_mov_at_its_loudness_with_the_video_copied(clips, tmp_path):
-    """What broadcasters take: uncompressed 24-bit 48 kHz sound in a QuickTime file, the picture copied."""
+def test_a_pcm_destination_gets_24_bit_pcm_in_a_mov_at_its_loudness_with_the_video_copied(clips, tmp_path, monkeypatch):
+    """What broadcasters take: uncompressed 24-bit 48 kHz sound in a QuickTime file, the picture copied.
+    The sound already has the picture's length, so it is the one the clip's QC metered: not metered again."""
     sound = clips.tone(0.3, 2.0)
     clip = clips.write("c.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound]))
     pcm = Destination(name="tv", loudness_lufs=-23.0, true_peak_dbtp=-1.0, audio_codec="pcm_s24le", audio_rate=48000)
-    masters = make_masters(clip, [pcm], tmp_path / "out", brief_seconds=2.0)
+    metered = []
+    real = media.master.ffmpeg_loudness
+    monkeypatch.setattr(media.master, "ffmpeg_loudness", lambda *a, **k: metered.append(a) or real(*a, **k))
+    masters = make_masters(clip, [pcm], tmp_path / "out", brief_seconds=2.0, source=measure(clip))
+    assert metered == [], "normalising starts from the clip's measured loudness"
     info, report = masters["tv"]
     assert info.path.endswith("tv.mov") and info.video == "copied" and video_packets(clip) == video_packets(info.path)
     with av.open(info.path) as box:
