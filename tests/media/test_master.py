@@ -66,8 +66,9 @@ def test_a_pcm_destination_gets_24_bit_pcm_in_a_mov_at_its_loudness_with_the_vid
     metered = []
     real = media.master.ffmpeg_loudness
     monkeypatch.setattr(media.master, "ffmpeg_loudness", lambda *a, **k: metered.append(a) or real(*a, **k))
-    masters = make_masters(clip, [pcm], tmp_path / "out", brief_seconds=2.0, source=measure(clip))
+    masters = make_masters(clip, [pcm, SOCIAL], tmp_path / "out", brief_seconds=2.0, source=measure(clip))
     assert metered == [], "normalising starts from the clip's measured loudness"
+    assert masters["social"][0].path.endswith("social.mp4") and video_packets(masters["social"][0].path) == video_packets(clip)
     info, report = masters["tv"]
     assert info.path.endswith("tv.mov") and info.video == "copied" and video_packets(clip) == video_packets(info.path)
     with av.open(info.path) as box:
