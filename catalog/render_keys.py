@@ -10,6 +10,7 @@ hash binary inputs first and pass the hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -106,11 +107,89 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     are sorted, and JSON encodes each value on its own), and each variant only fills those in."""
     if not variants:
         return []
+    texts, slots = _shared_texts(shared, variants[0])
+    keys, names_per_variant = [], set(slots)
+    encode = _json_text
+    sha256 = hashlib.sha256
+    for variant in variants:
+        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
+        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
+            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
+        own = variant if plain else _canonical(variant, "$")
+        if own.keys() != names_per_variant:
+            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
+        pieces = [texts[0]]
+        for name, after in zip(slots, texts[1:]):
+            pieces += (encode(own[name]), after)
+        keys.append(sha256("".join(pieces).encode("utf-8")).hexdigest())
+    return keys
+
+
+def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
+    """(the canonical JSON text of `shared` merged with a variant's inputs, cut at each of the
+    variant's values; the variant's input names, in the order they fill the cuts)."""
+    if type(shared) is dict and all(type(k) is str and k.isascii() for k in shared):
+        layout = _layout(tuple(shared), tuple(variant) if type(variant) is dict else None)
+        if layout is not None:
+            return _fill(layout, shared), layout[1]
+    return _shared_texts_general(shared, variant)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shared_names: tuple[str, ...], variant_names: tuple[str, ...] | None):
+    """Where each input goes in the merged, sorted object, for inputs named by plain ASCII keys
+    (canonical as they are, so they sort and encode as written); None for anything else. A
+    planner keys every variant of a night with one or two layouts."""
+    if variant_names is None or not all(type(k) is str and k.isascii() for k in variant_names) \
+            or set(shared_names) & set(variant_names):
+        return None
+    runs: list[list[tuple[str, str]]] = [[]]  # per cut: (shared name, its '"name":' text) before it
+    slots: list[str] = []
+    for name in sorted({*shared_names, *variant_names}):
+        if name in variant_names:
+            slots.append(name)
+            runs.append([])
+        else:
+            runs[-1].append((name, json.encoder.encode_basestring(name) + ":"))
+    return runs, slots
+
+
+def _fill(layout, shared: dict) -> list[str]:
+    """The fixed texts of `layout` with `shared`'s values, as `_JSON.encode` writes the merged object."""
+    runs, slots = layout
+    texts, members = [], 0
+    for i, run in enumerate(runs):
+        parts = [label + _scalar_text(shared[name], name) for name, label in run]
+        if i < len(slots):  # the cut's own member name follows the run
+            parts.append(json.encoder.encode_basestring(slots[i]) + ":")
+        text = ("," if members and parts else "") + ",".join(parts)
+        members += len(parts)
+        texts.append(("{" if i == 0 else "") + text)
+    texts[-1] += "}"
+    return texts
+
+
+def _scalar_text(value: Any, name: str) -> str:
+    """The canonical JSON text of one shared input; what `_canonical` then `_JSON` write for it."""
+    kind = type(value)
+    if kind is str:
+        return json.encoder.encode_basestring(value if value.isascii() else unicodedata.normalize("NFC", value))
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return int.__repr__(int(value)) if value.is_integer() else float.__repr__(value)
+    return _JSON.encode(_canonical(value, ("$", name)))
+
+
+def _shared_texts_general(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
+    """`_shared_texts` for any inputs: canonicalised first (non-NFC or colliding keys, subclasses)."""
     base = _canonical(shared, "$")
     texts, slots, text = [], [], "{"
     run: dict = {}  # shared inputs since the last per-variant one: JSON-encoded in one call
     members = 0  # written into the object so far; each after the first follows a comma
-    for name in sorted({*base, *_canonical(variants[0], "$")}):
+    for name in sorted({*base, *_canonical(variant, "$")}):
         if name in base:
             run[name] = base[name]
             continue
@@ -125,16 +204,4 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     if run:
         text += ("," if members else "") + _JSON.encode(run)[1:-1]
     texts.append(text + "}")
-    keys, names_per_variant = [], set(slots)
-    for variant in variants:
-        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
-        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
-            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
-        own = variant if plain else _canonical(variant, "$")
-        if own.keys() != names_per_variant:
-            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
-        pieces = [texts[0]]
-        for name, after in zip(slots, texts[1:]):
-            pieces += (_json_text(own[name]), after)
-        keys.append(hashlib.sha256("".join(pieces).encode("utf-8")).hexdigest())
-    return keys
+    return texts, slots
