@@ -103,14 +103,15 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
 
     The variants of one shot share most inputs (prompt, model, references) and differ in a few
     (aspect ratio, size, seed), and a planner keys hundreds of thousands of them. So the canonical
-    JSON of the merged inputs is cut once into the fixed text around the per-variant values (keys
-    are sorted, and JSON encodes each value on its own), and each variant only fills those in."""
+    JSON of the merged inputs is written once with a gap for each per-variant value (keys are
+    sorted, and JSON encodes each value on its own), and each variant only fills those in."""
     if not variants:
         return []
     texts, slots = _shared_texts(shared, variants[0])
+    # The text with a %s for each gap: one C-level format per variant.
+    template = "%s".join(text.replace("%", "%%") for text in texts)
     keys, names_per_variant = [], set(slots)
-    encode = _json_text
-    sha256 = hashlib.sha256
+    encode, sha256 = _json_text, hashlib.sha256
     for variant in variants:
         # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
         plain = type(variant) is dict and variant.keys() == names_per_variant and all(
@@ -118,11 +119,11 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
         own = variant if plain else _canonical(variant, "$")
         if own.keys() != names_per_variant:
             raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
-        pieces = [texts[0]]
-        for name, after in zip(slots, texts[1:]):
-            pieces += (encode(own[name]), after)
-        keys.append(sha256("".join(pieces).encode("utf-8")).hexdigest())
+        keys.append(sha256((template % tuple([encode(own[name]) for name in slots])).encode("utf-8")).hexdigest())
     return keys
+
+
+_GAP = "\x00"  # where a per-variant value goes; JSON text never holds a raw NUL (it is written \u0000)
 
 
 def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
@@ -131,46 +132,29 @@ def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
     if type(shared) is dict and all(type(k) is str and k.isascii() for k in shared):
         layout = _layout(tuple(shared), tuple(variant) if type(variant) is dict else None)
         if layout is not None:
-            return _fill(layout, shared), layout[1]
+            members, slots = layout
+            text = ",".join([label + (_GAP if own else _scalar_text(shared[name], name))
+                             for name, label, own in members])
+            return ("{" + text + "}").split(_GAP), slots
     return _shared_texts_general(shared, variant)
 
 
 @functools.lru_cache(maxsize=256)
 def _layout(shared_names: tuple[str, ...], variant_names: tuple[str, ...] | None):
-    """Where each input goes in the merged, sorted object, for inputs named by plain ASCII keys
-    (canonical as they are, so they sort and encode as written); None for anything else. A
-    planner keys every variant of a night with one or two layouts."""
+    """The merged object's members in order, (name, its '"name":' text, whether the variant gives
+    it), and the variant's names in that order, for inputs named by plain ASCII keys (canonical
+    as they are, so they sort and encode as written); None for anything else. A planner keys
+    every variant of a night with one or two layouts."""
     if variant_names is None or not all(type(k) is str and k.isascii() for k in variant_names) \
             or set(shared_names) & set(variant_names):
         return None
-    runs: list[list[tuple[str, str]]] = [[]]  # per cut: (shared name, its '"name":' text) before it
-    slots: list[str] = []
-    for name in sorted({*shared_names, *variant_names}):
-        if name in variant_names:
-            slots.append(name)
-            runs.append([])
-        else:
-            runs[-1].append((name, json.encoder.encode_basestring(name) + ":"))
-    return runs, slots
-
-
-def _fill(layout, shared: dict) -> list[str]:
-    """The fixed texts of `layout` with `shared`'s values, as `_JSON.encode` writes the merged object."""
-    runs, slots = layout
-    texts, members = [], 0
-    for i, run in enumerate(runs):
-        parts = [label + _scalar_text(shared[name], name) for name, label in run]
-        if i < len(slots):  # the cut's own member name follows the run
-            parts.append(json.encoder.encode_basestring(slots[i]) + ":")
-        text = ("," if members and parts else "") + ",".join(parts)
-        members += len(parts)
-        texts.append(("{" if i == 0 else "") + text)
-    texts[-1] += "}"
-    return texts
+    members = [(name, json.encoder.encode_basestring(name) + ":", name in variant_names)
+               for name in sorted({*shared_names, *variant_names})]
+    return members, [name for name, _, own in members if own]
 
 
 def _scalar_text(value: Any, name: str) -> str:
-    """The canonical JSON text of one shared input; what `_canonical` then `_JSON` write for it."""
+    """The canonical JSON text of one shared input: what `_canonical` then `_JSON` write for it."""
     kind = type(value)
     if kind is str:
         return json.encoder.encode_basestring(value if value.isascii() else unicodedata.normalize("NFC", value))

