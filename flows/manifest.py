@@ -381,7 +381,9 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
                    adapters: Collection[str] = ()) -> Manifest:
     """Validate manifest bytes; `uri` only names the file in messages."""
     try:
-        table = pq.read_table(pa.BufferReader(arrow_owned_copy(data)))
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (a
+        # second of a small plan's start).
+        table = pq.ParquetFile(pa.BufferReader(arrow_owned_copy(data))).read()
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"manifest {uri}: not a Parquet file ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
