@@ -129,8 +129,8 @@ _GAP = "\x00"  # where a per-variant value goes; JSON text never holds a raw NUL
 def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
     """(the canonical JSON text of `shared` merged with a variant's inputs, cut at each of the
     variant's values; the variant's input names, in the order they fill the cuts)."""
-    if type(shared) is dict and all(type(k) is str and k.isascii() for k in shared):
-        layout = _layout(tuple(shared), tuple(variant) if type(variant) is dict else None)
+    if type(shared) is dict and type(variant) is dict:
+        layout = _layout(tuple(shared), tuple(variant))
         if layout is not None:
             members, slots = layout
             text = ",".join([label + (_GAP if own else _scalar_text(shared[name], name))
@@ -140,12 +140,12 @@ def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(shared_names: tuple[str, ...], variant_names: tuple[str, ...] | None):
+def _layout(shared_names: tuple, variant_names: tuple):
     """The merged object's members in order, (name, its '"name":' text, whether the variant gives
     it), and the variant's names in that order, for inputs named by plain ASCII keys (canonical
     as they are, so they sort and encode as written); None for anything else. A planner keys
     every variant of a night with one or two layouts."""
-    if variant_names is None or not all(type(k) is str and k.isascii() for k in variant_names) \
+    if not all(type(k) is str and k.isascii() for k in (*shared_names, *variant_names)) \
             or set(shared_names) & set(variant_names):
         return None
     members = [(name, json.encoder.encode_basestring(name) + ":", name in variant_names)
