@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from flows.plan import ModelInfo, make_plan
 from flows.routing import Routes
 from flows.settings import ConfigError, load_settings
 from horse_actors import RenderJob, RenderOutcome
+from horse_actors.api_actor import ProviderActors
 from horse_actors.backends.api import ApiRenderOutcome
+from horse_actors.config import Scheduling
 from horse_actors.jobs import CANCELLED, NOT_ADMITTED
 
 from .conftest import shot
@@ -135,6 +138,35 @@ def test_the_guard_holds_the_quoted_price_of_api_clips_and_settles_to_the_bill(t
     fal = make_plan(validate_rows([{**row, "backend": None} for row in rows])[0], MODEL, store, routes=unpriced)
     with pytest.raises(ConfigError, match="run budget of 2.50 USD: backend seedance-2.0-fal has no price"):
         BudgetGuard(budgets, quote, fal.todo, unpriced)
+
+
+def test_provider_actors_ask_the_guard_first_and_after_its_no_dispatch_nothing(tmp_store):
+    """The provider scheduler's side (no Ray needed: no job is admitted, so no actor starts)."""
+    store = Store(tmp_store)
+    rows = [shot(f"s{i}", f"A kettle {i}.", campaign_id="spring", languages=["en"], aspect_ratios=["16:9"],
+                 backend="seedance-2.0") for i in range(3)]
+    routes = Routes.from_settings(load_settings().routing)
+    plan = make_plan(validate_rows(rows)[0], MODEL, store, routes=routes)
+    settings = load_settings(store_url=tmp_store, cost={"price_per_gpu_hour": {"H100": 3.6}},
+                             budget={"run": {"money": 0.5}})  # under one 0.93 USD clip
+    guard = BudgetGuard(budgets_for(settings, ["spring"], H100, {}), quote_plan(plan, cost_model(
+        store, settings, MODEL.fingerprint, H100)), plan.todo, routes)
+    jobs = [RenderJob(job.render_key, job.api_request, job.campaign_id, job.shot_id, job.variant) for job in plan.todo]
+    asked, outcomes = [], []
+
+    def admit(job):
+        asked.append(job.render_key)
+        return guard.admit(job)
+
+    def arrived(outcome):
+        outcomes.append(outcome)
+        guard.settle(outcome)
+
+    with ProviderActors(routes.providers, None, Scheduling()) as actors:
+        actors.run(jobs, arrived, threading.Event(), admit)
+    assert asked == [jobs[0].render_key], "asked before the first dispatch, and not again after its no"
+    assert [(o.render_key, o.error_class) for o in outcomes] == [(j.render_key, NOT_ADMITTED) for j in jobs]
+    assert guard.not_rendered == {"spring": 3} and "run budget of 0.50 USD" in guard.reason
 
 
 # ---- a run that stops at its budget -------------------------------------------------------------
