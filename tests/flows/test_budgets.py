@@ -128,7 +128,8 @@ def test_the_guard_holds_the_quoted_price_of_api_clips_and_settles_to_the_bill(t
     assert guard.admit(jobs[3]) and not guard.admit(jobs[3]), "1.33 + 0.93 fits 2.5, 1.33 + 0.93 + 0.93 does not"
     assert [r for r in guard.rows("run-1", settings) if r["device_type"] == "api:seedance-2.0"] == [
         {"run_id": "run-1", "campaign_id": "spring", "device_type": "api:seedance-2.0", "gpu_seconds": 0.0,
-         "money": 1.33, "currency": "USD", "renders": 2, "not_rendered_budget": 0}]
+         "money": 1.33, "currency": "USD", "renders": 2, "not_rendered_budget": 0, "usage_tokens": None,
+         "estimated_tokens": None}]
 
     euro = budgets_for(load_settings(cost={"currency": "EUR", "price_per_gpu_hour": {"H100": 3.6}},
                                      budget={"campaign": {"money": 10}}), ["spring"], H100, {})
