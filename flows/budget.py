@@ -211,8 +211,8 @@ class BudgetGuard:
                 held = self.api_held.pop(outcome.render_key, None)
                 if outcome.ok:  # a provider bills a delivered clip: at its usage, else at the quote
                     billed = getattr(outcome, "cost_usd", None)
-                    self.provider_billed(campaign, self.backend_of[outcome.render_key], held if billed is None else billed,
-                                         getattr(outcome, "usage", None))
+                    self.provider_billed(campaign, self.backend_of[outcome.render_key],
+                                         held if billed is None else billed, getattr(outcome, "usage", None))
                 return
             self.on_actors.pop(outcome.render_key, None)
             if outcome.status != CANCELLED or outcome.device_seconds:
