@@ -221,8 +221,6 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
                 for job, outcome in stream.outcomes_for(todo[start:start + size]):
                     if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
                         outcome = dataclasses.replace(outcome, error_message=guard.reason)
-                    if job.backend != "local" and outcome.ok:
-                        guard.provider_billed(job.campaign_id, job.backend, getattr(outcome, "cost_usd", None))
                     receipt = record_render(store, run, job, outcome)
                     if receipt is not None:
                         receipts.append(receipt)
@@ -278,7 +276,7 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
     quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
-    guard = BudgetGuard(budgets, quote, plan.todo)
+    guard = BudgetGuard(budgets, quote, plan.todo, Routes.from_settings(settings.routing))
 
     resolved = settings.resolved_model()
     run = RunRecord(

@@ -15,7 +15,7 @@ from flows.plan import PREVIEW, PlannedJob
 from flows.routing import api_render_job
 from flows.settings import HorseSettings
 from horse_actors import Delivery, ModelSpec, PoolConfig, RenderJob, RenderOutcome, RenderPool, Scheduling, StoreTarget
-from horse_actors.api_actor import is_api_job, run_routed
+from horse_actors.api_actor import run_routed
 from media import load_audio, load_image
 
 
@@ -108,8 +108,9 @@ class RenderStream:
         with RenderStream(pool, jobs) as stream:
             for job, outcome in stream.outcomes_for(chunk): ...
 
-    `admit` and `on_outcome` (a budget guard) run on the stream's thread, in the pool's own
-    loop: an outcome is seen before the next job is admitted.
+    `admit` and `on_outcome` (a budget guard) run in the loops that dispatch: the pool's for local
+    jobs, the provider actors' for API jobs (two threads when a run has both), so an outcome is
+    seen before the next job of its loop is admitted.
     """
 
     _END = object()
@@ -120,8 +121,6 @@ class RenderStream:
         self.pool = pool
         self.providers = providers or {}  # ProviderSpec by name, for the jobs an API provider renders
         self.admit, self.on_outcome = admit, on_outcome
-        # The hooks (a budget guard, of GPU time) see the local jobs only, all on the pool's thread.
-        self._local = {job.render_key for job in jobs if not is_api_job(job)}
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -140,7 +139,7 @@ class RenderStream:
 
     def _arrived(self, outcome: RenderOutcome) -> None:
         self._queue.put(outcome)  # first: a failing hook must not lose the outcome
-        if self.on_outcome is not None and outcome.render_key in self._local:
+        if self.on_outcome is not None:
             self.on_outcome(outcome)
 
     def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
