@@ -4,7 +4,7 @@ An adapter's weights are one blob, the single-file safetensors form whose header
 config (`model.adapters.Adapter.to_bytes`), so the blob's sha256 is the adapter's own address,
 the hash that render keys name. Registering it writes an immutable JSON record that gives the
 blob a brand and a version number and keeps its JSON config and where it came from (the
-training run and the sha256 of every training clip, for lineage):
+training run, the sha256 of every training clip and its encoding's blob, for lineage):
 
     blobs/sha256/ab/cd/<sha256>.safetensors      the adapter (written only if absent)
     adapters/<brand>/000001.json                 registration record of version 1, never changed
@@ -98,8 +98,14 @@ class AdapterRegistry:
         return sorted(records, key=lambda r: (r["brand"], r["version"]))
 
     def referenced_uris(self) -> set[str]:
-        """Every adapter blob a registration names: registered adapters are never collected."""
-        return {r["uri"] for r in self.list()}
+        """Every blob a registration names: the adapter and the clip encodings it was trained on
+        (stage results: GC keeps their records too). Registered adapters are never collected."""
+        return {r["uri"] for r in self.list()} | self.encoding_uris()
+
+    def encoding_uris(self) -> set[str]:
+        """The training-clip encodings registered adapters name in their lineage."""
+        return {c["encoding_uri"] for r in self.list() for c in (r.get("training") or {}).get("clips") or ()
+                if isinstance(c, dict) and c.get("encoding_uri")}   # records before encodings name none
 
     def names(self) -> set[str]:
         """Every name a manifest may use: `brand` for each brand and `brand@N` for each version."""

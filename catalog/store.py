@@ -145,10 +145,12 @@ class Store:
         in_versions = self.versions.referenced()  # every reference is read before anything is deleted
         in_versions |= {uri: field for uri, field in self.approved_uris().items() if uri not in in_versions}
         masters = self.qc.referenced_uris()
-        referenced = [set(in_versions), self.index.referenced_uris(), masters, self.adapters.referenced_uris()]
+        adapters = self.adapters.referenced_uris()
+        referenced = [set(in_versions), self.index.referenced_uris(), masters, adapters]
         if include_receipts:
             referenced.append(self.receipts.referenced_uris())
-        kept_stages, expired = self.stage_results.expire(retention, set(in_versions), dry_run, now)
+        # stage results a version or a registered adapter (its training encodings) names never expire
+        kept_stages, expired = self.stage_results.expire(retention, set(in_versions) | adapters, dry_run, now)
         named_as = {**in_versions, **dict.fromkeys(masters, "master_uri")}  # for the report's kinds
         references = [lambda uris=uris: uris for uris in [*referenced, kept_stages]]
         report = collect_garbage(self.root, references, grace=grace, dry_run=dry_run, now=now, named_as=named_as)

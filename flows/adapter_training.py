@@ -1,5 +1,6 @@
 """Brand-adapter training as a Prefect flow: brand clips with captions -> encodings (cached by
-content) -> Ray Train on the cluster (`horse_actors.training`) -> the loss curve as an image
+content, stored in the catalog: `horse_actors.training_data`) -> Ray Train on the cluster, its
+checkpoints in the catalog (`horse_actors.training`) -> the loss curve as an image
 artifact -> the adapter registered in the catalog as the brand's next version, with lineage from
 its training clips.
 
@@ -22,7 +23,7 @@ from typing import Any
 from prefect import flow
 from prefect.context import FlowRunContext
 
-from catalog import Store, render_key, validate_id
+from catalog import Store, public_options, render_key, validate_id
 from flows.nightly import flow_settings
 from flows.report import artifact_key
 from flows.settings import HorseSettings
@@ -82,10 +83,11 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
     import uuid
 
     from horse_actors.cluster import connect
+    from horse_actors.config import StoreTarget
     from horse_actors.training import train_adapter
-    from media.clips import ClipError, read_training_clip
+    from horse_actors.training_data import ClipToEncode, stored_encodings
+    from media.clips import ClipError
     from model import HappyHorsePipeline
-    from model.adapter_training import BrandClip, cache_encodings
 
     brand = validate_id(brand, "brand")
     sources = list_clips(clips)
@@ -98,30 +100,33 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
     pipe = (HappyHorsePipeline.tiny(config.tiny_seed) if resolved.checkpoint_dir is None
             else HappyHorsePipeline.from_pretrained(resolved.checkpoint_dir, stages=(config.stage,)))
     width, height = pipe.size_for("256p", "16:9")
-    try:
-        read = [read_training_clip(s.path, width, height, pipe.config.fps) for s in sources]
+    stored = [store.put_blob(str(s.path), ext=s.path.suffix.lstrip(".").lower()) for s in sources]
+    try:  # encodings already in the catalog are read back: no clip decoded, no encoder called
+        to_encode = [ClipToEncode(s.path, b.sha256, s.caption) for s, b in zip(sources, stored)]
+        encodings = stored_encodings(store, pipe, to_encode, width, height, made_by={"brand": brand, "run_id": run_id})
     except ClipError as exc:
         raise TrainingInputError(str(exc)) from None
-    stored = [store.put_blob(str(s.path), ext=s.path.suffix.lstrip(".").lower()) for s in sources]
-    scratch = Path(tempfile.gettempdir()) / "horse-training"
-    encodings = cache_encodings(pipe, [BrandClip(c.frames, c.audio, c.sample_rate, s.caption)
-                                       for c, s in zip(read, sources)], scratch / "encodings")
 
-    # Named by its inputs: the same training again resumes from its checkpoints.
+    # Named by its inputs: the same training again (on any node) resumes from its checkpoints.
     inputs = {"clips": [[b.sha256, s.caption] for b, s in zip(stored, sources)],
               "config": dataclasses.asdict(config), "workers": workers, "model": pipe.fingerprint}
     name = f"{brand}-{render_key(inputs)[:16]}"
-    run_dir = Path(store.root.path("training")) if store.root.protocol == "file" else scratch / "runs"
     connect(settings.ray.address)
-    result = train_adapter(encodings, run_dir, config, num_workers=workers,
-                           use_gpu=not (settings.ray.cpu_mode or resolved.device == "cpu"), name=name)
+    with tempfile.TemporaryDirectory(prefix="horse-training-") as output:
+        target = StoreTarget(store.url, public_options(settings.storage_options) or None)   # no credentials
+        result = train_adapter([e.blob_uri for e in encodings], target, config, output, num_workers=workers,
+                               use_gpu=not (settings.ray.cpu_mode or resolved.device == "cpu"), name=name)
+        plot_png = result.files["plot"].read_bytes()
+        history_json = result.files["history"].read_bytes()
 
-    plot = store.put_blob(result.files["plot"].read_bytes(), ext="png")
-    history = store.put_blob(result.files["history"].read_bytes(), ext="json")
-    clip_records = [{"uri": b.uri, "sha256": b.sha256, "caption": s.caption} for b, s in zip(stored, sources)]
+    plot = store.put_blob(plot_png, ext="png")
+    history = store.put_blob(history_json, ext="json")
+    clip_records = [{"uri": b.uri, "sha256": b.sha256, "caption": s.caption, "encoding_uri": e.blob_uri}
+                    for b, s, e in zip(stored, sources, encodings)]
     training = {"run": name, "steps": config.steps, "workers": workers, "initial_loss": result.initial_loss,
                 "final_loss": result.final_loss, "resumed_from": result.resumed_from, "loss_curve_uri": plot.uri,
-                "history_uri": history.uri, "clips": clip_records, "model_fingerprint": pipe.fingerprint}
+                "history_uri": history.uri, "checkpoints": result.checkpoints, "clips": clip_records,
+                "model_fingerprint": pipe.fingerprint}
     record = store.adapters.register(brand, result.adapter.to_bytes(), result.adapter.config.to_dict(),
                                      run_id=run_id, training=training)
     store.lineage.complete(
@@ -133,7 +138,7 @@ def train_and_register(brand: str, clips: str | Path, settings: HorseSettings, c
     if publish_artifact:
         from prefect.artifacts import create_image_artifact
 
-        encoded = base64.b64encode(result.files["plot"].read_bytes()).decode()
+        encoded = base64.b64encode(plot_png).decode()
         create_image_artifact(image_url=f"data:image/png;base64,{encoded}", key=artifact_key(brand, "adapter-loss"),
                               description=f"{record['name']}: training loss per step "
                                           f"({result.initial_loss:.4f} -> {result.final_loss:.4f} on fixed draws)")

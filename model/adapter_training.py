@@ -1,5 +1,6 @@
-"""Adapter training, the torch part: brand clips -> cached encodings -> the flow-matching loss of
-a frozen DiT with one trainable adapter -> checkpoints in safetensors. No Ray here:
+"""Adapter training, the torch part: brand clips -> encodings (stored by the caller, keyed by
+`encoding_key_inputs`) -> the flow-matching loss of a frozen DiT with one trainable adapter ->
+checkpoints in safetensors. No Ray here:
 `horse_actors.training` runs these steps data-parallel on Ray Train workers.
 
 Objective (the model's own, spec §4.1): x_sigma = (1 - sigma) x0 + sigma eps, target velocity
@@ -13,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 
 from .adapters import Adapter, AdapterConfig
@@ -29,7 +29,8 @@ from .errors import AdapterError
 from .pipeline import torch_threads
 from .sampling import noise, velocity
 
-ENCODING_FORMAT = 1
+ENCODING_FORMAT = 2
+ENCODERS = ("video_vae", "audio_vae", "text_encoder")   # the stack stages an encoding uses
 TRAIN_NAME = "trainee"               # the peft adapter name while training (not an nn.Module attribute)
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "state.json"
@@ -45,13 +46,33 @@ class BrandClip:
     caption: str
 
 
-def encoding_key(fingerprint: str, clip: BrandClip) -> str:
-    """sha256 of everything an encoding depends on: the encoders (the stack fingerprint) and the clip."""
-    h = hashlib.sha256(f"horse-encoding/{ENCODING_FORMAT}\0{fingerprint}\0{clip.sample_rate}\0{clip.caption}\0".encode())
-    for a in (clip.frames, clip.audio):
-        h.update(f"{a.dtype}{a.shape}\0".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+def encoding_key_inputs(clip_sha256: str, caption: str, width: int, height: int, fps: int, max_frames: int,
+                        stage_fingerprints: dict[str, str]) -> dict:
+    """Everything a clip's encoding depends on, as plain values: hash it with the render-key rule
+    (`catalog.render_key`) for the key its encoding is stored under. The clip by content (its
+    file's sha256), the caption, the size and rate it is read at, and the fingerprints of the three
+    encoders only, so another DiT on the same encoders reuses the encodings."""
+    missing = [s for s in ENCODERS if s not in stage_fingerprints]
+    if missing:
+        raise ValueError(f"the model has no {missing[0]!r} fingerprint (has {sorted(stage_fingerprints)})")
+    return {"kind": "horse.brand_clip_encoding", "format": ENCODING_FORMAT, "clip_sha256": clip_sha256,
+            "caption": caption, "width": width, "height": height, "fps": fps, "max_frames": max_frames,
+            "encoders": {s: stage_fingerprints[s] for s in ENCODERS}}
+
+
+def encoding_to_bytes(encoding: dict[str, torch.Tensor]) -> bytes:
+    return save(encoding, metadata={"format": f"horse.brand_clip_encoding/{ENCODING_FORMAT}"})
+
+
+def encoding_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """An encoding stored by `encoding_to_bytes` (safetensors only); refuses anything else."""
+    try:
+        tensors = load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"not a stored clip encoding ({exc})") from None
+    if set(tensors) != {"video", "audio", "text"}:
+        raise ValueError(f"not a stored clip encoding (tensors {sorted(tensors)})")
+    return tensors
 
 
 def encode_clip(pipe, clip: BrandClip, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -71,26 +92,6 @@ def encode_clip(pipe, clip: BrandClip, seed: int = 0) -> dict[str, torch.Tensor]
         audio = pipe.audio_codec.encode(torch.from_numpy(clip.audio).to(dev), clip.sample_rate, gen)
         text = pipe.text_encoder.encode(clip.caption)
     return {k: v.float().cpu().contiguous() for k, v in {"video": video, "audio": audio, "text": text}.items()}
-
-
-def cache_encodings(pipe, clips: list[BrandClip], folder: str | Path) -> list[Path]:
-    """Encode each clip once: `<folder>/<encoding_key>.safetensors`, reused while the stack and
-    the clip are unchanged. Returns the files in clip order."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for clip in clips:
-        path = folder / f"{encoding_key(pipe.fingerprint, clip)}.safetensors"
-        if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file(encode_clip(pipe, clip), str(tmp))
-            tmp.replace(path)          # atomic: a reader never sees half a file
-        paths.append(path)
-    return paths
-
-
-def load_encoding(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 class FlowMatchingObjective(nn.Module):

@@ -56,6 +56,8 @@ def train(
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha (scale = alpha / rank)")] = 8.0,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="AdamW learning rate")] = 1e-3,
     workers: Annotated[int, typer.Option("--workers", help="Ray Train workers (one per GPU)")] = 1,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between checkpoints "
+                                                  "(in the store: an interrupted run resumes from the last)")] = 10,
     as_json: JsonOpt = False, config: ConfigOpt = None, store: StoreOpt = None, model: ModelOpt = None,
     ray_address: RayOpt = None,
 ) -> None:
@@ -70,11 +72,13 @@ def train(
 
             validate_id(brand, "brand")
             list_clips(clips)
-            training_config(steps=steps, rank=rank, alpha=alpha, learning_rate=learning_rate)
+            training_config(steps=steps, rank=rank, alpha=alpha, learning_rate=learning_rate,
+                            checkpoint_every=checkpoint_every)
             if workers < 1:
                 raise InvalidInput(f"--workers: must be at least 1, got {workers}")
         state = train_brand_adapter(brand=brand, clips=str(clips), steps=steps, rank=rank, alpha=alpha,
-                                    learning_rate=learning_rate, workers=workers, store_url=store, model=model,
+                                    learning_rate=learning_rate, workers=workers, checkpoint_every=checkpoint_every,
+                                    store_url=store, model=model,
                                     config_file=str(config) if config else None, ray_address=ray_address,
                                     return_state=True)
         if not state.is_completed():

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flows.settings import ConfigError, HorseSettings, load_settings
 
@@ -110,7 +111,7 @@ def run_command(
 
 
 def _error(message: str, code: int) -> Outcome:
-    return Outcome({"ok": False, "error": message}, lambda: err_console.print(f"[red]error:[/red] {message}", highlight=False), code)
+    return Outcome({"ok": False, "error": message}, lambda: err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False), code)
 
 
 def _load_settings(config: Path | None, store: str | None, model: str | None, ray_address: str | None,

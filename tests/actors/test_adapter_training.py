@@ -1,46 +1,111 @@
-"""Brand-adapter training on the session Ray cluster (Ray Train TorchTrainer, CPU workers): the
-trained adapter lowers the loss and changes the render, reads back identically on a fresh
-pipeline, and a run whose worker is killed resumes from its last checkpoint."""
+"""Brand-adapter training: clip encodings stored in the catalog and reused (no encoder call the
+second time), and on the session Ray cluster (Ray Train TorchTrainer, CPU workers) with an S3
+store: the trained adapter lowers the loss and changes the render, reads back identically on a
+fresh pipeline, its checkpoints are on S3 and a new driver resumes from them. (A killed run
+resuming from its checkpoint: tests/cli/test_adapter_train_command.py.)"""
+import dataclasses
 import io
 import json
 import os
-import threading
-import time
+import pickle
+import types
+from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
-from horse_actors.training import AdapterTrainingConfig, train_adapter
+from catalog import Store, public_options
+from horse_actors.config import StoreTarget
+from horse_actors.training import AdapterTrainingConfig, checkpoint_storage, train_adapter
+from horse_actors.training_data import ClipToEncode, load_encoding, stored_encodings
+from media.mp4 import encode_mp4
 from model import Adapter, HappyHorsePipeline, RenderRequest
-from model.adapter_training import cache_encodings, synthetic_brand_clips
-
-pytestmark = pytest.mark.slow
+from model.adapter_training import synthetic_brand_clips
 
 REQ = RenderRequest(prompt="A teal brand field with a warm stripe.", seconds=0.4, seed=7)
 
 
+def write_brand_clips(folder: Path, n: int = 3) -> list[ClipToEncode]:
+    """`n` synthetic brand clips as mp4 files with a `<name>.txt` caption beside each (the
+    layout `horse adapter train --clips` reads), at the tiny preset's 256p 16:9 size."""
+    pipe_size = HappyHorsePipeline.tiny(seed=0).size_for("256p", "16:9")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, clip in enumerate(synthetic_brand_clips(n, *pipe_size, seconds=0.4)):
+        path = folder / f"take{k + 1}.mp4"
+        encode_mp4(types.SimpleNamespace(frames=clip.frames, audio=clip.audio, fps=25, sample_rate=clip.sample_rate), path)
+        path.with_suffix(".txt").write_text(clip.caption)
+        out.append(ClipToEncode(path, Store(folder.as_uri()).blobs.put(str(path)).sha256, clip.caption))
+    return out
+
+
+class EncoderCalls:
+    """Counts the calls of the pipeline's three encoders (the real ones run)."""
+
+    def __init__(self, pipe):
+        self.calls = {"video_vae": 0, "audio_vae": 0, "text_encoder": 0}
+        for name, owner in (("video_vae", pipe.video_codec), ("audio_vae", pipe.audio_codec), ("text_encoder", pipe.text_encoder)):
+            original = owner.encode
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                self.calls[_name] += 1
+                return _original(*args, **kwargs)
+            owner.encode = counted
+
+
 @pytest.fixture(scope="module")
 def brand(tmp_path_factory):
-    """The tiny pipeline and three synthetic brand clips encoded once into a cache folder."""
+    """The tiny pipeline and three synthetic brand clips (mp4 files with captions)."""
     pipe = HappyHorsePipeline.tiny(seed=0)
+    return pipe, write_brand_clips(tmp_path_factory.mktemp("clips"))
+
+
+def test_encodings_are_stage_results_reused_by_a_second_run(brand, tmp_store):
+    pipe, clips = brand
     width, height = pipe.size_for("256p", "16:9")
-    clips = synthetic_brand_clips(3, width, height)
-    return pipe, clips, cache_encodings(pipe, clips, tmp_path_factory.mktemp("encodings"))
+    counter = EncoderCalls(pipe)
+    first = stored_encodings(Store(tmp_store), pipe, clips, width, height, made_by={"run_id": "first"})
+    assert counter.calls == {"video_vae": 3, "audio_vae": 3, "text_encoder": 3}
+
+    # a second run (another Store on the same root, as on another node): read back, nothing encoded
+    again = stored_encodings(Store(tmp_store), pipe, clips, width, height, made_by={"run_id": "second"})
+    assert counter.calls == {"video_vae": 3, "audio_vae": 3, "text_encoder": 3}
+    assert [r.blob_uri for r in again] == [r.blob_uri for r in first] and len({r.stage_key for r in first}) == 3
+    assert {r.stage for r in again} == {"encoding"} and {r.made_by["run_id"] for r in again} == {"first"}
+    tensors = load_encoding(Store(tmp_store), first[0].blob_uri)
+    assert set(tensors) == {"video", "audio", "text"} and tensors["video"].ndim == 5
+
+    # the caption is part of the key: a new caption is a new encoding (one more call of each encoder)
+    recaptioned = ClipToEncode(clips[0].path, clips[0].sha256, clips[0].caption + " At dusk.")
+    (new,) = stored_encodings(Store(tmp_store), pipe, [recaptioned], width, height)
+    assert new.stage_key not in {r.stage_key for r in first}
+    assert counter.calls == {"video_vae": 4, "audio_vae": 4, "text_encoder": 4}
 
 
-def test_encodings_are_cached_by_content(brand):
-    pipe, clips, paths = brand
-    stamps = [p.stat().st_mtime_ns for p in paths]
-    assert cache_encodings(pipe, clips, paths[0].parent) == paths and len(set(paths)) == 3
-    assert [p.stat().st_mtime_ns for p in paths] == stamps          # read back, not encoded again
+def test_s3_checkpoint_storage_carries_no_credentials(s3_server):
+    target = StoreTarget("s3://horse-test/ckpt", public_options(s3_server["storage_options"]))
+    path, filesystem, uri = checkpoint_storage(target, "teal-0123")
+    assert path == "horse-test/ckpt/training" and uri == "s3://horse-test/ckpt/training/teal-0123"
+    assert filesystem.region == "us-east-1"
+    pickled = pickle.dumps(filesystem)        # what Ray hands to the trainer and its workers
+    assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in pickled
+    assert os.environ["AWS_ACCESS_KEY_ID"].encode() not in pickled
+    with pytest.raises(ValueError, match="file:// or s3://"):
+        checkpoint_storage(StoreTarget("memory://somewhere"), "teal")
 
 
-def test_trained_adapter_lowers_the_loss_changes_the_render_and_reloads_identically(ray_cluster, brand, tmp_path):
-    pipe, _, paths = brand
+@pytest.mark.slow
+def test_trained_adapter_lowers_the_loss_changes_the_render_reloads_and_resumes_from_s3(
+        ray_cluster, brand, s3_server, tmp_path):
+    pipe, clips = brand
+    url = f"s3://{s3_server['bucket']}/train-{tmp_path.name}"
+    store = Store(url, s3_server["storage_options"])
+    width, height = pipe.size_for("256p", "16:9")
+    encodings = [r.blob_uri for r in stored_encodings(store, pipe, clips, width, height)]
+    target = StoreTarget(url, public_options(s3_server["storage_options"]))
     config = AdapterTrainingConfig(rank=4, alpha=4, steps=8, checkpoint_every=4, learning_rate=5e-3)
-    result = train_adapter(paths, tmp_path, config, num_workers=2, name="teal")
+    result = train_adapter(encodings, target, config, tmp_path / "out", num_workers=2, name="teal")
 
     assert result.final_loss < result.initial_loss
     assert [h["step"] for h in result.history] == list(range(1, 9)) and result.resumed_from == []
@@ -56,43 +121,10 @@ def test_trained_adapter_lowers_the_loss_changes_the_render_and_reloads_identica
     assert summary["adapter_sha256"] == reloaded.sha256 and len(summary["history"]) == 8
     assert Image.open(io.BytesIO(result.files["plot"].read_bytes())).format == "PNG"
 
-
-def _our_train_workers() -> list[psutil.Process]:
-    """Ray Train worker processes of the session cluster (started under this pytest process)."""
-    return [p for p in psutil.Process(os.getpid()).children(recursive=True)
-            if "RayTrainWorker" in " ".join(p.cmdline())]
-
-
-def _kill_worker_once_a_checkpoint_is_registered(run_dir, done: threading.Event, killed: list) -> None:
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    while not done.wait(0.05):
-        try:
-            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if latest:
-            for proc in _our_train_workers():
-                proc.kill()
-                killed.append((proc.pid, latest["metrics"]["step"]))
-            return
-
-
-def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, brand, tmp_path):
-    _, _, paths = brand
-    steps = 40
-    config = AdapterTrainingConfig(rank=2, alpha=2, steps=steps, checkpoint_every=2, learning_rate=1e-3,
-                                   targets=("linear_qkv",))
-    done, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_worker_once_a_checkpoint_is_registered,
-                              args=(tmp_path / "killed", done, killed), daemon=True)
-    killer.start()
-    try:
-        result = train_adapter(paths, tmp_path, config, num_workers=1, max_failures=1, name="killed")
-    finally:
-        done.set()
-        killer.join()
-
-    assert killed, "the worker was not killed mid-run"
-    (resumed,) = result.resumed_from
-    assert killed[0][1] <= resumed < steps                 # from the last checkpoint, not from scratch
-    assert [h["step"] for h in result.history] == list(range(1, steps + 1))
+    # the checkpoints are in the store on S3, and a new driver (a later call) resumes from them
+    assert result.checkpoints == f"{url}/training/teal"
+    assert any("checkpoint_" in k for k in store.root.list_files("training/teal"))
+    longer = train_adapter(encodings, target, dataclasses.replace(config, steps=10),
+                           tmp_path / "out2", num_workers=2, name="teal")
+    assert longer.resumed_from == [8] and [h["step"] for h in longer.history] == list(range(1, 11))
+    assert longer.history[:8] == result.history

@@ -35,3 +35,20 @@ def test_register_resolve_fetch_round_trip(store, tmp_path):
         adapters.resolve("acme@3")
     with pytest.raises(InvalidId, match="adapter"):
         adapters.resolve("../etc")
+
+
+def test_gc_keeps_the_training_encodings_a_registered_adapter_names(store):
+    """Clip encodings are stage results: past their retention GC collects them, unless a registered
+    adapter names them in its training lineage (then record and blob stay)."""
+    from datetime import datetime, timedelta, timezone
+
+    named = store.stage_results.put("1" * 64, "encoding", b"encoding of a clip the adapter trained on")
+    unnamed = store.stage_results.put("2" * 64, "encoding", b"encoding of a run that never registered")
+    store.adapters.register("acme", b"weights", CONFIG, training={"clips": [
+        {"uri": "clip-uri", "sha256": "c" * 64, "caption": "A field.", "encoding_uri": named.blob_uri}]})
+
+    later = datetime.now(timezone.utc) + timedelta(days=365)
+    report = store.gc(grace=0, dry_run=False, now=later)
+    assert report.expired_stage_results == ["2" * 64] and report.deleted == [unnamed.blob_uri]
+    assert store.stage_results.existing(["1" * 64, "2" * 64]).keys() == {"1" * 64}
+    assert store.stage_results.load(named) == b"encoding of a clip the adapter trained on"
