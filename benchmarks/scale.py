@@ -256,6 +256,7 @@ def sleep_actor_class():
     sleeps for the job's drawn duration, appending one line per finished render to a file in
     the "store" directory (so renders can be counted, even those of actors killed later)."""
     import collections
+    import threading
 
     from horse_actors import RenderActor, RenderOutcome
     from horse_actors.actor import _ray_context
@@ -263,7 +264,8 @@ def sleep_actor_class():
     class SleepActor(RenderActor):
         def __init__(self, model, store, encoding):
             self.model, self.encoding, self.renders, self.ids = model, encoding, 0, _ray_context()
-            self._recent = collections.OrderedDict()
+            # RenderActor.render's call bookkeeping (outcomes of recent calls, calls under way)
+            self._recent, self._calls, self._running = collections.OrderedDict(), threading.Condition(), set()
             self._log = open(os.path.join(store.url.removeprefix("file://"), f"renders-{os.getpid()}.log"), "a")
 
         def stats(self):
