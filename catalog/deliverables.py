@@ -2,8 +2,9 @@
 destination, under a human name, in shot order. Selection and naming only; `flows.deliver` copies
 the files and writes the manifest and the timelines.
 
-A file is `<shot>_<language>_<aspect>_t<take>.mp4` (`<shot>_<aspect>_t<take>.mp4` for a shot without
-a language axis), e.g. `hero_en_16x9_t2.mp4`. Ids are allowlisted, so names are safe as paths. A master that failed a QC
+A file is `<shot>_<language>_<aspect>_t<take>.<ext>` (`<shot>_<aspect>_t<take>.<ext>` for a shot without
+a language axis), e.g. `hero_en_16x9_t2.mp4`; the extension is the master blob's (`mov` for a
+destination with PCM sound). Ids are allowlisted, so names are safe as paths. A master that failed a QC
 check is delivered (the take was approved with its QC in view) and its failed checks travel with it.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .approvals import slot_of
-from .ids import validate_id
+from .ids import validate_ext, validate_id
 from .store import Store
 from .versions import VersionNotFound
 
@@ -47,8 +48,8 @@ class Deliverable:
                 "qc_failed": list(self.qc_failed)}
 
 
-def file_name(shot_id: str, language: str | None, aspect: str, take: int) -> str:
-    return "_".join([shot_id, *([language] if language else []), aspect, f"t{take}"]) + ".mp4"
+def file_name(shot_id: str, language: str | None, aspect: str, take: int, ext: str = "mp4") -> str:
+    return "_".join([shot_id, *([language] if language else []), aspect, f"t{take}"]) + "." + validate_ext(ext)
 
 
 def approved_deliverables(store: Store, campaign_id: str, destination: str,
@@ -82,7 +83,8 @@ def approved_deliverables(store: Store, campaign_id: str, destination: str,
         aspect = (entry.get("aspect_ratio") or slot.rsplit("-", 1)[-1]).replace(":", "x")
         language = entry.get("language")
         out.append(Deliverable(
-            name=file_name(entry["shot_id"], language, aspect, take), shot_id=entry["shot_id"],
+            name=file_name(entry["shot_id"], language, aspect, take, qc["master_uri"].rsplit(".", 1)[-1]),
+            shot_id=entry["shot_id"],
             variant=entry["variant"], language=language, aspect=aspect, take=take, render_key=entry["render_key"],
             clip_sha256=entry["sha256"], master_uri=qc["master_uri"], master_sha256=qc["master_sha256"],
             approval=approved[(entry["shot_id"], entry["variant"])]["approval"],

@@ -43,7 +43,7 @@ class GCReport:
 
 
 # Blob kinds by extension; posters and contact sheets are both JPEGs, told apart by who names them.
-_KIND_BY_EXT = {"mp4": "clips", "jpg": "posters", "safetensors": "stage results", "parquet": "manifests"}
+_KIND_BY_EXT = {"mp4": "clips", "mov": "masters", "jpg": "posters", "safetensors": "stage results", "parquet": "manifests"}
 
 
 def blob_kind(key: str, named_as: str | None = None) -> str:

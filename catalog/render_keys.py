@@ -10,6 +10,7 @@ hash binary inputs first and pass the hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -102,15 +103,77 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
 
     The variants of one shot share most inputs (prompt, model, references) and differ in a few
     (aspect ratio, size, seed), and a planner keys hundreds of thousands of them. So the canonical
-    JSON of the merged inputs is cut once into the fixed text around the per-variant values (keys
-    are sorted, and JSON encodes each value on its own), and each variant only fills those in."""
+    JSON of the merged inputs is written once with a gap for each per-variant value (keys are
+    sorted, and JSON encodes each value on its own), and each variant only fills those in."""
     if not variants:
         return []
+    texts, slots = _shared_texts(shared, variants[0])
+    # The text with a %s for each gap: one C-level format per variant.
+    template = "%s".join(text.replace("%", "%%") for text in texts)
+    keys, names_per_variant = [], set(slots)
+    encode, sha256 = _json_text, hashlib.sha256
+    for variant in variants:
+        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
+        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
+            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
+        own = variant if plain else _canonical(variant, "$")
+        if own.keys() != names_per_variant:
+            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
+        keys.append(sha256((template % tuple([encode(own[name]) for name in slots])).encode("utf-8")).hexdigest())
+    return keys
+
+
+_GAP = "\x00"  # where a per-variant value goes; JSON text never holds a raw NUL (it is written \u0000)
+
+
+def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
+    """(the canonical JSON text of `shared` merged with a variant's inputs, cut at each of the
+    variant's values; the variant's input names, in the order they fill the cuts)."""
+    if type(shared) is dict and type(variant) is dict:
+        layout = _layout(tuple(shared), tuple(variant))
+        if layout is not None:
+            members, slots = layout
+            text = ",".join([label + (_GAP if own else _scalar_text(shared[name], name))
+                             for name, label, own in members])
+            return ("{" + text + "}").split(_GAP), slots
+    return _shared_texts_general(shared, variant)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shared_names: tuple, variant_names: tuple):
+    """The merged object's members in order, (name, its '"name":' text, whether the variant gives
+    it), and the variant's names in that order, for inputs named by plain ASCII keys (canonical
+    as they are, so they sort and encode as written); None for anything else. A planner keys
+    every variant of a night with one or two layouts."""
+    if not all(type(k) is str and k.isascii() for k in (*shared_names, *variant_names)) \
+            or set(shared_names) & set(variant_names):
+        return None
+    members = [(name, json.encoder.encode_basestring(name) + ":", name in variant_names)
+               for name in sorted({*shared_names, *variant_names})]
+    return members, [name for name, _, own in members if own]
+
+
+def _scalar_text(value: Any, name: str) -> str:
+    """The canonical JSON text of one shared input: what `_canonical` then `_JSON` write for it."""
+    kind = type(value)
+    if kind is str:
+        return json.encoder.encode_basestring(value if value.isascii() else unicodedata.normalize("NFC", value))
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return int.__repr__(int(value)) if value.is_integer() else float.__repr__(value)
+    return _JSON.encode(_canonical(value, ("$", name)))
+
+
+def _shared_texts_general(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
+    """`_shared_texts` for any inputs: canonicalised first (non-NFC or colliding keys, subclasses)."""
     base = _canonical(shared, "$")
     texts, slots, text = [], [], "{"
     run: dict = {}  # shared inputs since the last per-variant one: JSON-encoded in one call
     members = 0  # written into the object so far; each after the first follows a comma
-    for name in sorted({*base, *_canonical(variants[0], "$")}):
+    for name in sorted({*base, *_canonical(variant, "$")}):
         if name in base:
             run[name] = base[name]
             continue
@@ -125,16 +188,4 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     if run:
         text += ("," if members else "") + _JSON.encode(run)[1:-1]
     texts.append(text + "}")
-    keys, names_per_variant = [], set(slots)
-    for variant in variants:
-        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
-        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
-            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
-        own = variant if plain else _canonical(variant, "$")
-        if own.keys() != names_per_variant:
-            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
-        pieces = [texts[0]]
-        for name, after in zip(slots, texts[1:]):
-            pieces += (_json_text(own[name]), after)
-        keys.append(hashlib.sha256("".join(pieces).encode("utf-8")).hexdigest())
-    return keys
+    return texts, slots

@@ -9,13 +9,20 @@ While a run renders, `BudgetGuard.admit` is asked before each dispatch: a shot i
 if what is spent, what is on the actors (at their quotes) and its own quote stay within every
 budget. After the first no the pool takes no new shot; the shots on actors finish (never a
 half-written shot) and the rest are "not rendered: budget": a rerun renders exactly those.
+
+A clip an API provider renders costs no GPU time but money: when it is admitted the guard holds
+its quoted price (`flows.routing.clip_usd`) against every money budget, and when its outcome
+arrives it settles to what the provider billed (`cost_usd`; the quoted price if the bill is
+unknown, nothing if no clip came back). Providers bill in USD, so a money budget in another
+currency, or a provider without a price, cannot hold API clips: the guard refuses to start.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.cost import Quote
 from flows.plan import PlannedJob
@@ -23,6 +30,11 @@ from flows.settings import ConfigError, HorseSettings
 from horse_actors import RenderJob, RenderOutcome
 from horse_actors.backends.spec import billed_tokens
 from horse_actors.jobs import CANCELLED, NOT_ADMITTED
+
+if TYPE_CHECKING:
+    from flows.routing import Routes
+
+API_CURRENCY = "USD"  # what the providers bill in (horse_actors.backends: cost_usd)
 
 class OverBudget(ValueError):
     """A quote over a budget, for a run started without allow_over_budget."""
@@ -109,14 +121,43 @@ def spend_of(outcome: RenderOutcome) -> float:
     return 0.0 if outcome.status == CANCELLED else (outcome.duration_s or 0.0)
 
 
+def api_prices(budgets: list[Budget], jobs: list[PlannedJob], routes: "Routes | None") -> dict[str, float | None]:
+    """The quoted USD of each API job (`flows.routing.clip_usd`). Raises ConfigError when a money
+    budget cannot hold them: one in another currency, or a provider without a price."""
+    api = [job for job in jobs if job.backend != "local"]
+    if not api:
+        return {}
+    if routes is None:
+        raise ValueError("BudgetGuard: API jobs need the run's routes for their prices")
+    from flows.routing import clip_usd
+
+    prices = {job.render_key: clip_usd(job, routes.provider(job.backend)) for job in api}
+    campaigns = {job.campaign_id for job in api}
+    for budget in budgets:
+        if budget.unit == "GPU-hours" or budget.campaign_id not in (None, *campaigns):
+            continue
+        if budget.unit != API_CURRENCY:
+            raise ConfigError(f"{budget}: API providers bill in {API_CURRENCY}, so it cannot hold their clips "
+                              f"(set cost.currency: {API_CURRENCY}, or route these shots to local)")
+        unpriced = sorted({job.backend for job in api if prices[job.render_key] is None
+                           and budget.campaign_id in (None, job.campaign_id)})
+        if unpriced:
+            raise ConfigError(f"{budget}: backend {', '.join(unpriced)} has no price (routing.providers.<name>."
+                              "price_per_clip or price_per_million_tokens)")
+    return prices
+
+
 class BudgetGuard:
     """A run's spend as it renders and the gate before each dispatch. `admit` and `settle` run on
-    the render stream's thread, in the pool's loop; read the totals after the stream ended."""
+    the render stream's threads (the pool's loop, and the provider actors' for API clips), under
+    one lock; read the totals after the stream ended. `routes`: the run's routing, for the price
+    of each API job in `jobs` (None: the run has none)."""
 
-    def __init__(self, budgets: list[Budget], quote: Quote, jobs: list[PlannedJob]):
+    def __init__(self, budgets: list[Budget], quote: Quote, jobs: list[PlannedJob], routes: "Routes | None" = None):
         self.budgets = budgets
         self.quotes = quote.job_seconds
         self.campaign_of = {job.render_key: job.campaign_id for job in jobs}
+        self.api_prices = api_prices(budgets, jobs, routes)  # render_key -> quoted USD, API jobs only
         self.on_actors: dict[str, float] = {}  # admitted, not yet finished: render_key -> quote
         self.spent: dict[tuple[str, str | None], float] = defaultdict(float)  # (campaign, device type) -> device-s
         self.attempts: dict[tuple[str, str | None], int] = defaultdict(int)
@@ -125,16 +166,34 @@ class BudgetGuard:
         # (campaign, provider) -> {clips delivered, usd (None when a clip had no price), usage_tokens,
         # estimated_tokens}: what the API providers billed (one task per clip, however many attempts polled it)
         self.api: dict[tuple[str, str], dict[str, Any]] = {}
+        self.api_held: dict[str, float] = {}  # admitted API clips, not yet settled: render_key -> quoted USD
+        self.backend_of = {job.render_key: job.backend for job in jobs if job.render_key in self.api_prices}
+        self._lock = threading.Lock()
 
     def admit(self, job: RenderJob) -> bool:
-        quote = self.quotes.get(job.render_key, 0.0)
-        for budget in self.budgets:
-            if budget.campaign_id in (None, job.campaign_id) and \
-                    budget.spend(self._committed(budget.campaign_id) + quote) > budget.limit:
-                self.stopped_by = budget
-                return False
-        self.on_actors[job.render_key] = quote
-        return True
+        with self._lock:
+            api = job.render_key in self.api_prices
+            seconds = 0.0 if api else self.quotes.get(job.render_key, 0.0)
+            usd = self.api_prices.get(job.render_key) or 0.0
+            for budget in self.budgets:
+                if budget.campaign_id in (None, job.campaign_id) and self._held(budget, seconds, usd) > budget.limit:
+                    self.stopped_by = budget
+                    return False
+            if api:
+                self.api_held[job.render_key] = usd
+            else:
+                self.on_actors[job.render_key] = seconds
+            return True
+
+    def _held(self, budget: Budget, seconds: float, usd: float) -> float:
+        """What `budget` would have spent and held with `seconds` of GPU time and `usd` of API
+        clips more: GPU time spent and on the actors, and (a money budget) API clips billed and held."""
+        campaign_id = budget.campaign_id
+        total = budget.spend(self._committed(campaign_id) + seconds)
+        if budget.unit == API_CURRENCY:
+            total += usd + sum(b["usd"] for (c, _), b in self.api.items() if campaign_id in (None, c) and b["usd"])
+            total += sum(u for key, u in self.api_held.items() if campaign_id in (None, self.campaign_of[key]))
+        return total
 
     def _committed(self, campaign_id: str | None) -> float:
         """Device-seconds spent and on the actors, in the run or in one campaign."""
@@ -142,19 +201,29 @@ class BudgetGuard:
         return spent + sum(q for key, q in self.on_actors.items() if campaign_id in (None, self.campaign_of[key]))
 
     def settle(self, outcome: RenderOutcome) -> None:
-        self.on_actors.pop(outcome.render_key, None)
-        campaign = self.campaign_of[outcome.render_key]
-        if outcome.error_class == NOT_ADMITTED:
-            self.not_rendered[campaign] += 1
-            return
-        if outcome.status != CANCELLED or outcome.device_seconds:
-            self.spent[(campaign, outcome.device_type)] += spend_of(outcome)
-            self.attempts[(campaign, outcome.device_type)] += 1
+        with self._lock:
+            campaign = self.campaign_of[outcome.render_key]
+            if outcome.error_class == NOT_ADMITTED:
+                self.on_actors.pop(outcome.render_key, None)
+                self.not_rendered[campaign] += 1
+                return
+            if outcome.render_key in self.api_prices:
+                held = self.api_held.pop(outcome.render_key, None)
+                if outcome.ok:  # a provider bills a delivered clip: at its usage, else at the quote
+                    billed = getattr(outcome, "cost_usd", None)
+                    self.provider_billed(campaign, self.backend_of[outcome.render_key],
+                                         held if billed is None else billed, getattr(outcome, "usage", None))
+                return
+            self.on_actors.pop(outcome.render_key, None)
+            if outcome.status != CANCELLED or outcome.device_seconds:
+                self.spent[(campaign, outcome.device_type)] += spend_of(outcome)
+                self.attempts[(campaign, outcome.device_type)] += 1
 
     def provider_billed(self, campaign: str, backend: str, cost_usd: float | None,
                         usage: dict[str, Any] | None = None) -> None:
-        """Count a clip an API provider rendered: `usage` as the provider reported it (the receipt
-        keeps it per clip) and `cost_usd`, that usage at the configured prices (None if unpriced)."""
+        """Count a clip an API provider delivered (`settle` does, under the lock): `usage` as the
+        provider reported it (the receipt keeps it per clip) and `cost_usd`, what it cost (None if
+        unpriced)."""
         billed = self.api.setdefault((campaign, backend), {"clips": 0, "usd": 0.0, "usage_tokens": None,
                                                            "estimated_tokens": None})
         billed["clips"] += 1

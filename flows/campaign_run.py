@@ -267,7 +267,7 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
     quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
-    guard = BudgetGuard(budgets, quote, plan.todo)
+    guard = BudgetGuard(budgets, quote, plan.todo, Routes.from_settings(settings.routing))
 
     resolved = settings.resolved_model()
     run = RunRecord(

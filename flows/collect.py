@@ -229,9 +229,6 @@ def collect(outcomes: Iterable[tuple[PlannedJob, RenderOutcome]], chunk_size: in
             outcome = dataclasses.replace(outcome, error_message=guard.reason)
         elif not outcome.ok:
             failures += failure_rows([(job.entry(), outcome)])
-        if job.backend != "local" and outcome.ok:
-            guard.provider_billed(job.campaign_id, job.backend, getattr(outcome, "cost_usd", None),
-                                  getattr(outcome, "usage", None))
         receipt = record_render(store, run, job, outcome)
         if receipt is not None:
             receipts.append(receipt)

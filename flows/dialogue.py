@@ -36,6 +36,8 @@ class DialoguePolicy:
     languages: frozenset[str] = frozenset()  # the languages the recogniser hears
     fingerprint: str | None = None    # the recogniser's identity, for render keys
     off_reason: str | None = None
+    # (language, destinations) -> Thresholds: the settings' answer, worked out once per run
+    _thresholds: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def for_variant(self, language: str | None, lines: Sequence[str], must_say: Sequence[str],
                     destinations: Iterable[str] = ()) -> tuple[dict[str, Any] | None, DialogueCheck | None]:
@@ -43,14 +45,19 @@ class DialoguePolicy:
         (None, an unchecked check) when the gate cannot hear this language."""
         if not language or not lines:
             return None, None
-        thresholds = self.settings.thresholds(language, destinations)
-        check = DialogueCheck(language, tuple(lines), thresholds, tuple(must_say), self.max_rerolls)
+        destinations = tuple(destinations)
+        thresholds = self._thresholds.get((language, destinations))
+        if thresholds is None:  # a planner asks for the same few hundred thousand times
+            thresholds = self._thresholds[language, destinations] = self.settings.thresholds(language, destinations)
+        unchecked = None
         if self.speech is None:
-            return None, dataclasses.replace(check, unchecked=self.off_reason)
-        if language not in self.languages:
-            return None, dataclasses.replace(check, unchecked=(
-                f"the {self.speech.backend} recogniser cannot hear {language}"
-                + (" (English only): stage Whisper weights" if self.speech.backend == "pocketsphinx" else "")))
+            unchecked = self.off_reason
+        elif language not in self.languages:
+            unchecked = (f"the {self.speech.backend} recogniser cannot hear {language}"
+                         + (" (English only): stage Whisper weights" if self.speech.backend == "pocketsphinx" else ""))
+        check = DialogueCheck(language, tuple(lines), thresholds, tuple(must_say), self.max_rerolls, unchecked)
+        if unchecked is not None:
+            return None, check
         return {"recognizer": self.speech.backend, "recognizer_fingerprint": self.fingerprint,
                 "must_say": sorted(must_say), "thresholds": dataclasses.asdict(thresholds),
                 "max_rerolls": self.max_rerolls}, check

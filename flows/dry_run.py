@@ -14,7 +14,7 @@ from flows.budget import budgets_for, over_budget
 from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
 from flows.destinations import run_destinations
 from flows.dialogue import dialogue_policy
-from flows.manifest import read_manifest
+from flows.manifest import gc_paused, read_manifest
 from flows.plan import make_plan, model_info
 from flows.routing import Routes, api_quote, plan_row
 from flows.settings import HorseSettings
@@ -24,6 +24,11 @@ def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = 
             device_type: str | None = None, rows: int | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The plan document; `rows` limits the job list (None: every job). Raises ManifestError when
     the manifest as a whole cannot be read, ConfigError for unusable options."""
+    with gc_paused():  # hundreds of thousands of jobs: a full collection would walk them all, often
+        return _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now)
+
+
+def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[str, Any]:
     destinations = run_destinations(settings)
     store = Store(settings.store_url, settings.storage_options)
     manifest = read_manifest(manifest_uri, settings.storage_options or None, settings.render.input_roots,

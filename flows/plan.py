@@ -26,7 +26,7 @@ from catalog.adapters import UnknownAdapter
 from catalog.ids import validate_id
 from flows.destinations import RunDestinations, destination_spec
 from flows.dialogue import DialoguePolicy
-from flows.manifest import Shot
+from flows.manifest import Shot, gc_paused
 from flows.routing import Routes, api_variants
 from flows.settings import HorseSettings
 from model.geometry import BASE_TIER
@@ -272,9 +272,13 @@ class ModelInfo:
     profile: str
     sizes: Any  # callable (resolution, aspect_ratio) -> (width, height)
     stage_fingerprints: dict[str, str] = field(default_factory=dict)  # per model stage: what stage keys name
+    _sizes: dict = field(default_factory=dict, compare=False, repr=False)  # (resolution, aspect) -> size
 
     def size_for(self, resolution: str, aspect_ratio: str) -> tuple[int, int]:
-        return self.sizes(resolution, aspect_ratio)
+        size = self._sizes.get((resolution, aspect_ratio))
+        if size is None:  # a handful of tiers and aspect ratios, asked for every variant
+            size = self._sizes[resolution, aspect_ratio] = self.sizes(resolution, aspect_ratio)
+        return size
 
 
 def model_info(settings: HorseSettings) -> ModelInfo:
@@ -318,6 +322,13 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
     shots), then ask the catalog once which render keys already exist (their index rows hold
     `cached_columns`: a dry run needs only the keys). `dialogue`: the run's gate, for local
     renders (API clips are not heard)."""
+    with gc_paused():
+        return _make_plan(shots, model, store, filters, destinations, routes, dialogue, default_adapter,
+                          default_adapter_strength, cached_columns)
+
+
+def _make_plan(shots, model, store, filters, destinations, routes, dialogue, default_adapter,
+               default_adapter_strength, cached_columns) -> Plan:
     jobs: list[PlannedJob] = []
     errors: list[str] = []
     resolved: dict[str, dict] = {}  # adapter name -> record: one registry read per name and run

@@ -113,8 +113,9 @@ class RenderStream:
     memory does not grow with the number of jobs. (A run with API jobs builds them all first: the
     provider actors take their jobs as one list.)
 
-    `admit` and `on_outcome` (a budget guard) run on the stream's thread, in the pool's own
-    loop: an outcome is seen before the next job is admitted.
+    `admit` and `on_outcome` (a budget guard) run in the loops that dispatch: the pool's for local
+    jobs, the provider actors' for API jobs (two threads when a run has both), so an outcome is
+    seen before the next job of its loop is admitted.
     """
 
     _END = object()
@@ -153,8 +154,7 @@ class RenderStream:
     def _arrived(self, outcome: RenderOutcome) -> None:
         job = self._dispatched.pop(outcome.render_key)
         self._queue.put((job, outcome))  # first: a failing hook must not lose the outcome
-        # The hooks (a budget guard, of GPU time) see the local jobs only, all on the pool's thread.
-        if self.on_outcome is not None and job.api_request is None:
+        if self.on_outcome is not None:
             self.on_outcome(outcome)
 
     def outcomes(self) -> Iterator[tuple[PlannedJob, RenderOutcome]]:

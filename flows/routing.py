@@ -104,7 +104,7 @@ def api_quote(plan: "Plan", routes: Routes) -> dict[str, dict[str, Any]]:
     quote = {}
     for name, clips in Counter(job.backend for job in todo).items():
         spec = routes.providers[name]
-        tokens = sum(round(j.width * j.height * TOKEN_FPS * j.seconds / 1024) for j in todo if j.backend == name)
+        tokens = sum(clip_tokens(j) for j in todo if j.backend == name)
         if spec.price_per_million_tokens is not None:
             usd = tokens * spec.price_per_million_tokens / 1e6
         else:
@@ -112,6 +112,19 @@ def api_quote(plan: "Plan", routes: Routes) -> dict[str, dict[str, Any]]:
         quote[name] = {"model": spec.model, "clips": clips, "price_per_clip": spec.price_per_clip,
                        "estimated_tokens": tokens, "usd": None if usd is None else round(usd, 2)}
     return quote
+
+
+def clip_tokens(job: "PlannedJob") -> int:
+    """A provider clip's estimated tokens: the Seedance formula on its nominal size."""
+    return round(job.width * job.height * TOKEN_FPS * job.seconds / 1024)
+
+
+def clip_usd(job: "PlannedJob", spec: Any) -> float | None:
+    """What one API clip is quoted at (USD): its estimated tokens at the token price when there is
+    one, else the price per clip; None: `spec` (a ProviderSpec) has no price."""
+    if spec.price_per_million_tokens is not None:
+        return clip_tokens(job) * spec.price_per_million_tokens / 1e6
+    return spec.price_per_clip
 
 
 def api_render_job(job: "PlannedJob") -> Any:

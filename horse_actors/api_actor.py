@@ -38,7 +38,8 @@ from .backends.api import ApiBackend
 from .backends.request import ApiRequest
 from .cluster import connect
 from .config import Scheduling, StoreTarget
-from .jobs import ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, RenderJob, RenderOutcome, classify, failed
+from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, NOT_ADMITTED, RenderJob, RenderOutcome,
+                   classify, failed)
 from .slots import first_line
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
                cancel_event: threading.Event | None, providers: Mapping[str, Any],
                admit: Callable[[RenderJob], bool] | None = None) -> None:
     """Render `jobs` on their backends: local ones on `pool` (a RenderPool, asking `admit` before
-    each dispatch: RenderPool.stream), API ones on provider actors; each final outcome goes to
+    each dispatch: RenderPool.stream), API ones on provider actors (asking `admit` before each
+    job's first dispatch: a retry polls the task already paid for); each final outcome goes to
     `on_outcome` (from either thread)."""
     api = [job for job in jobs if is_api_job(job)]
     if not api:
@@ -74,7 +76,7 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
         thread.start()
     try:
         with ProviderActors(providers, pool.config.store, pool.config.scheduling) as actors:
-            actors.run(api, on_outcome, cancel_event)
+            actors.run(api, on_outcome, cancel_event, admit)
     except BaseException:
         cancel_event.set()
         raise
@@ -108,6 +110,7 @@ class ProviderActors:
         self.store, self.sched = store, scheduling
         self.providers = {name: _Provider(spec) for name, spec in providers.items()}
         self.calls: dict[Any, tuple[_Task, _Provider, Any, str]] = {}  # ref -> (task, provider, actor, call id)
+        self.admit: Callable[[RenderJob], bool] | None = None
 
     def __enter__(self) -> "ProviderActors":
         return self
@@ -125,7 +128,11 @@ class ProviderActors:
             provider.actor = remote.remote(spec, self.store)
         return provider.actor
 
-    def run(self, jobs: list[RenderJob], on_outcome, cancel_event: threading.Event) -> None:
+    def run(self, jobs: list[RenderJob], on_outcome, cancel_event: threading.Event,
+            admit: Callable[[RenderJob], bool] | None = None) -> None:
+        """Render `jobs` (in the order given, per provider); `admit(job)` is asked before each job's
+        first dispatch, and after its first no the rest end not admitted (NOT_ADMITTED)."""
+        self.admit = admit
         for job in jobs:
             name = job.request.provider
             if name not in self.providers:
@@ -147,7 +154,11 @@ class ProviderActors:
     def _dispatch(self, on_outcome) -> None:
         for provider in self.providers.values():
             while provider.pending and provider.in_flight < provider.spec.max_concurrent:
-                task = provider.pending.popleft()
+                task = provider.pending[0]
+                if task.attempt == 1 and self.admit is not None and not self.admit(task.job):
+                    self._stop_taking(on_outcome)
+                    return
+                provider.pending.popleft()
                 if provider.restarts > self.sched.max_actor_restarts:
                     self._finish(task, failed(task.job, NO_ACTORS, f"the {provider.spec.name} actor used up its "
                                               "restarts", retryable=True, attempt=task.attempt), on_outcome)
@@ -190,6 +201,24 @@ class ProviderActors:
             on_outcome(outcome)
         except Exception:  # noqa: BLE001 - a progress hook must not stop the run
             log.exception("on_outcome callback failed for %s", outcome.render_key)
+
+    def _stop_taking(self, on_outcome) -> None:
+        """Take no new job: every queued first attempt ends not admitted; retries of jobs already
+        dispatched go on (their provider tasks are paid for), as do the running ones."""
+        skipped = 0
+        for provider in self.providers.values():
+            kept = deque()
+            while provider.pending:
+                task = provider.pending.popleft()
+                if task.attempt > 1:
+                    kept.append(task)
+                    continue
+                self._finish(task, failed(task.job, NOT_ADMITTED, "not dispatched: the run stopped taking new jobs",
+                                          retryable=False, attempt=task.attempt, status=CANCELLED), on_outcome)
+                skipped += 1
+            provider.pending = kept
+        self.admit = lambda job: False  # noqa: E731 - later retries are never first attempts
+        log.info("API jobs: no longer taking new jobs: %d not dispatched", skipped)
 
     def _cancel(self, on_outcome) -> None:
         """Queued jobs end cancelled; running ones are asked to stop (a task still queued at the

@@ -166,7 +166,7 @@ def make_deliverables(path: str, job: RenderJob, clip_qc: ClipQC, store, scratch
             results[d.name] = {"passed": False, "checks": checks, "master": None}
             continue
         info, report = masters[d.name]
-        blob = store.put_blob(info.path, ext="mp4")
+        blob = store.put_blob(info.path, ext=d.container)  # mp4, or mov for PCM sound
         results[d.name] = {"passed": report.passed, "checks": _checks(report), "master": {
             "uri": blob.uri, "sha256": blob.sha256, "bytes": blob.bytes, "video": info.video,
             "reencode_reasons": list(info.reencode_reasons), "frames_held": info.frames_held,

@@ -15,10 +15,12 @@ settings) and shared by every destination in one `make_masters` call that wants 
 Colour tags are never converted (that would need a gamut/transfer conversion): a clip whose tags
 differ from the destination's is refused, as is a size of another aspect ratio.
 
-Sound is always re-encoded (AAC 48 kHz): measured, gained to the target loudness, passed through
-a true-peak limiter at the ceiling, re-measured and re-gained until it settles; the encoded file
-is measured again and, if AAC pushed the peak over the ceiling, remade with the limit lowered by
-the overshoot.
+Sound is always made anew at 48 kHz in the destination's codec: AAC in an .mp4, or uncompressed
+24-bit PCM in a QuickTime .mov (`Destination.container`; what broadcasters take). It is measured,
+gained to the target loudness, passed through a true-peak limiter at the ceiling, re-measured and
+re-gained until it settles; the written file is measured again and, if AAC pushed the peak over
+the ceiling, remade with the limit lowered by the overshoot. The sound is written interleaved with
+the video packets, a video frame's worth at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 
 from .loudness import RATE, ffmpeg_loudness, limit_true_peak
 from .measure import Measurements, decode_audio, measure
-from .mp4 import MP4_OPTIONS, add_audio_stream, add_video_stream, mux_audio
+from .mp4 import MP4_OPTIONS, AudioFeed, add_audio_stream, add_video_stream
 from .qc import Destination, QCReport, brief_frames, check
 
 SETTLED_LU = 0.05  # stop re-gaining once the loudness is this close to the target
@@ -44,6 +46,7 @@ FIRST_LIMIT_MARGIN_DB = 0.3  # AAC adds a little to the true peak; start the lim
 MAX_ATTEMPTS = 3
 MAX_MAKEUP_DB = 6.0  # gain beyond the plain level change, to win back what the limiter takes
 MAX_ASPECT_CHANGE = 0.01
+_CONTAINER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder"}  # the muxer writes its own
 
 
 class MasterError(ValueError):
@@ -80,9 +83,14 @@ def make_master(
     path: str | os.PathLike, destination: Destination, out_path: str | os.PathLike, *,
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
 ) -> tuple[MasterInfo, QCReport]:
-    """One master of `path` for `destination` at `out_path`, and its QC report. `source`: the clip's
-    measurements if already taken with its picture (saves decoding it again)."""
-    return _Mastering(path, brief_seconds, expects_speech, source).master(destination, out_path)
+    """One master of `path` for `destination` at `out_path` (name it with the extension
+    `destination.container`), and its QC report. `source`: the clip's measurements if already taken
+    with its picture (saves decoding it again)."""
+    job = _Mastering(path, brief_seconds, expects_speech, source)
+    try:
+        return job.master(destination, out_path)
+    finally:
+        job.cleanup()
 
 
 def make_masters(
@@ -90,7 +98,7 @@ def make_masters(
     brief_seconds: float | None = None, expects_speech: bool = False, source: Measurements | None = None,
     refused: dict[str, str] | None = None,
 ) -> dict[str, tuple[MasterInfo, QCReport]]:
-    """A master per destination as `out_dir/<destination>.mp4`; the clip is measured once and a
+    """A master per destination as `out_dir/<destination>.<destination.container>`; the clip is measured once and a
     re-encoded picture is made once for all destinations that want the same one. A destination a
     master cannot be made for raises MasterError, or, when `refused` is given, is left out and
     recorded there (name -> reason) while the others are made."""
@@ -100,7 +108,7 @@ def make_masters(
     try:
         for d in destinations:
             try:
-                made[d.name] = job.master(d, Path(out_dir) / f"{d.name}.mp4")
+                made[d.name] = job.master(d, Path(out_dir) / f"{d.name}.{d.container}")
             except MasterError as exc:
                 if refused is None:
                     raise
@@ -117,12 +125,17 @@ class _Mastering:
         self.source = source if source is not None and source.black is not None else measure(self.path)
         if self.source.video is None:
             raise MasterError(f"{self.path}: no video stream")
-        with av.open(self.path) as clip:
-            self._tags = dict(clip.metadata)  # render key, campaign, shot...: the master keeps them
+        # Open once for all destinations (each open probes the file: ~20 ms of CPU at 1080p): tags,
+        # sound and the video packets to copy are read from here, each from the start.
+        self._clip = av.open(self.path)
+        # render key, campaign, shot...: the master keeps them (not the clip's file-type brands)
+        self._tags = {k: v for k, v in self._clip.metadata.items() if k not in _CONTAINER_TAGS}
         self._pictures: dict[_Picture, str] = {}  # re-encoded pictures, shared between destinations
+        self._sounds: dict[str, np.ndarray] = {}  # the clip's decoded sound by layout
         self._tmp = None
 
     def cleanup(self) -> None:
+        self._clip.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -130,11 +143,11 @@ class _Mastering:
         out_path = os.fspath(out_path)
         picture, reasons = self._plan(d)
         video_from = self._reencoded(picture) if reasons else self.path
-        sound = self._conformed_sound(d, picture)
+        sound, loudness = self._conformed_sound(d, picture)
         # Aim at the target and just under the ceiling, then correct both by what the encoded file measures.
         aim, limit = d.loudness_lufs, d.true_peak_dbtp - FIRST_LIMIT_MARGIN_DB
         for _ in range(MAX_ATTEMPTS):
-            audio, gain, limited = _normalised(sound, aim, limit)
+            audio, gain, limited = _normalised(sound, aim, limit, loudness)
             self._write(out_path, video_from, audio, d)
             measured = measure(out_path, picture=bool(reasons))
             got = measured.audio.loudness if measured.audio else None
@@ -213,28 +226,44 @@ class _Mastering:
         self._pictures[picture] = target
         return target
 
-    def _conformed_sound(self, d: Destination, picture: _Picture) -> np.ndarray:
-        """The clip's sound at 48 kHz in the destination's layout, cut or padded to the picture's length."""
-        layout = d.audio_layout or (self.source.audio.layout if self.source.audio else "stereo")
+    def _conformed_sound(self, d: Destination, picture: _Picture) -> tuple[np.ndarray, float | None]:
+        """(The clip's sound at 48 kHz in the destination's layout, cut or padded to the picture's
+        length; its integrated loudness when that is the clip's measured one, else None)."""
+        audio = self.source.audio
+        layout = d.audio_layout or (audio.layout if audio else "stereo")
         channels = 1 if layout == "mono" else 2
         samples = round(Fraction(picture.frames) / picture.fps * RATE)
-        sound = decode_audio(self.path, layout) if self.source.audio else np.zeros((channels, 0), np.float32)
+        if layout not in self._sounds:  # decoded once per layout for every destination
+            self._sounds[layout] = decode_audio(self._clip, layout) if audio else np.zeros((channels, 0), np.float32)
+        sound = self._sounds[layout]
         out = np.zeros((sound.shape[0], samples), np.float32)
         out[:, : min(samples, sound.shape[1])] = sound[:, :samples]
-        return out
+        # The very samples the clip's measurement metered (same decode, same layout, same length).
+        same = audio is not None and layout == audio.layout in ("mono", "stereo") and sound.shape[1] == samples
+        return out, audio.loudness.integrated_lufs if same else None
 
     def _write(self, out_path: str, video_from: str, audio: np.ndarray, d: Destination) -> None:
-        with av.open(video_from) as box, av.open(out_path, "w", format="mp4", options=MP4_OPTIONS) as out:
+        if video_from == self.path:
+            self._clip.seek(0)
+            return self._write_from(self._clip, out_path, audio, d)
+        with av.open(video_from) as box:
+            return self._write_from(box, out_path, audio, d)
+
+    def _write_from(self, box, out_path: str, audio: np.ndarray, d: Destination) -> None:
+        with av.open(out_path, "w", format=d.container, options=MP4_OPTIONS) as out:
             out.metadata.update({**self._tags, "horse_destination": d.name})
             source = box.streams.video[0]
             video = out.add_stream_from_template(source)
-            sound = add_audio_stream(out, "mono" if audio.shape[0] == 1 else "stereo")
+            sound = AudioFeed(out, add_audio_stream(out, "mono" if audio.shape[0] == 1 else "stereo",
+                                                    d.audio_codec or "aac"), audio, RATE)
             for packet in box.demux(source):
                 if packet.dts is None:  # the demuxer's end-of-stream marker
                     continue
+                end = float((packet.dts + (packet.duration or 0)) * source.time_base)
                 packet.stream = video
                 out.mux(packet)
-            mux_audio(out, sound, audio, RATE)
+                sound.until(round(end * RATE))  # the sound up to this packet's end, next to it in the file
+            sound.close()
 
 
 class _Gained(NamedTuple):
@@ -244,14 +273,15 @@ class _Gained(NamedTuple):
     loudness: float
 
 
-def _normalised(sound: np.ndarray, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, float, float]:
+def _normalised(sound: np.ndarray, target_lufs: float, ceiling_dbtp: float,
+                measured_lufs: float | None = None) -> tuple[np.ndarray, float, float]:
     """(sound at `target_lufs` with its true peak at most `ceiling_dbtp`, gain dB, limiter reduction dB).
 
     The plain level change is target - measured. Where the limiter then has to act it takes some
     loudness away, so up to MAX_MAKEUP_DB more gain is searched for (regula falsi on measured
     loudness, which only rises with gain); past that the limiter would be squashing the sound, and
     the master stays under its target for QC to report. Digital silence is returned as it is."""
-    before = ffmpeg_loudness(sound).integrated_lufs
+    before = measured_lufs if measured_lufs is not None else ffmpeg_loudness(sound).integrated_lufs
     if before is None:
         return sound, 0.0, 0.0
 

@@ -70,6 +70,7 @@ class AudioFacts:
 class Measurements:
     path: str
     bytes: int
+    container: str  # "mp4" or "mov" (QuickTime) by the file's major brand; else the demuxer's name
     faststart: bool
     video: VideoFacts | None
     audio: AudioFacts | None
@@ -117,6 +118,7 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
         return Measurements(
             path=path,
             bytes=os.path.getsize(path),
+            container=_container(box),
             faststart=moov_first(path),
             video=video_facts,
             audio=audio_facts,
@@ -124,6 +126,12 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
             frozen=scan.frozen(end) if scan else None,
             picture_from=path if scan else None,
         )
+
+
+def _container(box) -> str:
+    if "mp4" not in box.format.name:
+        return box.format.name.split(",")[0]
+    return "mov" if box.metadata.get("major_brand", "").strip() == "qt" else "mp4"
 
 
 def _seconds(stream) -> float | None:
@@ -178,11 +186,15 @@ def _audio_facts(stream, samples: np.ndarray, start: float | None) -> AudioFacts
     )
 
 
-def decode_audio(path: str | os.PathLike, layout: str | None = None) -> np.ndarray:
-    """The audio of `path` as float32 (channels, samples) at 48 kHz, trimmed to the stream's duration
-    (optionally remixed to `layout`, e.g. "stereo")."""
-    with av.open(os.fspath(path)) as box:
-        stream = box.streams.audio[0]
-        to_float = av.AudioResampler(format="fltp", layout=layout or stream.layout.name, rate=RATE)
-        chunks = [chunk for frame in [*box.decode(stream), None] for chunk in _float(to_float, frame)]
-        return _joined(stream, chunks)
+def decode_audio(path_or_box: str | os.PathLike | av.container.InputContainer, layout: str | None = None) -> np.ndarray:
+    """The audio of a file (or an open one, read from its start) as float32 (channels, samples) at
+    48 kHz, trimmed to the stream's duration (optionally remixed to `layout`, e.g. "stereo")."""
+    if not isinstance(path_or_box, av.container.InputContainer):
+        with av.open(os.fspath(path_or_box)) as box:
+            return decode_audio(box, layout)
+    box = path_or_box
+    box.seek(0)
+    stream = box.streams.audio[0]
+    to_float = av.AudioResampler(format="fltp", layout=layout or stream.layout.name, rate=RATE)
+    chunks = [chunk for frame in [*box.decode(stream), None] for chunk in _float(to_float, frame)]
+    return _joined(stream, chunks)

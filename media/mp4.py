@@ -127,10 +127,12 @@ def add_video_stream(out, width: int, height: int, fps, *, crf: int = 18, preset
     return video
 
 
-def add_audio_stream(out, layout: str = "stereo"):
-    sound = out.add_stream("aac", rate=AUDIO_RATE)
+def add_audio_stream(out, layout: str = "stereo", codec: str = "aac"):
+    """A 48 kHz sound stream: AAC at AUDIO_BIT_RATE, or PCM (e.g. "pcm_s24le", in a mov)."""
+    sound = out.add_stream(codec, rate=AUDIO_RATE)
     sound.layout = layout
-    sound.bit_rate = AUDIO_BIT_RATE
+    if codec == "aac":
+        sound.bit_rate = AUDIO_BIT_RATE
     return sound
 
 

@@ -10,9 +10,13 @@
   stills back to back make one stretch without motion). Black frames count as black only.
 
 Luma only, on every second row and column: a quarter of the pixels gives the same black share and
-mean difference for any picture detail larger than 2 px, and keeps the scan (~1-2 ms per 1080p
-frame) well under the cost of decoding the frame. Our own loop rather than FFmpeg's filters:
-those report a stretch when it ends, so one running to the last frame would go unreported.
+mean difference for any picture detail larger than 2 px. Read in place from the decoded frame's
+plane (no copy, no format conversion). Each frame is first looked at on every 8th of those rows:
+bright pixels or differences found there are a lower bound of the whole frame's, so when they
+already exceed what a black or frozen frame may have, the answer is the full scan's, and only
+frames that could be black or frozen are scanned whole (~0.3 ms instead of ~1.6 ms per moving
+1080p frame). Our own loop rather than FFmpeg's filters: those report a stretch when it ends, so one
+running to the last frame would go unreported.
 """
 
 from __future__ import annotations
@@ -29,17 +33,40 @@ FREEZE_NOISE = 0.001
 # freeze: frozen stretches are reported from 0.1 s, i.e. three frames at 25 fps.
 MIN_FROZEN_S = 0.1
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+FIRST_LOOK_ROWS = 8  # the first look takes every 8th row of the scan grid
 _EIGHT_BIT_YUV = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
 
 def luma(frame: av.VideoFrame) -> tuple[np.ndarray, bool]:
-    """(8-bit luma, every second row and column, contiguous; full_range) of a decoded frame."""
+    """(8-bit luma, every second row and column: a view of the frame's plane, which it keeps alive;
+    full_range) of a decoded frame."""
     if frame.format.name not in _EIGHT_BIT_YUV:
         frame = frame.reformat(format="yuv420p")
     plane = frame.planes[0]
     y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: frame.height : 2, : frame.width : 2]
     full = frame.color_range == FULL_RANGE or frame.format.name.startswith("yuvj")
-    return np.ascontiguousarray(y), full
+    return y, full
+
+
+def _is_black(y: np.ndarray, level: float) -> bool:
+    """At least BLACK_PICTURE of the pixels at or under `level`."""
+    bright_seen = np.count_nonzero(y[::FIRST_LOOK_ROWS] > level)  # the frame has at least these
+    if y.size - bright_seen < BLACK_PICTURE * y.size:
+        return False
+    return np.count_nonzero(y <= level) >= BLACK_PICTURE * y.size
+
+
+def _is_still(y: np.ndarray, still: np.ndarray) -> bool:
+    """Mean absolute difference to `still` at most FREEZE_NOISE of full scale."""
+    limit = FREEZE_NOISE * 255 * y.size
+    if _absolute_difference(y[::FIRST_LOOK_ROWS], still[::FIRST_LOOK_ROWS]) > limit:  # a lower bound of the sum
+        return False
+    return _absolute_difference(y, still) <= limit
+
+
+def _absolute_difference(a: np.ndarray, b: np.ndarray) -> int:
+    # |a - b| in uint8 without widening: one of the two wrapped differences is the true one.
+    return int(np.minimum(a - b, b - a).sum(dtype=np.uint64))
 
 
 class PictureScan:
@@ -55,14 +82,12 @@ class PictureScan:
     def add(self, frame: av.VideoFrame) -> None:
         y, full = luma(frame)
         black_level = BLACK_PIXEL * 255 if full else 16 + BLACK_PIXEL * (235 - 16)
-        black = np.count_nonzero(y <= black_level) >= BLACK_PICTURE * y.size
+        black = _is_black(y, black_level)
         self.is_black.append(black)
 
         frozen = False  # black pictures are reported as black, not also as frozen
         if not black and self._still is not None and self._still.shape == y.shape:
-            # |a - b| in uint8 without widening: one of the two wrapped differences is the true one.
-            difference = np.minimum(y - self._still, self._still - y).sum(dtype=np.uint64)
-            frozen = difference <= FREEZE_NOISE * 255 * y.size
+            frozen = _is_still(y, self._still)
         index = len(self.times)
         self.times.append(float(frame.time))
         self.is_frozen.append(frozen)

@@ -53,13 +53,21 @@ class Destination:
     color_transfer: str | None = None
     color_matrix: str | None = None
     color_range: Literal["tv", "pc"] | None = None
-    audio_codec: Literal["aac"] | None = None
+    # aac: AAC in an MP4 (platforms). pcm_s24le: uncompressed 24-bit PCM in a QuickTime .mov, what
+    # broadcasters' delivery specs (EBU R128/DPP, US network specs under ATSC A/85) ask for.
+    audio_codec: Literal["aac", "pcm_s24le"] | None = None
     audio_layout: Literal["mono", "stereo"] | None = None
     audio_rate: Literal[48000] | None = None  # masters are always made at 48 kHz
     faststart: bool = True
     description: str = ""
 
     __pydantic_config__ = {"extra": "forbid"}  # read by flows.destinations; media never imports pydantic
+
+    @property
+    def container(self) -> str:
+        """The master's file format, which follows from its sound: QuickTime ("mov") for PCM (MP4 has
+        no PCM that players and broadcasters read), else MP4. Also the master's file extension."""
+        return "mov" if (self.audio_codec or "").startswith("pcm_") else "mp4"
 
     def __post_init__(self) -> None:
         rules = [
@@ -170,6 +178,7 @@ def check(
         "color_matrix": (d.color_matrix, video and video.color_matrix),
         "color_range": (d.color_range, video and video.color_range),
         "audio_codec": (d.audio_codec, audio and audio.codec),
+        "container": (d.audio_codec and d.container, m.container),  # checked with the codec it follows from
         "audio_layout": (d.audio_layout, audio and audio.layout),
         "audio_rate": (d.audio_rate, audio and audio.sample_rate),
         "faststart": (d.faststart or None, m.faststart),

@@ -12,7 +12,6 @@ CJK lines (Mandarin, Cantonese, Japanese, Korean) are written with a space betwe
 """
 from __future__ import annotations
 
-import re
 import unicodedata
 
 LANGUAGES: tuple[str, ...] = ("en", "zh", "yue", "ja", "ko", "de", "fr")
@@ -84,7 +83,8 @@ def space_cjk(text: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    """Runs of whitespace as one space, none at the ends (str.split's whitespace is the regex's `\\s`)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def compose_prompt(scene: str, dialogue: list[dict] | None = None, background_sound: str | None = None) -> str:

@@ -40,11 +40,11 @@ def test_qc_of_any_mp4_measures_and_checks_it(tmp_path):
     assert checks["black"]["passed"] and checks["duration"]["measured"] == 50
     assert document["measurements"]["video"]["frames"] == 50
 
-    master, report = make_master(clip, load_destinations()["broadcast-eu"], tmp_path / "eu.mp4", brief_seconds=2.0)
+    master, report = make_master(clip, load_destinations()["broadcast-eu"], tmp_path / "eu.mov", brief_seconds=2.0)
     assert report.passed
-    passed = horse("qc", str(tmp_path / "eu.mp4"), "-d", "broadcast-eu", "--seconds", "2", "--json")
+    passed = horse("qc", str(tmp_path / "eu.mov"), "-d", "broadcast-eu", "--seconds", "2", "--json")
     assert passed.returncode == 0 and one_json_document(passed)["ok"] is True
-    every = horse("qc", str(tmp_path / "eu.mp4"))
+    every = horse("qc", str(tmp_path / "eu.mov"))
     assert every.returncode == 1, "without --destination a file is checked against every destination (social's -14 fails)"
     assert all(name in every.stdout for name in ("broadcast-eu", "broadcast-us", "social"))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,12 @@ from flows.budget import BudgetGuard, budgets_for, over_budget, price_per_gpu_ho
 from flows.cost import cost_model, quote_plan
 from flows.manifest import validate_rows, write_manifest
 from flows.plan import ModelInfo, make_plan
+from flows.routing import Routes
 from flows.settings import ConfigError, load_settings
 from horse_actors import RenderJob, RenderOutcome
+from horse_actors.api_actor import ProviderActors
+from horse_actors.backends.api import ApiRenderOutcome
+from horse_actors.config import Scheduling
 from horse_actors.jobs import CANCELLED, NOT_ADMITTED
 
 from .conftest import shot
@@ -95,6 +100,74 @@ def test_the_guard_admits_while_spent_plus_running_plus_next_stays_within_every_
     store.spend.record(guard.rows("run-1", settings), run_id="run-1")
     assert store.spend.by_campaign() == {"autumn": {"gpu_seconds": 0.0, "money": 0.0},
                                          "spring": {"gpu_seconds": 110.0, "money": 1.1}}
+
+
+def test_the_guard_holds_the_quoted_price_of_api_clips_and_settles_to_the_bill(tmp_store):
+    store = Store(tmp_store)
+    rows = [shot(f"s{i}", f"A kettle {i}.", campaign_id="spring", languages=["en"], aspect_ratios=["16:9"],
+                 backend="seedance-2.0") for i in range(4)]
+    routes = Routes.from_settings(load_settings().routing)  # seedance-2.0: 0.93 USD a clip
+    plan = make_plan(validate_rows(rows)[0], MODEL, store, routes=routes)
+    quote = quote_plan(plan, cost_model(store, load_settings(store_url=tmp_store), MODEL.fingerprint, H100))
+    settings = load_settings(store_url=tmp_store, cost={"price_per_gpu_hour": {"H100": 3.6}},
+                             budget={"run": {"money": 2.5, "gpu_hours": 1e-9}})
+    budgets = budgets_for(settings, ["spring"], H100, {})
+    guard = BudgetGuard(budgets, quote, plan.todo, routes)
+    jobs = [RenderJob(job.render_key, job.api_request, job.campaign_id, job.shot_id, job.variant) for job in plan.todo]
+    assert guard.admit(jobs[0]) and guard.admit(jobs[1]), "API clips take no GPU time: a GPU-hours budget of nothing holds them"
+    assert not guard.admit(jobs[2]), "1.86 USD held + 0.93 > 2.5"
+    assert guard.stopped_by is budgets[1] and "run budget of 2.50 USD" in guard.reason
+
+    def billed(job, cost_usd, status="ok"):
+        return ApiRenderOutcome(job.render_key, status, provider="seedance-2.0", cost_usd=cost_usd)
+
+    guard.settle(billed(jobs[0], 0.40))  # billed less than quoted: 0.40 spent + 0.93 held
+    assert guard.admit(jobs[2]), "0.40 + 0.93 + 0.93 <= 2.5"
+    guard.settle(billed(jobs[1], None, status="failed"))  # no clip, no bill: its hold is released
+    guard.settle(billed(jobs[2], None))  # delivered, bill unknown: the quoted price stays spent
+    assert guard.admit(jobs[3]) and not guard.admit(jobs[3]), "1.33 + 0.93 fits 2.5, 1.33 + 0.93 + 0.93 does not"
+    assert [r for r in guard.rows("run-1", settings) if r["device_type"] == "api:seedance-2.0"] == [
+        {"run_id": "run-1", "campaign_id": "spring", "device_type": "api:seedance-2.0", "gpu_seconds": 0.0,
+         "money": 1.33, "currency": "USD", "renders": 2, "not_rendered_budget": 0, "usage_tokens": None,
+         "estimated_tokens": None}]
+
+    euro = budgets_for(load_settings(cost={"currency": "EUR", "price_per_gpu_hour": {"H100": 3.6}},
+                                     budget={"campaign": {"money": 10}}), ["spring"], H100, {})
+    with pytest.raises(ConfigError, match="campaign spring budget of 10.00 EUR: API providers bill in USD"):
+        BudgetGuard(euro, quote, plan.todo, routes)
+    unpriced = Routes.from_settings(load_settings(routing={"default": "seedance-2.0-fal"}).routing)
+    fal = make_plan(validate_rows([{**row, "backend": None} for row in rows])[0], MODEL, store, routes=unpriced)
+    with pytest.raises(ConfigError, match="run budget of 2.50 USD: backend seedance-2.0-fal has no price"):
+        BudgetGuard(budgets, quote, fal.todo, unpriced)
+
+
+def test_provider_actors_ask_the_guard_first_and_after_its_no_dispatch_nothing(tmp_store):
+    """The provider scheduler's side (no Ray needed: no job is admitted, so no actor starts)."""
+    store = Store(tmp_store)
+    rows = [shot(f"s{i}", f"A kettle {i}.", campaign_id="spring", languages=["en"], aspect_ratios=["16:9"],
+                 backend="seedance-2.0") for i in range(3)]
+    routes = Routes.from_settings(load_settings().routing)
+    plan = make_plan(validate_rows(rows)[0], MODEL, store, routes=routes)
+    settings = load_settings(store_url=tmp_store, cost={"price_per_gpu_hour": {"H100": 3.6}},
+                             budget={"run": {"money": 0.5}})  # under one 0.93 USD clip
+    guard = BudgetGuard(budgets_for(settings, ["spring"], H100, {}), quote_plan(plan, cost_model(
+        store, settings, MODEL.fingerprint, H100)), plan.todo, routes)
+    jobs = [RenderJob(job.render_key, job.api_request, job.campaign_id, job.shot_id, job.variant) for job in plan.todo]
+    asked, outcomes = [], []
+
+    def admit(job):
+        asked.append(job.render_key)
+        return guard.admit(job)
+
+    def arrived(outcome):
+        outcomes.append(outcome)
+        guard.settle(outcome)
+
+    with ProviderActors(routes.providers, None, Scheduling()) as actors:
+        actors.run(jobs, arrived, threading.Event(), admit)
+    assert asked == [jobs[0].render_key], "asked before the first dispatch, and not again after its no"
+    assert [(o.render_key, o.error_class) for o in outcomes] == [(j.render_key, NOT_ADMITTED) for j in jobs]
+    assert guard.not_rendered == {"spring": 3} and "run budget of 0.50 USD" in guard.reason
 
 
 # ---- a run that stops at its budget -------------------------------------------------------------

@@ -47,18 +47,21 @@ def ray_head():
              f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
              f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats"],
             env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, check=True, capture_output=True, timeout=180)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}"}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "temp_dir": temp_dir}
     finally:
         kill_processes([temp_dir, f"127.0.0.1:{port}"])
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 
-def render_actor_processes(since: float) -> list[psutil.Process]:
+def render_actor_processes(temp_dir: str) -> list[psutil.Process]:
+    """RenderActor processes of the head in `temp_dir` (their raylet names it), not of any other
+    Ray cluster on the machine."""
     found = []
-    for process in psutil.process_iter(["cmdline", "create_time"]):
+    for process in psutil.process_iter(["cmdline"]):
         try:
-            if process.info["create_time"] >= since and "RenderActor" in " ".join(process.info["cmdline"] or []):
+            if "RenderActor" in " ".join(process.info["cmdline"] or []) and any(
+                    temp_dir in " ".join(parent.cmdline()) for parent in process.parents()):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -83,7 +86,6 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
     config.write_text(f"ray: {{address: '{ray_head['address']}', cpu_mode: true, num_actors: 2}}\n"
                       "render: {chunk_size: 4}\n")
     receipts = Path(tmp_store.removeprefix("file://")) / "receipts"
-    started = time.time()
     server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config), "--store", tmp_store],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
     try:
@@ -102,7 +104,7 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
         while time.monotonic() < deadline and not list(receipts.rglob("*.json")):
             time.sleep(0.3)
         assert list(receipts.rglob("*.json")), "the run was rendering"
-        assert render_actor_processes(started), "render actors are alive while it runs"
+        assert render_actor_processes(ray_head["temp_dir"]), "render actors are alive while it runs"
 
         async def cancel():
             async with get_client() as client:
@@ -113,9 +115,9 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
         assert final.state.is_cancelled(), final.state
 
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and render_actor_processes(started):
+        while time.monotonic() < deadline and render_actor_processes(ray_head["temp_dir"]):
             time.sleep(0.5)
-        assert render_actor_processes(started) == [], "no render actor outlives the cancelled run"
+        assert render_actor_processes(ray_head["temp_dir"]) == [], "no render actor outlives the cancelled run"
         assert len(list(receipts.rglob("*.json"))) < 16, "the run stopped before rendering everything"
 
         from ray.util.state import list_actors, list_nodes

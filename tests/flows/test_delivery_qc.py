@@ -93,7 +93,8 @@ def test_a_black_take_is_rerolled_and_a_clip_that_never_passes_is_published_mark
     with store.open_blob(master["uri"]) as f, av.open(f) as container:
         assert container.metadata["horse_destination"] == "broadcast-eu"
         assert container.metadata["horse_render_key"] == once.render_key
-    assert store.blob_exists(master["sha256"], "mp4")
+        assert container.streams.audio[0].codec_context.name == "pcm_s24le", "broadcast sound is 24-bit PCM"
+    assert store.blob_exists(master["sha256"], "mov") and master["uri"].endswith(".mov")
 
     [entry] = [e for e in store.versions.read("spring-launch", 1)["entries"] if e["shot_id"] == "once"]
     assert (entry["status"], entry["qc_status"], entry["rendered_seed"]) == ("ok", "passed", reroll_seed(11, 1))

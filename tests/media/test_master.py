@@ -13,7 +13,7 @@ import pytest
 import media.master
 from media.master import MasterError, make_master, make_masters
 from media.measure import measure
-from media.qc import Destination
+from media.qc import Destination, check
 
 EBU = Destination(name="broadcast-eu", loudness_lufs=-23.0, loudness_tolerance_lu=0.5, true_peak_dbtp=-1.0)
 SOCIAL = Destination(name="social", loudness_lufs=-14.0, loudness_tolerance_lu=1.0, true_peak_dbtp=-1.0)
@@ -55,6 +55,38 @@ def test_a_clip_of_the_right_length_keeps_its_video_packets_and_its_sound_is_cut
     assert info.measurements.picture_from == clip  # same packets, so the clip's picture measurements
     assert info.measurements.audio.seconds == pytest.approx(2.0, abs=1e-6)
     assert report.passed, report.failures()
+
+
+def test_a_pcm_destination_gets_24_bit_pcm_in_a_mov_at_its_loudness_with_the_video_copied(clips, tmp_path, monkeypatch):
+    """What broadcasters take: uncompressed 24-bit 48 kHz sound in a QuickTime file, the picture copied.
+    The sound already has the picture's length, so it is the one the clip's QC metered: not metered again."""
+    sound = clips.tone(0.3, 2.0)
+    clip = clips.write("c.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound]))
+    pcm = Destination(name="tv", loudness_lufs=-23.0, true_peak_dbtp=-1.0, audio_codec="pcm_s24le", audio_rate=48000)
+    metered = []
+    real = media.master.ffmpeg_loudness
+    monkeypatch.setattr(media.master, "ffmpeg_loudness", lambda *a, **k: metered.append(a) or real(*a, **k))
+    masters = make_masters(clip, [pcm, SOCIAL], tmp_path / "out", brief_seconds=2.0, source=measure(clip))
+    assert metered == [], "normalising starts from the clip's measured loudness"
+    assert masters["social"][0].path.endswith("social.mp4") and video_packets(masters["social"][0].path) == video_packets(clip)
+    info, report = masters["tv"]
+    assert info.path.endswith("tv.mov") and info.video == "copied" and video_packets(clip) == video_packets(info.path)
+    with av.open(info.path) as box:
+        assert box.metadata["major_brand"].strip() == "qt"
+        stream = box.streams.audio[0]
+        assert (stream.codec_context.name, stream.codec_context.format.name, stream.rate) == ("pcm_s24le", "s32", 48_000)
+    with av.open(info.path) as box:  # packed s32: 24-bit samples in the top bytes, channels interleaved
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in box.decode(audio=0)])
+    assert samples.size == 2 * 96_000 and np.abs(samples).max() > 2**26  # 2.00 s of sound, not silence
+    assert np.all(samples % 2**8 == 0) and np.any(samples % 2**16 != 0), "24 significant bits, not 16 or 32"
+    after = measure(info.path, picture=False)
+    assert (after.container, after.audio.codec) == ("mov", "pcm_s24le")
+    assert after.audio.loudness.integrated_lufs == pytest.approx(-23.0, abs=0.05)
+    assert report.passed, report.failures()
+    checks = {c.name: c for c in report.checks}
+    assert checks["container"].measured == "mov" and checks["audio_codec"].measured == "pcm_s24le"
+    clip_report = {c.name: c for c in check(measure(clip, picture=False), pcm).checks}
+    assert not clip_report["container"].passed and not clip_report["audio_codec"].passed, "an AAC mp4 is not it"
 
 
 def test_peaky_quiet_clip_is_limited_under_the_ceiling_at_social_loudness(clips, tmp_path):

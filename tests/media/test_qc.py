@@ -78,3 +78,38 @@ def test_unmeasured_picture_fails_rather_than_passing(clips):
     m = measure(clips.write("p.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound])), picture=False)
     assert m.black is None
     assert by_name(check(m, SPEC))["black"].passed is False
+
+
+def yuv_frame(luma: np.ndarray, index: int):
+    """A decoded-like 8-bit 4:2:0 frame with this luma (grey chroma), shown at index / 25 s."""
+    import av
+    from fractions import Fraction
+
+    h, w = luma.shape
+    frame = av.VideoFrame.from_ndarray(np.concatenate([luma, np.full((h // 2, w), 128, np.uint8)]), format="yuv420p")
+    frame.pts, frame.time_base = index, Fraction(1, 25)
+    return frame
+
+
+def test_the_scan_first_look_only_rules_out_and_the_whole_frame_decides_the_rest():
+    """The scan grid is every 2nd row/column (64x96 -> 32x48 = 1536 points); its first look takes grid
+    rows 0, 8, 16, 24 (picture rows 0, 16, 32, 48). Black: <= 2 % bright (30.7 points); frozen: summed
+    difference <= 0.001 x 255 x 1536 = 391.7. What the first look sees is a lower bound, never an estimate."""
+    from media.picture import PictureScan
+
+    dark = np.full((64, 96), 16, np.uint8)
+    few_seen = dark.copy()
+    few_seen[0, 0:50:2] = 200  # 25 bright points, all on a first-look row: 1.6 %, still black
+    many_unseen = dark.copy()
+    many_unseen[2, 0:80:2] = 200  # 40 bright points (2.6 %) on a row the first look skips: not black
+    grey = np.full((64, 96), 128, np.uint8)
+    nudged = grey.copy()
+    nudged[0, 0:80:2] = 136  # summed difference 40 x 8 = 320, all seen first: still frozen
+    moved_unseen = grey.copy()
+    moved_unseen[2, 0:80:2] = 148  # 40 x 20 = 800, none of it seen first: not frozen
+
+    scan = PictureScan()
+    for i, luma in enumerate([few_seen, many_unseen, grey, nudged, moved_unseen]):
+        scan.add(yuv_frame(luma, i))
+    assert scan.is_black == [True, False, False, False, False]
+    assert scan.is_frozen == [False, False, True, True, False]  # grey's still includes its first frame
