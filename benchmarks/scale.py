@@ -1,11 +1,15 @@
 """A year of nights on 64 GPUs, simulated on this machine (issue 21): does the catalog keep up
 with millions of rows, and does one driver keep 64 actors busy?
 
+    .venv/bin/python benchmarks/scale.py driver [--driver-jobs 20000 --driver-chunk 500]
     .venv/bin/python benchmarks/scale.py index [--rows 10000000 --commits 3000 --campaigns 300]
     .venv/bin/python benchmarks/scale.py pool  [--jobs 100000 --actors 64 --mean-ms 200]
     .venv/bin/python benchmarks/scale.py failover [--failover-jobs 20000 --actors 64]
     .venv/bin/python benchmarks/scale.py all --tiny   # every part, small, in a few minutes
 
+driver    the flow's collect path (RenderStream, collect, run ledger, receipts, lineage, index
+          commits) fed outcomes by stand-in actors, at --driver-jobs and a tenth of it: driver
+          RSS against jobs collected (flat: the driver keeps no outcome) and CPU per job.
 index     the render index grown with synthetic rows (the real MERGE commit path, without the
           per-receipt validation) to --rows over --commits commits, stopped early at
           --budget-s and projected; then commit, lookup and plan times, file counts and bytes,
@@ -252,6 +256,7 @@ def sleep_actor_class():
     sleeps for the job's drawn duration, appending one line per finished render to a file in
     the "store" directory (so renders can be counted, even those of actors killed later)."""
     import collections
+    import threading
 
     from horse_actors import RenderActor, RenderOutcome
     from horse_actors.actor import _ray_context
@@ -259,7 +264,8 @@ def sleep_actor_class():
     class SleepActor(RenderActor):
         def __init__(self, model, store, encoding):
             self.model, self.encoding, self.renders, self.ids = model, encoding, 0, _ray_context()
-            self._recent = collections.OrderedDict()
+            # RenderActor.render's call bookkeeping (outcomes of recent calls, calls under way)
+            self._recent, self._calls, self._running = collections.OrderedDict(), threading.Condition(), set()
             self._log = open(os.path.join(store.url.removeprefix("file://"), f"renders-{os.getpid()}.log"), "a")
 
         def stats(self):
@@ -400,7 +406,7 @@ def bench_pool(args, say) -> list[dict]:
 
     try:
         return [{"run": f"one node, {mode}", **run_pool(None, args.actors, jobs, total_sleep, say, mode)}
-                for mode in ("stream", "run")]
+                for mode in args.pool_modes.split(",")]
     finally:
         ray.shutdown()
 
@@ -442,6 +448,82 @@ def bench_failover(args, say) -> dict:
         kill_processes([head, worker, f"127.0.0.1:{port}"])
 
 
+def run_driver(n: int, chunk: int, window: int) -> dict:
+    """The flow's collect path for n jobs (RenderStream, collect, run ledger, receipts, lineage
+    events, one index commit per chunk, into a local store), fed by stand-in actors that answer
+    at once, at most `window` outcomes ahead of the collector (as `window` actors would). The plan
+    is built before measuring (it is the run's input); RSS is sampled against jobs collected."""
+    import logging
+    import threading
+    import uuid
+    from types import SimpleNamespace
+
+    import psutil
+
+    from catalog import Store
+    from flows.budget import BudgetGuard
+    from flows.collect import RunRecord, collect
+    from flows.plan import PlannedJob
+    from flows.progress import Progress, RunTotals
+    from flows.publish import version_entries
+    from flows.render_stream import RenderStream
+    from flows.run_ledger import RunLedger
+    from horse_actors import RenderJob, RenderOutcome
+
+    store = Store("file://" + tempfile.mkdtemp(prefix="horse-scale-driver-"))
+    clip = store.put_blob(b"stand-in clip", ext="mp4")  # deterministic renders share a hash
+    todo = [PlannedJob("sim", f"s{i:07d}", "en-16x9-t1", "en", "16:9", 1, 7, "1080p", 5.0, 1920, 1080,
+                       "a prompt of ordinary length for a shot of a campaign", f"{i + 1:064x}") for i in range(n)]
+    run = RunRecord(str(uuid.uuid4()), "render_campaign", "tiny", ({"uri": "manifest", "version": "1"},), ("sim",))
+    proc, samples = psutil.Process(), []
+    ledger = RunLedger()
+
+    class StandInActors:
+        def stream(self, jobs, on_outcome, cancel_event: threading.Event, admit=None) -> int:
+            for sent, job in enumerate(jobs, start=1):
+                on_outcome(RenderOutcome(job.render_key, "ok", blob_uri=clip.uri, sha256=clip.sha256, bytes=clip.bytes,
+                                         attempt=1, duration_s=0.2, actor_id="a" * 32, node_id="n" * 56,
+                                         timings={"queue": 0.01, "denoise": 0.1, "encode": 0.05, "upload": 0.01}))
+                while ledger.count < sent - window and not cancel_event.is_set():
+                    time.sleep(0.0005)
+                if sent % max(1, n // 16) == 0:
+                    samples.append((sent, proc.memory_info().rss))
+            return n
+
+    def commit(receipts: list[dict], number: int) -> None:  # the flow's index-chunk task, without Prefect
+        store.index.commit(receipts, run_id=run.run_id)
+
+    to_job = lambda job: RenderJob(job.render_key, None, job.campaign_id, job.shot_id, job.variant)  # noqa: E731
+    totals = RunTotals(planned=n)
+    cpu, wall = time.process_time(), time.perf_counter()
+    with DriverSampler() as rss, ledger:
+        with RenderStream(StandInActors(), todo, to_job) as stream:
+            collect(stream.outcomes(), chunk, store, run, totals, Progress(None, "scale"),
+                    BudgetGuard([], SimpleNamespace(job_seconds={}), []), ledger, commit, logging.getLogger("scale"))
+        loop_peak = max(s for _, s in samples)
+        entries = version_entries(SimpleNamespace(jobs=todo, cached={}, kept=[]), ledger.fields)["sim"]
+        outputs = list(ledger.outputs())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert totals.rendered == n == len(entries) == len(outputs), (totals.rendered, len(entries))
+    return {"jobs": n, "chunk": chunk, "wall_s": wall, "cpu_s": cpu, "cpu_ms_per_job": 1000 * cpu / n,
+            "rss_start_MB": rss.rss_start / 1e6, "loop_peak_MB": loop_peak / 1e6,
+            "loop_growth_MB": (loop_peak - rss.rss_start) / 1e6, "rss_slope_KB_per_1k": rss_slope(samples, n),
+            "publish_peak_MB": rss.peak / 1e6}
+
+
+def bench_driver(args, say) -> list[dict]:
+    """The flow's render loop at two sizes: its RSS must not grow with the number of jobs."""
+    sizes = (args.driver_jobs // 10, args.driver_jobs)
+    say(f"(0) the flow's collect path: {sizes[0]:,} and {sizes[1]:,} jobs, chunks of {args.driver_chunk}, "
+        f"stand-in actors answering at once ({args.actors} outcomes ahead at most)")
+    run_driver(max(100, sizes[0] // 4), args.driver_chunk, args.actors)  # warm-up: imports, first commits, caches
+    rows = [{"run": f"{n:,} jobs", **run_driver(n, args.driver_chunk, args.actors)} for n in sizes]
+    for key in rows[0]:
+        if key != "run":
+            say("  " + f"{key:>20s}" + "".join(f"{_fmt(r.get(key)):>16s}" for r in rows))
+    return rows
+
+
 def projection(pool: dict, say) -> None:
     """A 64-GPU night at the published H100 stage times, against the measured driver figures."""
     clip_gpu_s = sum(H100_STAGE_S.values())
@@ -458,6 +540,7 @@ def projection(pool: dict, say) -> None:
 # `--tiny`: the same code paths at sizes that run in a few minutes (figures then say less).
 TINY = {"rows": 100_000, "commits": 100, "campaigns": 10, "budget_s": 120, "compare_rows": 30_000,
         "compare_commits": 30, "compare_campaigns": 5, "variants": 2_000, "jobs": 2_000, "failover_jobs": 1_000, "actors": 8,
+        "driver_jobs": 2_000, "driver_chunk": 100,
         "mean_ms": 20.0}
 
 
@@ -484,7 +567,7 @@ def _fmt(value) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=["index", "pool", "failover", "all"])
+    ap.add_argument("part", choices=["driver", "index", "pool", "failover", "all"])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--commits", type=int, default=3000)
     ap.add_argument("--campaigns", type=int, default=300)
@@ -497,7 +580,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100_000)
     ap.add_argument("--failover-jobs", type=int, default=20_000)
     ap.add_argument("--actors", type=int, default=64)
+    ap.add_argument("--pool-modes", default="stream,run", help="stream (the flows' way), run (outcomes kept), or both")
     ap.add_argument("--mean-ms", type=float, default=200.0, help="mean stand-in render time")
+    ap.add_argument("--driver-jobs", type=int, default=20_000, help="the driver part runs this many and a tenth")
+    ap.add_argument("--driver-chunk", type=int, default=500, help="outcomes per index commit in the driver part")
     ap.add_argument("--tiny", action="store_true", help="every part at a size this 2-core machine runs in minutes")
     if ap.parse_known_args()[0].tiny:  # --tiny changes the defaults; a size given explicitly still wins
         ap.set_defaults(**TINY)
@@ -506,6 +592,8 @@ def main() -> None:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    if args.part in ("driver", "all"):
+        bench_driver(args, say)
     if args.part in ("index", "all"):
         bench_index(args, say)
     runs = []

@@ -9,7 +9,7 @@ Tasks take serialisable inputs (settings, manifests, plans, records); the live o
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from prefect.exceptions import MissingContextError
 from catalog import Store
 from catalog.approvals import FORCED, new_event, slot_of
 from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_spend_table, over_budget
-from flows.collect import RunRecord, describe, record_render
+from flows.collect import RunRecord, collect
 from flows.cost import Quote, cost_model, quote_plan
 from flows.destinations import RunDestinations, run_destinations
 from flows.dialogue import DialoguePolicy, dialogue_policy
@@ -32,12 +32,12 @@ from flows.plan import Filters, Plan, PlannedJob, make_plan, model_info
 from flows.progress import Progress, RunTotals
 from flows.publish import PublishedVersion, publish_version, version_entries
 from flows.render_stream import RenderStream, pool_config, start_pool, to_render_job
+from flows.run_ledger import RunLedger
 from flows.routing import Routes
-from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, failure_rows, qc_failures,
+from flows.report import (artifact_key, create_failures_table, create_qc_table, create_summary, qc_failures,
                           qc_markdown, qc_table_rows, summary_markdown)
 from flows.settings import HorseSettings, reviewer_name
-from horse_actors import RenderOutcome, RenderPool
-from horse_actors.jobs import NOT_ADMITTED
+from horse_actors import RenderPool
 
 
 class RunFailed(RuntimeError):
@@ -198,42 +198,33 @@ def record_spend(store: Store, guard: BudgetGuard, run_id: str, settings: HorseS
 
 
 def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: RunRecord, store: Store,
-                       totals: RunTotals, progress: Progress,
-                       guard: BudgetGuard) -> dict[str, tuple[PlannedJob, RenderOutcome]]:
-    """Render the to-do jobs as one stream and collect each as it arrives; returns every outcome
-    by render key. `guard` counts the spend and stops dispatching at a budget. A cancel or crash
-    stops the pool; receipts already written are indexed by the next run (`Store.recover_unindexed`)."""
-    collected: dict[str, tuple[PlannedJob, RenderOutcome]] = {}
+                       totals: RunTotals, progress: Progress, guard: BudgetGuard, ledger: RunLedger) -> list[dict]:
+    """Render the to-do jobs as one stream and collect each as it arrives into `ledger`; returns
+    the failures table's rows. `guard` counts the spend and stops dispatching at a budget. A
+    cancel or crash stops the pool; receipts already written are indexed by the next run
+    (`Store.recover_unindexed`)."""
     if not todo:
-        return collected
+        return []
     log = _logger()
     with RenderPool(pool_config(settings)) as pool:
         if any(job.backend == "local" for job in todo):  # API-only runs load no model
             log.info(start_pool(pool))
-        size = settings.render.chunk_size
         routes = Routes.from_settings(settings.routing)
         providers = {job.backend: routes.provider(job.backend) for job in todo if job.backend != "local"}
-        jobs = [to_render_job(job, run.model_fingerprint) for job in todo]
-        with RenderStream(pool, jobs, providers, admit=guard.admit, on_outcome=guard.settle) as stream:
-            # The stream keeps rendering the next chunk while this one is being collected.
-            for number, start in enumerate(range(0, len(todo), size), start=1):
-                receipts = []
-                for job, outcome in stream.outcomes_for(todo[start:start + size]):
-                    if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
-                        outcome = dataclasses.replace(outcome, error_message=guard.reason)
-                    receipt = record_render(store, run, job, outcome)
-                    if receipt is not None:
-                        receipts.append(receipt)
-                    (log.info if outcome.ok else log.warning)(describe(job, outcome))
-                    collected[job.render_key] = (job, outcome)
-                    totals.add(outcome)
-                    progress.update(totals)
-                if receipts:
-                    index_chunk.with_options(name=f"index-chunk-{number}")(receipts, settings, run.run_id)
-    return collected
+        # Dispatch order as RenderPool.run would take it from a list (highest priority first, equals
+        # in plan order), so that the stream can take the jobs one at a time.
+        ordered = sorted(todo, key=lambda job: job.dispatch_priority, reverse=True)
+        to_job = functools.partial(to_render_job, model_fingerprint=run.model_fingerprint)
+
+        def commit(receipts: list[dict], number: int) -> None:
+            index_chunk.with_options(name=f"index-chunk-{number}")(receipts, settings, run.run_id)
+
+        with RenderStream(pool, ordered, to_job, providers, admit=guard.admit, on_outcome=guard.settle) as stream:
+            return collect(stream.outcomes(), settings.render.chunk_size, store, run, totals, progress, guard, ledger,
+                           commit, log)
 
 
-def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]]) -> dict:
+def delivery_qc(store: Store, plan: Plan, ledger: RunLedger) -> dict:
     """QC results of the plan's keys that have destinations, read from the campaigns they can be
     in (the plan's, and those their cached renders were filed under) rather than the whole table;
     a delivered key found in none of them (a concurrent run of another campaign filed it first)
@@ -241,7 +232,7 @@ def delivery_qc(store: Store, plan: Plan, outcomes: dict[str, tuple[PlannedJob, 
     keys = [job.render_key for job in plan.jobs if job.destinations]
     campaigns = {job.campaign_id for job in plan.jobs} | {row["campaign_id"] for row in plan.cached.values()}
     qc = store.qc.results(keys, campaigns=campaigns)
-    stray = [k for k in keys if k not in qc and (k in plan.cached or (k in outcomes and outcomes[k][1].ok))]
+    stray = [k for k in keys if k not in qc and (k in plan.cached or ledger.ok(k))]
     if stray:
         qc.update(store.qc.results(stray))
     return qc
@@ -295,24 +286,23 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
     progress.start(totals)
     store.lineage.start(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                         tags=run.lineage_tags)
+    ledger = RunLedger()
     try:
         try:
-            outcomes = render_and_collect(plan.todo, settings, run, store, totals, progress, guard)
+            failures = render_and_collect(plan.todo, settings, run, store, totals, progress, guard, ledger)
         except BaseException:  # what was spent was spent, cancelled or not
             record_spend(store, guard, run_id, settings, quiet=True)
             raise
         spend = record_spend(store, guard, run_id, settings)
         progress.update(totals, force=True)
-        failures = failure_rows([(job.entry(), outcome) for job, outcome in outcomes.values()
-                                 if not outcome.ok and outcome.error_class != NOT_ADMITTED])
         result = RunResult(run_id, {}, totals, row_errors, failures, notices=list(notices or []), spend=spend,
                            budget_stop=guard.reason)
         if guard.stopped_by:
             _logger().warning("%s: %d shots left for a later run", guard.reason, totals.not_rendered_budget)
         summaries, qc_tables = {}, {}
-        qc = delivery_qc(store, plan, outcomes)
+        qc = delivery_qc(store, plan, ledger)
         heard = store.qc.dialogue_results(job.render_key for job in plan.jobs if job.dialogue)
-        for campaign_id, entries in version_entries(plan, outcomes, qc, heard).items():
+        for campaign_id, entries in version_entries(plan, ledger.fields, qc, heard).items():
             version = publish(campaign_id, entries, settings, manifest_blob.uri, manifest.sha256, run, merge_previous)
             result.campaigns[campaign_id] = version.number
             if version.contact_sheet_uri:
@@ -326,13 +316,14 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         if in_flow:
             report(label, result.failures, summaries, qc_tables)
             create_spend_table(label, spend, budgets, guard.reason)
-        outputs = [{"uri": o.blob_uri, "sha256": o.sha256, "bytes": o.bytes} for _, o in outcomes.values() if o.ok]
         store.lineage.complete(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
-                               outputs=outputs, tags=run.lineage_tags)
+                               outputs=list(ledger.outputs()), tags=run.lineage_tags)
     except BaseException as exc:  # a cancel (SIGTERM) too: the pool has already stopped its actors
         store.lineage.fail(run_id=run_id, job_name=run.job_name, job_type="JOB", inputs=list(run.lineage_inputs),
                            error_message=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        ledger.close()
 
     attempted = len(plan.todo)  # shots a budget left for later are missing, not failed
     not_delivered = totals.failed + totals.degraded  # a degraded clip is not what was asked for

@@ -1,16 +1,28 @@
 """Collecting renders into the catalog as they arrive: a receipt and a lineage event per shot
 variant (the receipt is the durable mark that the render exists: a rerun that finds it, indexed
-or not, skips the shot) and one per destination master, then one index commit per chunk."""
+or not, skips the shot) and one per destination master, then one index commit per chunk. What a
+version entry needs of each outcome goes to the run's ledger (flows.run_ledger), so the driver
+holds no outcome however many jobs a run has."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from catalog import Store
 from flows.plan import PREVIEW, PROMOTED, PlannedJob
 from flows.routing import lineage_model, receipt_fields
+from flows.budget import BudgetGuard
+from flows.progress import Progress, RunTotals
+from flows.report import failure_rows
+from flows.run_ledger import RunLedger
 from horse_actors import RenderOutcome
+from horse_actors.jobs import NOT_ADMITTED
+
+NOT_RENDERED = "NotRendered"  # error class of an entry the run did not get to render
+NOT_RENDERED_FIELDS = {"status": "failed", "blob_uri": None, "sha256": None, "error_class": NOT_RENDERED}
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,17 @@ def staged(job: PlannedJob, outcome: RenderOutcome) -> dict[str, Any]:
                                                     "stage_result_sha256": base["sha256"]}
         return {"promoted_from": {**(job.promoted_from or {}), **latent}, "base_rerendered": rerendered}
     return {}
+
+
+def collected_fields(job: PlannedJob, outcome: RenderOutcome) -> dict:
+    """What the version entry of `job` takes from this run's final outcome of it: the file or the
+    failure. The run keeps these (flows.run_ledger), not the outcome, until it publishes."""
+    if outcome.error_class == NOT_ADMITTED:  # never started: "not rendered: budget (...)"
+        return {**NOT_RENDERED_FIELDS, "error_message": outcome.error_message}
+    return {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
+            "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
+            "error_message": outcome.error_message, "rendered_seed": outcome.rendered_seed,
+            "qc_status": outcome.qc_status, **staged(job, outcome)}
 
 
 def base_rerendered(outcome: RenderOutcome) -> bool:
@@ -180,3 +203,42 @@ def describe(job: PlannedJob, outcome: RenderOutcome) -> str:
         return (f"degraded {job.campaign_id}/{job.shot_id} {job.variant}: rendered at {outcome.rendered_resolution} "
                 f"instead of {job.resolution} (fallback {'+'.join(outcome.fallback)}) -> {outcome.blob_uri}")
     return f"{outcome.status} {job.campaign_id}/{job.shot_id} {job.variant}: {outcome.error_class}: {outcome.error_message}"
+
+
+def collect(outcomes: Iterable[tuple[PlannedJob, RenderOutcome]], chunk_size: int, store: Store, run: RunRecord,
+            totals: RunTotals, progress: Progress, guard: BudgetGuard, ledger: RunLedger,
+            commit: Callable[[list[dict], int], None], log: logging.Logger) -> list[dict]:
+    """Collect each outcome as it arrives: its receipt and lineage event, the run's totals, and
+    what its version entry needs (into `ledger`); `commit` indexes each `chunk_size` outcomes'
+    receipts in one go. Holds one chunk's receipts at a time, never the run's outcomes; returns
+    the failures table's rows."""
+    receipts: list[dict] = []
+    failures: list[dict] = []
+    seen = number = 0
+
+    def end_chunk() -> None:
+        nonlocal receipts, number
+        ledger.commit()
+        if receipts:
+            number += 1
+            commit(receipts, number)
+        receipts = []
+
+    for job, outcome in outcomes:
+        if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
+            outcome = dataclasses.replace(outcome, error_message=guard.reason)
+        elif not outcome.ok:
+            failures += failure_rows([(job.entry(), outcome)])
+        receipt = record_render(store, run, job, outcome)
+        if receipt is not None:
+            receipts.append(receipt)
+        (log.info if outcome.ok else log.warning)(describe(job, outcome))
+        output = {"uri": outcome.blob_uri, "sha256": outcome.sha256, "bytes": outcome.bytes} if outcome.ok else None
+        ledger.add(job.render_key, collected_fields(job, outcome), outcome.ok, output)
+        totals.add(outcome)
+        progress.update(totals)
+        seen += 1
+        if seen % chunk_size == 0:
+            end_chunk()
+    end_chunk()
+    return failures

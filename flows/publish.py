@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable
 from importlib.metadata import PackageNotFoundError, version as package_version
 
 from catalog import Store
 from catalog.approvals import slot_of
 from catalog.store import approval_field
-from flows.collect import delivered, staged
+from flows.collect import NOT_RENDERED_FIELDS
 from flows.plan import PROMOTED, Plan, PlannedJob
 from flows.routing import version_fields
-from horse_actors import RenderOutcome
 from horse_actors.dialogue_gate import unchecked
-from horse_actors.jobs import NOT_ADMITTED
 from media import contact_sheet
 
 
-NOT_RENDERED = "NotRendered"  # error class of an entry the run did not get to render
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,12 @@ def code_version() -> str:
         return "horse (source)"
 
 
-def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutcome]],
+def version_entries(plan: Plan, collected: Callable[[str], dict | None],
                     qc: dict[str, dict] | None = None, dialogue: dict[str, dict] | None = None) -> dict[str, list[dict]]:
-    """Version entries per campaign: every planned variant with its file or its failure, its
-    delivery QC and its dialogue gate result from the QC index (`qc`: Store.qc.results of the
-    run's keys, `dialogue`: Store.qc.dialogue_results)."""
+    """Version entries per campaign: every planned variant with its file or its failure
+    (`collected`: a render key's `collected_fields` from this run, None if the run did not get to
+    it), its delivery QC and its dialogue gate result from the QC index (`qc`: Store.qc.results of
+    the run's keys, `dialogue`: Store.qc.dialogue_results)."""
     per_campaign: dict[str, list[dict]] = {}
     for job in plan.jobs:
         entry = job.entry() | version_fields(job)
@@ -51,16 +50,8 @@ def version_entries(plan: Plan, outcomes: dict[str, tuple[PlannedJob, RenderOutc
             entry |= {"status": "ok", "blob_uri": cached["blob_uri"], "sha256": cached["sha256"], "poster_uri": cached.get("poster_uri"),
                       "rendered_seed": cached.get("rendered_seed"), "qc_status": cached.get("qc_status"),
                       **linked_from_record(cached, job)}
-        elif job.render_key in outcomes and outcomes[job.render_key][1].error_class != NOT_ADMITTED:
-            outcome = outcomes[job.render_key][1]
-            entry |= {**delivered(job, outcome), "blob_uri": outcome.blob_uri, "sha256": outcome.sha256,
-                      "poster_uri": outcome.poster_uri, "error_class": outcome.error_class,
-                      "error_message": outcome.error_message, "rendered_seed": outcome.rendered_seed,
-                      "qc_status": outcome.qc_status, **staged(job, outcome)}
-        else:  # the run was cancelled, or stopped at a budget, before this variant was rendered
-            entry |= {"status": "failed", "blob_uri": None, "sha256": None, "error_class": NOT_RENDERED}
-            if job.render_key in outcomes:
-                entry["error_message"] = outcomes[job.render_key][1].error_message  # "not rendered: budget (...)"
+        else:  # rendered now, or not rendered: cancelled, or stopped at a budget, before it started
+            entry |= collected(job.render_key) or NOT_RENDERED_FIELDS
         if (qc or {}).get(job.render_key):
             entry["qc"] = qc[job.render_key]
         # What the gate heard (from index/qc), or why this run could not hear the line (the plan's check).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from catalog import public_options
 from flows.dialogue import speech_spec
@@ -101,12 +101,17 @@ def start_pool(pool: RenderPool) -> str:
 
 
 class RenderStream:
-    """The pool renders every job as one continuous stream on a background thread, so no GPU
-    idles at a chunk boundary; outcomes reach the flow's thread through a queue, and the flow
-    takes them chunk by chunk (outcomes of later chunks wait in `_early`).
+    """The pool renders every planned job as one continuous stream on a background thread, so no
+    GPU idles at a chunk boundary; outcomes reach the flow's thread through a queue, in the order
+    they finish.
 
-        with RenderStream(pool, jobs) as stream:
-            for job, outcome in stream.outcomes_for(chunk): ...
+        with RenderStream(pool, todo, to_job) as stream:
+            for job, outcome in stream.outcomes(): ...
+
+    A job's RenderJob is built (`to_job`: its inputs loaded) only when an actor has room for it,
+    and the stream holds a planned job only from then until its outcome is taken, so the driver's
+    memory does not grow with the number of jobs. (A run with API jobs builds them all first: the
+    provider actors take their jobs as one list.)
 
     `admit` and `on_outcome` (a budget guard) run in the loops that dispatch: the pool's for local
     jobs, the provider actors' for API jobs (two threads when a run has both), so an outcome is
@@ -115,8 +120,8 @@ class RenderStream:
 
     _END = object()
 
-    def __init__(self, pool: RenderPool, jobs: list[RenderJob], providers: Mapping[str, Any] | None = None,
-                 admit: Callable[[RenderJob], bool] | None = None,
+    def __init__(self, pool: RenderPool, todo: Iterable[PlannedJob], to_job: Callable[[PlannedJob], RenderJob],
+                 providers: Mapping[str, Any] | None = None, admit: Callable[[RenderJob], bool] | None = None,
                  on_outcome: Callable[[RenderOutcome], None] | None = None):
         self.pool = pool
         self.providers = providers or {}  # ProviderSpec by name, for the jobs an API provider renders
@@ -124,50 +129,47 @@ class RenderStream:
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
-        self._early: dict[str, RenderOutcome] = {}
-        self._ended = False
-        self._thread = threading.Thread(target=self._render, args=(jobs,), name="horse-render-stream", daemon=True)
+        self._dispatched: dict[str, PlannedJob] = {}  # built and handed to the pool, outcome not yet taken
+        self._thread = threading.Thread(target=self._render, args=(todo, to_job), name="horse-render-stream",
+                                        daemon=True)
         self._thread.start()
 
-    def _render(self, jobs: list[RenderJob]) -> None:
+    def _built(self, todo: Iterable[PlannedJob], to_job: Callable[[PlannedJob], RenderJob]) -> Iterator[RenderJob]:
+        for job in todo:
+            self._dispatched[job.render_key] = job
+            yield to_job(job)
+
+    def _render(self, todo: Iterable[PlannedJob], to_job: Callable[[PlannedJob], RenderJob]) -> None:
         try:
-            run_routed(self.pool, jobs, self._arrived, self.cancel, self.providers, admit=self.admit)
+            jobs = self._built(todo, to_job)
+            if self.providers:
+                run_routed(self.pool, list(jobs), self._arrived, self.cancel, self.providers, admit=self.admit)
+            else:  # local jobs only: the pool takes each from the iterator when an actor has room
+                self.pool.stream(jobs, on_outcome=self._arrived, cancel_event=self.cancel, admit=self.admit)
         except BaseException as exc:  # handed to the flow thread, which raises it
             self.error = exc
         finally:
             self._queue.put(self._END)
 
     def _arrived(self, outcome: RenderOutcome) -> None:
-        self._queue.put(outcome)  # first: a failing hook must not lose the outcome
+        job = self._dispatched.pop(outcome.render_key)
+        self._queue.put((job, outcome))  # first: a failing hook must not lose the outcome
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
-    def outcomes_for(self, jobs: list[PlannedJob]) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
-        """Each of `jobs` with its outcome, in the order they finish; ends early only if the
-        stream was stopped before rendering the rest."""
-        pending = {job.render_key: job for job in jobs}
-        while pending:
-            outcome = self._take(set(pending))
-            if outcome is None:
-                return
-            yield pending.pop(outcome.render_key), outcome
-
-    def _take(self, wanted: set[str]) -> RenderOutcome | None:
+    def outcomes(self) -> Iterator[tuple[PlannedJob, RenderOutcome]]:
+        """Each job with its final outcome, in the order they finish; ends when the stream has
+        ended (early only if it was stopped before rendering the rest), raising its error if any."""
         while True:
-            for key in wanted & self._early.keys():
-                return self._early.pop(key)
-            if self._ended:
-                if self.error is not None:
-                    raise self.error
-                return None
             try:  # a short timeout keeps the flow's thread responsive to signals (cancel)
                 item = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             if item is self._END:
-                self._ended = True
-            else:
-                self._early[item.render_key] = item
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
 
     def __enter__(self) -> "RenderStream":
         return self
