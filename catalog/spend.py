@@ -1,7 +1,8 @@
 """Spend: a Delta table (index/spend) with one row per run, campaign and device type: the
-device-seconds the run spent on that campaign and what they cost. Rows are appended when a run
-ends and never change; a campaign's spend is the sum of its rows over every run, which is what a
-campaign budget is held against."""
+device-seconds the run spent on that campaign and what they cost (device type `api:<backend>`:
+the clips an API provider rendered, their USD and the provider's usage in tokens; each clip's own
+usage is in its receipt). Rows are appended when a run ends and never change; a campaign's spend
+is the sum of its rows over every run, which is what a campaign budget is held against."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ SPEND_SCHEMA = pa.schema([
     ("currency", pa.string()),
     ("renders", pa.int64()),          # attempts that spent them
     ("not_rendered_budget", pa.int64()),  # shots the run left for later because a budget was reached
+    ("usage_tokens", pa.int64()),     # api:<backend> rows: tokens the provider reported for the clips; null if none
+    ("estimated_tokens", pa.int64()),  # api:<backend> rows: tokens estimated for clips whose provider reports none
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 
@@ -40,6 +43,11 @@ def _row(row: dict, now: datetime) -> dict:
         out[name] = None if value is None else float(value)
     for name in ("renders", "not_rendered_budget"):
         out[name] = int(row.get(name) or 0)
+    for name in ("usage_tokens", "estimated_tokens"):
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidId(name, value, "must be a whole number >= 0")
+        out[name] = value
     return out
 
 

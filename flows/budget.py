@@ -21,6 +21,7 @@ from flows.cost import Quote
 from flows.plan import PlannedJob
 from flows.settings import ConfigError, HorseSettings
 from horse_actors import RenderJob, RenderOutcome
+from horse_actors.backends.spec import billed_tokens
 from horse_actors.jobs import CANCELLED, NOT_ADMITTED
 
 class OverBudget(ValueError):
@@ -121,9 +122,9 @@ class BudgetGuard:
         self.attempts: dict[tuple[str, str | None], int] = defaultdict(int)
         self.not_rendered: dict[str, int] = defaultdict(int)  # campaign -> shots left for later
         self.stopped_by: Budget | None = None
-        # (campaign, provider) -> [clips delivered, USD or None when a clip had no price]: what the
-        # API providers billed (one task per clip, however many attempts polled it)
-        self.api: dict[tuple[str, str], list] = {}
+        # (campaign, provider) -> {clips delivered, usd (None when a clip had no price), usage_tokens,
+        # estimated_tokens}: what the API providers billed (one task per clip, however many attempts polled it)
+        self.api: dict[tuple[str, str], dict[str, Any]] = {}
 
     def admit(self, job: RenderJob) -> bool:
         quote = self.quotes.get(job.render_key, 0.0)
@@ -150,11 +151,17 @@ class BudgetGuard:
             self.spent[(campaign, outcome.device_type)] += spend_of(outcome)
             self.attempts[(campaign, outcome.device_type)] += 1
 
-    def provider_billed(self, campaign: str, backend: str, cost_usd: float | None) -> None:
-        """Count a clip an API provider rendered (its receipt holds the usage; `cost_usd` is that
-        usage at the configured prices, None if unpriced)."""
-        clips, usd = self.api.setdefault((campaign, backend), [0, 0.0])
-        self.api[(campaign, backend)] = [clips + 1, None if usd is None or cost_usd is None else usd + cost_usd]
+    def provider_billed(self, campaign: str, backend: str, cost_usd: float | None,
+                        usage: dict[str, Any] | None = None) -> None:
+        """Count a clip an API provider rendered: `usage` as the provider reported it (the receipt
+        keeps it per clip) and `cost_usd`, that usage at the configured prices (None if unpriced)."""
+        billed = self.api.setdefault((campaign, backend), {"clips": 0, "usd": 0.0, "usage_tokens": None,
+                                                           "estimated_tokens": None})
+        billed["clips"] += 1
+        billed["usd"] = None if billed["usd"] is None or cost_usd is None else billed["usd"] + cost_usd
+        for name, tokens in zip(("usage_tokens", "estimated_tokens"), billed_tokens(usage)):
+            if tokens is not None:
+                billed[name] = (billed[name] or 0) + tokens
 
     @property
     def reason(self) -> str:
@@ -178,10 +185,11 @@ class BudgetGuard:
                              "money": None if price is None else round(seconds / 3600 * price, 4),
                              "currency": settings.cost.currency, "renders": self.attempts.get((campaign, device), 0),
                              "not_rendered_budget": self.not_rendered.get(campaign, 0) if i == 0 else 0})
-        for (campaign, backend), (clips, usd) in sorted(self.api.items()):  # providers bill in USD
+        for (campaign, backend), billed in sorted(self.api.items()):  # providers bill in USD
             rows.append({"run_id": run_id, "campaign_id": campaign, "device_type": f"api:{backend}",
-                         "gpu_seconds": 0.0, "money": None if usd is None else round(usd, 4), "currency": "USD",
-                         "renders": clips, "not_rendered_budget": 0})
+                         "gpu_seconds": 0.0, "money": None if billed["usd"] is None else round(billed["usd"], 4),
+                         "currency": "USD", "renders": billed["clips"], "not_rendered_budget": 0,
+                         "usage_tokens": billed["usage_tokens"], "estimated_tokens": billed["estimated_tokens"]})
         return rows
 
 
@@ -193,7 +201,8 @@ def create_spend_table(label: str, rows: list[dict[str, Any]], budgets: list[Bud
 
     table = [{"campaign": r["campaign_id"], "device_type": r["device_type"] or "",
               "gpu_hours": round(r["gpu_seconds"] / 3600, 4), "money": r["money"], "currency": r["currency"],
-              "renders": r["renders"], "not_rendered_budget": r["not_rendered_budget"]} for r in rows]
+              "renders": r["renders"], "not_rendered_budget": r["not_rendered_budget"],
+              "usage_tokens": r.get("usage_tokens"), "estimated_tokens": r.get("estimated_tokens")} for r in rows]
     limits = "; ".join(map(str, budgets)) or "no budget"
     create_table_artifact(table=table, key=artifact_key(label, "spend"),
                           description=f"Spend of this run of {label} ({limits}){'. ' + reason if reason else ''}")

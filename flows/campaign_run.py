@@ -222,7 +222,8 @@ def render_and_collect(todo: list[PlannedJob], settings: HorseSettings, run: Run
                     if outcome.error_class == NOT_ADMITTED:  # never started: nothing to record
                         outcome = dataclasses.replace(outcome, error_message=guard.reason)
                     if job.backend != "local" and outcome.ok:
-                        guard.provider_billed(job.campaign_id, job.backend, getattr(outcome, "cost_usd", None))
+                        guard.provider_billed(job.campaign_id, job.backend, getattr(outcome, "cost_usd", None),
+                                             getattr(outcome, "usage", None))
                     receipt = record_render(store, run, job, outcome)
                     if receipt is not None:
                         receipts.append(receipt)

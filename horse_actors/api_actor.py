@@ -107,7 +107,7 @@ class ProviderActors:
     def __init__(self, providers: Mapping[str, Any], store: StoreTarget, scheduling: Scheduling):
         self.store, self.sched = store, scheduling
         self.providers = {name: _Provider(spec) for name, spec in providers.items()}
-        self.calls: dict[Any, tuple[_Task, _Provider, Any]] = {}  # ref -> (task, provider, actor)
+        self.calls: dict[Any, tuple[_Task, _Provider, Any, str]] = {}  # ref -> (task, provider, actor, call id)
 
     def __enter__(self) -> "ProviderActors":
         return self
@@ -152,13 +152,13 @@ class ProviderActors:
                     self._finish(task, failed(task.job, NO_ACTORS, f"the {provider.spec.name} actor used up its "
                                               "restarts", retryable=True, attempt=task.attempt), on_outcome)
                     continue
-                actor = self._actor(provider)
-                ref = actor.render.remote(task.job, task.attempt, time.time(), uuid.uuid4().hex)
-                self.calls[ref] = (task, provider, actor)
+                actor, call_id = self._actor(provider), uuid.uuid4().hex
+                ref = actor.render.remote(task.job, task.attempt, time.time(), call_id)
+                self.calls[ref] = (task, provider, actor, call_id)
                 provider.in_flight += 1
 
     def _on_result(self, ref, on_outcome) -> None:
-        task, provider, actor = self.calls.pop(ref)
+        task, provider, actor, _ = self.calls.pop(ref)
         provider.in_flight -= 1
         try:
             outcome = ray.get(ref)
@@ -203,12 +203,25 @@ class ProviderActors:
         for ref in self.calls:
             ray.cancel(ref)
         ray.wait(list(self.calls), num_returns=len(self.calls), timeout=self.sched.cancel_grace_s)
-        for ref, (task, _, _) in list(self.calls.items()):
+        # `ray.get` of a cancelled call raises even when the backend answered (a task cancelled at
+        # the provider, or one left running with its id): ask each actor what its calls returned.
+        really: dict[str, RenderOutcome] = {}
+        by_actor: dict[Any, list[str]] = {}
+        for _, _, actor, call_id in self.calls.values():
+            by_actor.setdefault(actor, []).append(call_id)
+        for actor, call_ids in by_actor.items():
             try:
-                outcome = ray.get(ref, timeout=0)
-            except Exception:  # noqa: BLE001 - cancelled, not finished or actor gone
-                outcome = failed(task.job, CANCELLED_CLASS, "cancelled before it finished", retryable=False,
-                                 attempt=task.attempt, status=CANCELLED)
+                really.update(ray.get(actor.finished.remote(call_ids), timeout=self.sched.cancel_grace_s))
+            except Exception:  # noqa: BLE001 - the actor died meanwhile: nothing to report
+                pass
+        for ref, (task, _, _, call_id) in list(self.calls.items()):
+            outcome = really.get(call_id)
+            if outcome is None:
+                try:
+                    outcome = ray.get(ref, timeout=0)  # it may have finished before the cancel
+                except Exception:  # noqa: BLE001 - cancelled, not finished or actor gone
+                    outcome = failed(task.job, CANCELLED_CLASS, "cancelled before it finished", retryable=False,
+                                     attempt=task.attempt, status=CANCELLED)
             self._finish(task, outcome, on_outcome)
         self.calls.clear()
 

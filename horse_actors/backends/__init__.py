@@ -23,7 +23,7 @@ from ..jobs import RenderJob, RenderOutcome
 # loading the backend's HTTP and media machinery.
 _EXPORTS = {"ApiBackend": "api", "ApiRenderOutcome": "api", "provider_slots": "api", "ProviderError": "http",
             "ApiRequest": "request", "map_brief": "request", "plain_prompt": "request",
-            "PRESETS": "spec", "ProviderSpec": "spec", "provider_spec": "spec"}
+            "PRESETS": "spec", "ProviderSpec": "spec", "billed_tokens": "spec", "provider_spec": "spec"}
 
 
 def __getattr__(name: str):
@@ -46,4 +46,4 @@ class RenderBackend(Protocol):
 
 
 __all__ = ["ApiBackend", "ApiRenderOutcome", "ApiRequest", "PRESETS", "ProviderError", "ProviderSpec",
-           "RenderBackend", "map_brief", "plain_prompt", "provider_slots", "provider_spec"]
+           "RenderBackend", "billed_tokens", "map_brief", "plain_prompt", "provider_slots", "provider_spec"]

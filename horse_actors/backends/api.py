@@ -5,10 +5,11 @@ For one job (`job.request` is an ApiRequest mapped by the planner):
 1. wait for one of the provider's `max_concurrent` slots (shared by every backend of that
    provider in this process), so a big run never floods the account's queue;
 2. read the render key's provider-task records: resume the latest task if it may still deliver
-   (live, or succeeded), report a refusal without paying again, else create a task and record its
-   id before the first poll;
-3. poll with backoff until the task ends (429/5xx waited out inside each call), cancelling it if
-   the job is cancelled while it is still queued;
+   (live, or succeeded, or cancelled by us but running anyway), report a refusal without paying
+   again, else create a task and record its id before the first poll;
+3. poll with backoff until the task ends (429/5xx waited out inside each call). A job cancelled
+   while its task is still queued cancels the task at the provider and records it `cancelled`;
+   one that is already running is left to finish, its record kept, and a rerun collects it;
 4. download the result at once (a fresh link from the provider if it expired), read it back with
    PyAV and compare it with what was asked, store it content-addressed with a poster, and return
    an ApiRenderOutcome with the provider's usage. A clip that differs from the request is stored
@@ -45,7 +46,7 @@ from .fal import FalQueue
 from .http import AUTH, INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError
 from .modelark import ModelArkTasks
 from .request import ApiRequest
-from .spec import ProviderSpec, ratio_numbers
+from .spec import ProviderSpec, billed_tokens, ratio_numbers
 from .task_api import TaskApi, TaskState
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ class ApiRenderOutcome(RenderOutcome):
 
 
 class _Stopped(Exception):
-    """The job was cancelled while it waited."""
+    """The job was cancelled while it waited (`task_id`: its provider task, if it had one)."""
+
+    def __init__(self, message: str, task_id: str | None = None):
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class ApiBackend:
@@ -154,7 +159,7 @@ class ApiBackend:
             self.renders += 1
         except _Stopped as stopped:
             outcome = ApiRenderOutcome(job.render_key, CANCELLED, error_class=CANCELLED_CLASS,
-                                       error_message=str(stopped), task_id=record and record["task_id"], **base)
+                                       error_message=str(stopped), task_id=stopped.task_id, **base)
         except (ProviderError, InvalidRequest) as exc:
             kind = exc.kind if isinstance(exc, ProviderError) else INVALID
             said = "refused the request" if kind == REFUSED else "said"
@@ -187,6 +192,8 @@ class ApiBackend:
         """The render key's task, resumed or created, polled until it succeeded."""
         tasks = self.store.provider_tasks
         latest = tasks.latest(job.render_key)
+        if latest is not None and latest["status"] == "cancelled":
+            latest = self._recheck_cancelled(latest)
         if latest is not None and latest["status"] == "failed" and latest.get("error_kind") in FINAL:
             # The same request was refused before: say so again instead of paying again.
             raise ProviderError(latest["error_kind"], latest.get("error_message") or "refused earlier")
@@ -215,6 +222,21 @@ class ApiBackend:
                  record["task_id"], record["seq"])
         return record
 
+    def _recheck_cancelled(self, record: dict) -> dict:
+        """A task cancelled while it was queued, looked at once more before paying for another:
+        fal's cancel is a request, and a task that started meanwhile runs (and bills) anyway."""
+        try:
+            state = self.api.get(record["task_id"], record["urls"])
+        except ProviderError as exc:
+            if exc.kind == NOT_FOUND:  # removed from the queue, as asked
+                return record
+            raise
+        if state.status not in ("queued", "running", "succeeded"):
+            return record
+        log.warning("%s task %s was cancelled while queued but is %s: following it instead of paying again",
+                    self.spec.name, record["task_id"], state.status)
+        return self.store.provider_tasks.update(record, status=state.status, usage=state.usage or record.get("usage") or {})
+
     def _cancel_quietly(self, task_id: str, urls: dict) -> bool:
         try:
             return self.api.cancel(task_id, urls)
@@ -232,9 +254,10 @@ class ApiBackend:
             if stop():
                 if record["status"] in ("created", "queued") and self._cancel_quietly(record["task_id"], record["urls"]):
                     tasks.update(record, status="cancelled")
-                    raise _Stopped(f"cancelled; {spec.name} task {record['task_id']} was cancelled while queued")
+                    raise _Stopped(f"cancelled; {spec.name} task {record['task_id']} was cancelled while queued",
+                                   record["task_id"])
                 raise _Stopped(f"cancelled; {spec.name} task {record['task_id']} was already running and goes on "
-                               "(a rerun of this render key picks up its result)")
+                               "(a rerun of this render key picks up its result)", record["task_id"])
             try:
                 state = self.api.get(record["task_id"], record["urls"])
             except ProviderError as exc:
@@ -323,7 +346,7 @@ class ApiBackend:
             shutil.rmtree(scratch, ignore_errors=True)
         info = check.info
         usage = dict(state.usage or record.get("usage") or {})
-        if "total_tokens" not in usage:
+        if billed_tokens(usage)[0] is None:
             # The token count both Seedance price lists bill by: W x H x 24 fps x seconds / 1024.
             usage["estimated_tokens"] = round(info.width * info.height * 24 * info.video_seconds / 1024)
         self.store.provider_tasks.update(record, blob_sha256=blob.sha256, usage=usage)
@@ -344,7 +367,8 @@ class ApiBackend:
                 for name, value in sent.items() if name in echo and echo[name] != value]
 
     def _cost(self, usage: dict) -> float | None:
-        tokens = usage.get("total_tokens", usage.get("estimated_tokens"))
+        reported, estimated = billed_tokens(usage)
+        tokens = reported if reported is not None else estimated
         if self.spec.price_per_million_tokens is not None and tokens is not None:
             return round(tokens * self.spec.price_per_million_tokens / 1e6, 6)
         return self.spec.price_per_clip

@@ -41,7 +41,7 @@ class ProviderSpec:
     retry_budget_s: float = 900.0      # total wait on one call's 429/5xx before the attempt fails (retryable)
     request_timeout_s: float = 60.0
     max_result_bytes: int = 2 * 1024**3
-    callback_url: str | None = None    # ModelArk callback_url / fal webhook, passed through when set
+    callback_url: str | None = None    # sent as ModelArk's callback_url / fal's fal_webhook; polling stays the truth
     price_per_clip: float | None = None          # quote: configured price of one clip (USD)
     price_per_million_tokens: float | None = None  # cost of a delivered clip from its token usage (USD)
     extra: dict = field(default_factory=dict)    # more request fields sent as given (e.g. {"watermark": False})
@@ -53,6 +53,8 @@ class ProviderSpec:
             raise ValueError(f"provider {self.name!r}: api_key_env must name an environment variable "
                              "(the key itself is read from the environment, never configured)")
         check_url(self.base_url, f"provider {self.name!r} base_url")
+        if self.callback_url is not None:
+            check_callback_url(self.callback_url, f"provider {self.name!r} callback_url")
         if self.max_concurrent < 1 or self.min_seconds < 1 or self.max_seconds < self.min_seconds:
             raise ValueError(f"provider {self.name!r}: max_concurrent >= 1 and 1 <= min_seconds <= max_seconds")
         for ratio in self.ratios:
@@ -60,6 +62,18 @@ class ProviderSpec:
 
     def model_for(self, has_image: bool) -> str:
         return self.image_model if has_image and self.image_model else self.model
+
+
+def billed_tokens(usage: dict | None) -> tuple[int | None, int | None]:
+    """(tokens the provider reported, tokens estimated where it reported none) of one clip's usage:
+    ModelArk bills Seedance by its tokens (`total_tokens`, else `completion_tokens`); for a provider
+    that reports none (fal) the backend records `estimated_tokens` by the documented formula. One of
+    the two is None."""
+    usage = usage or {}
+    for name in ("total_tokens", "completion_tokens"):
+        if usage.get(name) is not None:
+            return int(usage[name]), None
+    return None, None if usage.get("estimated_tokens") is None else int(usage["estimated_tokens"])
 
 
 def ratio_numbers(ratio: str) -> tuple[int, int]:
@@ -91,6 +105,18 @@ def check_url(url: str, what: str) -> None:
     if parts.scheme == "http" and is_loopback(parts.hostname):
         return
     raise ValueError(f"{what} must be an https URL (http only to 127.0.0.1), got {parts.scheme}://{parts.hostname}")
+
+
+def check_callback_url(url: str, what: str) -> None:
+    """A callback URL goes to the provider in every create request and travels in the spec (Ray
+    arguments, logs), so it may carry no credential: no user:password@, no query string or fragment
+    (where webhook tokens usually sit). Horse never trusts a callback: it polls with the key."""
+    check_url(url, what)
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ValueError(f"{what} must carry no credential: no user:password@, query string or fragment "
+                         f"(got one for {parts.hostname}); authenticate callbacks by the provider's signature or "
+                         "by re-reading the task")
 
 
 SEEDANCE_MODELARK = ProviderSpec(

@@ -12,8 +12,10 @@ backends".
 Time never drives a task: each status poll moves it one step (queued for `queued_polls` polls,
 then running for `running_polls`, then its end), so tests are fast and deterministic. Scripted
 faults (`fault`) answer the next calls of a route with a status (a 429 storm, 5xx) before the
-real handler runs. Counters say what the server saw: creates, polls, downloads, cancels, the most
-tasks queued or running at once, and any request that brought a key where none belongs.
+real handler runs. Counters say what the server saw: creates, polls, downloads, cancels (calls, whatever
+their effect), the most tasks queued or running at once, and any request that brought a key where
+none belongs. `run_limit` keeps tasks queued while that many run (the provider's capacity), and
+`cancel_races` makes a queued task start just as its cancel arrives (fal only signals it then).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class FakeProvider:
         self.lock = threading.Lock()
         self.queued_polls, self.running_polls = 1, 1
         self.hold = False                       # tasks stay running until release()
+        self.run_limit = 10**6                  # tasks running at once; the rest stay queued (the provider's capacity)
+        self.cancel_races = False               # a queued task being cancelled has just started: it runs on
         self.end_with: tuple[str, dict | None] = ("succeeded", None)  # or ("failed", error), ("expired", error)
         self.refuse_words = ("forbidden",)     # prompts containing one are refused
         self.expired_links = 0                 # how many result links per task are born expired
@@ -146,7 +150,8 @@ class FakeProvider:
         with self.lock:
             self.polls += 1
             task.polls += 1
-            if task.status == "queued" and task.polls > self.queued_polls:
+            running = sum(t.status == "running" for t in self.tasks.values())
+            if task.status == "queued" and task.polls > self.queued_polls and running < self.run_limit:
                 task.status = "running"
             if (task.status == "running" and not self.hold
                     and task.polls > self.queued_polls + self.running_polls):
@@ -156,6 +161,9 @@ class FakeProvider:
         with self.lock:
             self.cancels += 1
             if task.status != "queued":
+                return False
+            if self.cancel_races:
+                task.status = "running"
                 return False
             self._end(task, "cancelled")
             return True

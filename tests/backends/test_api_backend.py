@@ -52,7 +52,7 @@ def test_seedance_on_modelark_renders_a_verified_clip_into_the_store(modelark, t
 
 
 def test_fal_queue_renders_through_the_same_seam(fal, tmp_store, tmp_path):
-    spec = fast_spec("seedance-2.0-fal", fal)
+    spec = fast_spec("seedance-2.0-fal", fal, callback_url="https://hooks.example.com/horse/fal")
     job = api_job(spec, image=png(), aspect_ratio="9:16", seconds=5)
     outcome = ApiBackend(spec, StoreTarget(tmp_store)).render(job)
 
@@ -67,6 +67,7 @@ def test_fal_queue_renders_through_the_same_seam(fal, tmp_store, tmp_path):
     [record] = Store(tmp_store).provider_tasks.tasks(job.render_key)
     assert record["usage"] == outcome.usage and record["task_id"] == outcome.task_id
     assert fal.creates == 1 and not fal.key_sent_to_files
+    assert fal.callbacks == ["https://hooks.example.com/horse/fal"], "the webhook rides on the submit (fal_webhook)"
 
 
 def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:

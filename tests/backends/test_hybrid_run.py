@@ -1,6 +1,7 @@
 """One campaign run, hero shots routed to Seedance (the local ModelArk server) and the rest to the
 local tiny model: one version, lineage naming the provider and model id, the provider actor
-killed while its tasks run without a second task being paid for, and the key found nowhere."""
+killed while its tasks run without a second task being paid for, the provider's usage in the
+spend table, and the key found nowhere."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def kill_the_provider_actor_while_its_tasks_run(modelark, killed: list) -> None:
     modelark.release()
 
 
-def prefect_texts(flow_run_id) -> list[str]:
+def prefect_records(flow_run_id):
     async def read():
         async with get_client() as client:
             run = await client.read_flow_run(flow_run_id)
@@ -68,8 +69,17 @@ def prefect_texts(flow_run_id) -> list[str]:
             artifacts = await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             return run, logs, artifacts
 
-    run, logs, artifacts = asyncio.run(read())
+    return asyncio.run(read())
+
+
+def prefect_texts(flow_run_id) -> list[str]:
+    run, logs, artifacts = prefect_records(flow_run_id)
     return [repr(run.parameters)] + [log.message for log in logs] + [f"{a.key} {a.description} {a.data}" for a in artifacts]
+
+
+def spend_artifact(flow_run_id) -> list[dict]:
+    [artifact] = [a for a in prefect_records(flow_run_id)[2] if a.key and a.key.endswith("-spend")]
+    return json.loads(artifact.data)
 
 
 def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, ray_cluster, modelark, tmp_store,
@@ -129,6 +139,13 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
         "launch", "api:seedance-2.0", 2, 0.0), "the spend table shows what the provider billed: 2 clips, 1 task each"
     costs = [json.loads(store.read_receipt(entries[s]["render_key"])["extra"]).get("cost_usd") for s in ("h1", "h2")]
     assert billed["money"] == (None if None in costs else round(sum(costs), 4))
+    # the local server bills Seedance's formula, W x H x 24 fps x s / 1024, for a 4 s 854x480 clip
+    tokens = round(854 * 480 * 24 * 4 / 1024)
+    usages = [json.loads(store.read_receipt(entries[s]["render_key"])["extra"])["usage"] for s in ("h1", "h2")]
+    assert [u["total_tokens"] for u in usages] == [tokens, tokens], "each clip's usage is in its receipt"
+    assert (billed["usage_tokens"], billed["estimated_tokens"]) == (2 * tokens, None), "the provider's usage, summed"
+    [shown] = [r for r in spend_artifact(first["run_id"]) if r["device_type"] == "api:seedance-2.0"]
+    assert (shown["renders"], shown["usage_tokens"], shown["money"]) == (2, 2 * tokens, billed["money"])
     root = Path(tmp_store.removeprefix("file://"))
     events = [json.loads(p.read_text()) for p in root.glob("lineage/*/*.json")]
     models = sorted(sorted(d["name"] for d in e["inputs"] if "/blobs/" not in d["name"])

@@ -78,3 +78,14 @@ def test_a_first_frame_travels_as_a_data_url_and_a_bad_file_is_refused():
         "image-to-video")
     with pytest.raises(InvalidRequest):
         map_brief(SEEDANCE, **BRIEF, image=b"GIF89a")
+
+
+@pytest.mark.parametrize("url", ["https://horse:s3cret-token@hooks.example.com/seedance",
+                                 "https://hooks.example.com/seedance?token=s3cret-token",
+                                 "https://hooks.example.com/seedance#s3cret-token",
+                                 "http://hooks.example.com/seedance"])
+def test_a_callback_url_that_could_carry_a_credential_is_refused_without_echoing_it(url):
+    with pytest.raises(ValueError) as refused:
+        provider_spec("seedance-2.0", callback_url=url)
+    assert "callback_url" in str(refused.value) and "s3cret" not in str(refused.value)
+    assert provider_spec("seedance-2.0", callback_url="https://hooks.example.com/seedance").callback_url
