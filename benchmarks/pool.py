@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/pool.py --shots 12 --seconds 1.0
 
-Four ways to render the same N shots (render -> encode mp4 -> put blob into a file:// store):
+Ways to render the same N shots (render -> encode mp4 -> put blob into a file:// store):
   inproc     a plain loop in this process: load the model once, then render each shot
-  pool-1     RenderPool with one resident actor (same work as `inproc`, plus Ray)
-  pool-K     RenderPool with one actor per (fake) GPU
-  +overlap   the same pools with Scheduling.overlap: each actor renders the next shot while the
+  pool-1     RenderPool with one resident actor (same work as `inproc`, plus Ray), in the default
+             configuration: Scheduling.overlap on, so the actor renders the next shot while the
              last one is encoded, checked and uploaded
+  pool-K     the same with one actor per (fake) GPU
+  -overlap   the pools with Scheduling(overlap=False): one shot at a time per actor
   per-shot   a fresh Ray worker per shot that loads the model, renders one shot and exits,
              K at a time (what a pool without resident models would do)
 Printed: overhead = pool-1 / inproc (shot time, model load excluded), and
@@ -15,7 +16,9 @@ resident gain = per-shot / pool-K (wall time for all shots, the pool's start-up 
 clips per second of each resident variant against the in-process loop (>= 1.0x: no slower), and
 the accelerator-idle fraction: the share of each actor's wall time (shots only) outside the model's
 stages (text encode, denoise, sr, decode, from each outcome's timings), i.e. the CPU tail (mp4
-encode, checks, hashing, upload) and the pool's own overhead.
+encode, checks, hashing, upload) and the pool's own overhead. Beside each wall time, the CPU
+seconds of this process and every process under it (the Ray cluster and its workers) in that
+pass: on a loaded machine wall time is inflated, CPU time much less.
 On a CPU-only machine the "GPUs" are logical (Ray resources); every actor runs torch on the CPU,
 so K actors share the cores and pool-K shows the scheduling, not GPU scaling.
 """
@@ -56,19 +59,36 @@ def timed(fn):
     return result, time.perf_counter() - t0
 
 
-# the pipeline's stages (RenderOutcome.timings): where the accelerator is busy
-MODEL_STAGES = ("text_encode", "denoise", "sr", "decode")
+from horse_actors.jobs import MODEL_STAGES  # noqa: E402 - the pipeline's stages: where the accelerator is busy
 
 
-def best_of(repeats: int, render_all, clear) -> tuple[float, float]:
-    """Fastest of `repeats` passes over all shots (this machine is shared and noisy), and the model's
-    busy seconds in it; the store is emptied before each pass so every pass really uploads."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and every live process under it (Ray's workers)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # ended meanwhile
+            continue
+    return total
+
+
+def best_of(repeats: int, render_all, clear) -> tuple[float, float, float]:
+    """Fastest of `repeats` passes over all shots (this machine is shared and noisy): its wall
+    seconds, the model's busy seconds in it and the CPU seconds it took; the store is emptied
+    before each pass so every pass really uploads."""
     passes = []
     for _ in range(repeats):
         clear()
+        cpu = cpu_seconds()
         outcomes, seconds = timed(render_all)
+        cpu = cpu_seconds() - cpu
         assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
-        passes.append((seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES)))
+        passes.append((seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES), cpu))
     return min(passes)
 
 
@@ -76,8 +96,8 @@ def bench_inproc(config, jobs, repeats, clear):
     from horse_actors import RenderActor
 
     actor, load_s = timed(lambda: RenderActor(config.model, config.store, config.encoding))
-    shots_s, busy_s = best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)
-    return {"start_s": load_s, "shots_s": shots_s, "busy_s": busy_s, "actors": 1}
+    shots_s, busy_s, cpu_s = best_of(repeats, lambda: [actor.render(j) for j in jobs], clear)
+    return {"start_s": load_s, "shots_s": shots_s, "busy_s": busy_s, "cpu_s": cpu_s, "actors": 1}
 
 
 def bench_pool(config, jobs, repeats, clear):
@@ -85,8 +105,8 @@ def bench_pool(config, jobs, repeats, clear):
 
     with RenderPool(config) as pool:
         stats, start_s = timed(pool.start)
-        shots_s, busy_s = best_of(repeats, lambda: pool.run(jobs), clear)
-        return {"start_s": start_s, "shots_s": shots_s, "busy_s": busy_s, "actors": len(stats)}
+        shots_s, busy_s, cpu_s = best_of(repeats, lambda: pool.run(jobs), clear)
+        return {"start_s": start_s, "shots_s": shots_s, "busy_s": busy_s, "cpu_s": cpu_s, "actors": len(stats)}
 
 
 def bench_per_shot(config, jobs, clear):
@@ -137,21 +157,23 @@ def main() -> None:
 
         n = args.repeats
         results = {}
-        def overlapping(c):
-            return dataclasses.replace(c, scheduling=dataclasses.replace(c.scheduling, overlap=True))
+
+        def serial(c):
+            return dataclasses.replace(c, scheduling=dataclasses.replace(c.scheduling, overlap=False))
 
         variants = [("inproc", lambda: bench_inproc(config, jobs, n, clear)),
                     ("pool-1", lambda: bench_pool(one_actor, jobs, n, clear)),
-                    ("pool-1+overlap", lambda: bench_pool(overlapping(one_actor), jobs, n, clear)),
                     (f"pool-{k}", lambda: bench_pool(config, jobs, n, clear)),
-                    (f"pool-{k}+overlap", lambda: bench_pool(overlapping(config), jobs, n, clear))]
+                    ("pool-1-overlap", lambda: bench_pool(serial(one_actor), jobs, n, clear)),
+                    (f"pool-{k}-overlap", lambda: bench_pool(serial(config), jobs, n, clear))]
         if not args.no_per_shot:
             variants.append(("per-shot", lambda: bench_per_shot(config, jobs, clear)))
         for name, run in variants:
             results[name] = run()
             r = results[name]
+            cpu = f"  CPU {r['cpu_s']:6.2f}s" if "cpu_s" in r else ""
             print(f"{name:>14}: start {r['start_s']:6.2f}s  shots {r['shots_s']:6.2f}s  "
-                  f"({r['shots_s'] / args.shots:.2f}s/shot)")
+                  f"({r['shots_s'] / args.shots:.2f}s/shot){cpu}")
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
@@ -169,7 +191,8 @@ def main() -> None:
         rate = args.shots / r["shots_s"]
         idle = 1.0 - r["busy_s"] / (r["shots_s"] * r["actors"])
         print(f"{name:>14}: {rate:.3f} clips/s = {rate / inproc:.2f}x in-process, "
-              f"{r['actors']} actor(s), accelerator idle {idle:.0%}")
+              f"{r['actors']} actor(s), accelerator idle {idle:.0%}, "
+              f"{r['cpu_s'] / args.shots:.2f} CPU-s/clip ({args.shots / r['cpu_s']:.3f} clips per CPU-second)")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class RunTotals:
     kept_approved: int = 0  # approved variants published as they are, not planned (catalog.approvals)
     gpu_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    # per render actor: its latest accelerator use (RenderOutcome.accelerator) and device type
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, outcome: RenderOutcome) -> None:
         if outcome.ok:
@@ -66,6 +68,25 @@ class RunTotals:
         for stage, seconds in (outcome.timings or {}).items():
             if stage in self.stage_seconds:
                 self.stage_seconds[stage] += seconds
+        use = outcome.accelerator
+        if use and outcome.actor_id:  # the actor's totals so far: the latest one counts
+            known = self.actors.get(outcome.actor_id)
+            if known is None or use["wall_s"] >= known["wall_s"]:
+                self.actors[outcome.actor_id] = {**use, "device_type": outcome.device_type}
+
+    def accelerator(self) -> dict[str, Any] | None:
+        """The render actors' model busy and idle shares of their time since each one's first shot
+        (None when no local actor rendered: API renders only, or nothing to do)."""
+        wall = sum(a["wall_s"] for a in self.actors.values())
+        if not wall:
+            return None
+        busy = sum(a["busy_s"] for a in self.actors.values())
+        share = min(1.0, busy / wall)
+        return {"actors": len(self.actors), "busy_s": round(busy, 3), "wall_s": round(wall, 3),
+                "busy_share": round(share, 4), "idle_share": round(1.0 - share, 4),
+                "device_types": sorted({str(a["device_type"]) for a in self.actors.values()}),
+                "per_actor_busy_share": sorted(round(min(1.0, a["busy_s"] / a["wall_s"]), 4)
+                                               for a in self.actors.values() if a["wall_s"])}
 
     @property
     def done(self) -> int:
@@ -84,7 +105,24 @@ class RunTotals:
             "kept_approved": self.kept_approved,
             "gpu_seconds": round(self.gpu_seconds, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "accelerator": self.accelerator(),
         }
+
+
+def accelerator_line(use: dict[str, Any] | None) -> str | None:
+    """One sentence on how busy the render actors kept their accelerator, for the summaries."""
+    if not use:
+        return None
+    devices = ", ".join(use["device_types"])
+    line = (f"accelerator busy {use['busy_share']:.0%}, idle {use['idle_share']:.0%} "
+            f"({devices}; model stages over {use['actors']} actor{'s' if use['actors'] != 1 else ''}' time "
+            f"since their first shot")
+    if use["actors"] > 1:
+        line += ", per actor " + " / ".join(f"{share:.0%}" for share in use["per_actor_busy_share"])
+    line += ")"
+    if all(d == "cpu" for d in use["device_types"]):
+        line += "; on a CPU the model and the clips' CPU tails share the same cores"
+    return line
 
 
 class Progress:

@@ -39,6 +39,7 @@ def pool_config(settings: HorseSettings) -> PoolConfig:
             cpus_per_actor=ray.cpus_per_actor,
             cpu_mode=ray.cpu_mode or resolved.device == "cpu",
             max_in_flight_per_actor=ray.max_in_flight_per_actor,
+            overlap=ray.overlap,
             job_deadline_s=ray.job_deadline_s,
             max_retries=ray.max_retries,
         ),

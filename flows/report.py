@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from flows.progress import RunTotals
+from flows.progress import RunTotals, accelerator_line
 from horse_actors import RenderOutcome
 
 
@@ -58,6 +58,7 @@ def summary_markdown(
         "**Time per stage (seconds, all shots):** "
         + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in totals.stage_seconds.items()),
         "",
+        *([f"**Accelerator:** {line}.", ""] if (line := accelerator_line(totals.accelerator())) else []),
         f"- Store: `{store_url}`",
     ]
     if totals.kept_approved:

@@ -49,6 +49,7 @@ class RaySettings(_Section):
     cpus_per_actor: float = Field(ge=0)
     cpu_mode: bool
     max_in_flight_per_actor: int = Field(ge=1, le=8)
+    overlap: bool
     job_deadline_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
 

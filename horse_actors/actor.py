@@ -8,9 +8,12 @@ checked, hashed and put into the catalog, and only a small `RenderOutcome` is re
 a `Delivery` also gets delivery QC and a master per destination here, on that local file
 (horse_actors.delivery). A job with a brand adapter gets it applied on the resident model (read
 from the catalog through a node-local cache the first time, then held on the model: no reload,
-no base weight touched). Calls may run in two threads at once (`Scheduling.overlap`): the model
+no base weight touched). Calls may run in threads at once (`Scheduling.overlap`): the model
 renders one job at a time (`_model_lock`), so the next job renders while this one's CPU tail
-(encode, QC, upload) runs.
+(encode, QC, the dialogue gate, upload) runs, and the actor holds at most `CLIPS_AT_ONCE` clips
+(one on the model, one finished in its tail): memory stays bounded whatever the pool sends.
+Each outcome carries the actor's accelerator use so far (`accelerator`: the model's busy seconds
+against the wall time since the actor's first job), so a run can say how much the device idled.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from media import encode_mp4, poster_jpeg
 from .config import Encoding, ModelSpec, StoreTarget
 from .delivery import make_deliverables, render_checked
 from .dialogue_gate import DialogueGate
-from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome, classify,
-                   is_sticky_cuda, stage_device_seconds)
+from .jobs import (CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, MODEL_STAGES, OK, RenderJob, RenderOutcome,
+                   classify, is_sticky_cuda, stage_device_seconds)
 from .staged import StagedRenderer, StageReport
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,10 @@ class RenderActor:
     """Builds the pipeline once (`model`), warms it up, then renders jobs, encodes them
     (`encoding`) and puts the files into the catalog (`store`)."""
 
+    # Clips alive on the actor at once: one rendering (or waiting for the model) and one finished,
+    # in its CPU tail. A further call waits before it renders, holding no clip.
+    CLIPS_AT_ONCE = 2
+
     def __init__(self, model: ModelSpec, store: StoreTarget, encoding: Encoding = Encoding()):
         global _LOADS_IN_PROCESS
         self.model, self.encoding = model, encoding
@@ -103,6 +110,9 @@ class RenderActor:
         self._calls = threading.Condition()   # guards _recent and _running (calls may overlap)
         self._running: set[str] = set()       # call ids of the render calls under way
         self._model_lock = threading.Lock()   # one render on the model at a time
+        self._clips = threading.BoundedSemaphore(self.CLIPS_AT_ONCE)
+        self._first_job_at: float | None = None  # perf_counter when the first job began
+        self._busy_s = 0.0                       # the model's stage seconds over every job (under _model_lock)
         t0 = time.perf_counter()
         self.pipe, self.device = self._build_pipeline()
         self.device_type = _device_type(self.device)
@@ -229,7 +239,23 @@ class RenderActor:
             self._calls.wait_for(lambda: not self._running.intersection(call_ids))
             return {c: self._recent[c] for c in call_ids if c in self._recent}
 
+    def accelerator(self) -> dict[str, float]:
+        """The model's busy seconds (its stages: text encode, denoise, sr, decode) against the wall
+        seconds since this actor's first job began; the rest is idle: CPU tails not overlapped,
+        stage-result and adapter I/O, waiting for the pool."""
+        with self._calls:
+            first = self._first_job_at
+        wall = 0.0 if first is None else time.perf_counter() - first
+        return {"busy_s": round(self._busy_s, 4), "wall_s": round(wall, 4)}
+
     def _render(self, job: RenderJob, attempt: int, submitted_at: float | None) -> RenderOutcome:
+        with self._clips:   # at most CLIPS_AT_ONCE clips on this actor: wait here holding none
+            with self._calls:
+                if self._first_job_at is None:
+                    self._first_job_at = time.perf_counter()
+            return self._render_clip(job, attempt, submitted_at)
+
+    def _render_clip(self, job: RenderJob, attempt: int, submitted_at: float | None) -> RenderOutcome:
         from model import RenderCancelled
 
         started = time.time()
@@ -251,7 +277,8 @@ class RenderActor:
             poster_ref = self.store.put_blob(poster, ext="jpg")
             timings["upload"] = round(time.perf_counter() - t0, 4)
             qc = make_deliverables(path, job, clip_qc, self.store, scratch, timings) if clip_qc else None
-            self.renders += 1
+            with self._calls:  # overlapping tails count under the lock
+                self.renders += 1
             # A clip at another resolution than asked is not the deliverable: say so.
             status = OK if rendered.resolution == job.request.resolution else DEGRADED
             return RenderOutcome(
@@ -260,7 +287,8 @@ class RenderActor:
                 device_seconds=stage_device_seconds(timings, rendered.resolution),
                 width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
                 rendered_resolution=rendered.resolution, fallback=fallback, qc=qc, qc_attempts=qc_attempts,
-                rendered_seed=rendered.seed, dialogue=dialogue, **base, **_stages(report),
+                rendered_seed=rendered.seed, dialogue=dialogue, accelerator=self.accelerator(), **base,
+                **_stages(report),
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified outcome
             if is_sticky_cuda(exc):
@@ -275,7 +303,7 @@ class RenderActor:
                 render_key=job.render_key, status=status, error_class=error_class,
                 error_message=f"{type(exc).__name__}: {exc}"[:2000], retryable=retryable,
                 timings=timings, duration_s=round(time.time() - started, 3), **base,
-                stages_run=report.stages_run,
+                stages_run=report.stages_run, accelerator=self.accelerator(),
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -291,6 +319,7 @@ class RenderActor:
             timings["model_wait"] = round(timings.get("model_wait", 0.0) + time.perf_counter() - t0, 4)
             clip = self.staged.render(job, report, should_stop=_ray_cancel_requested,
                                       adapter=self._adapter_for(job, timings))
+            self._busy_s += sum(float(report.timings.get(stage, 0.0)) for stage in MODEL_STAGES)
         for stage, seconds in report.timings.items():
             timings[stage] = round(timings.get(stage, 0.0) + float(seconds), 4)
         t0 = time.perf_counter()

@@ -76,9 +76,11 @@ class Scheduling:
     cpu_mode: bool = False            # actors ask for no GPU and render on the CPU (tiny preset, CI)
     max_in_flight_per_actor: int = 2  # one rendering + one queued, so the GPU never waits for us
     # The calls in flight on an actor run at once: the next job renders while this one's CPU tail
-    # (encode, QC, hashing, upload) runs; the model still renders one at a time, and at most
-    # max_in_flight_per_actor - 1 finished clips wait in the tail.
-    overlap: bool = False
+    # (encode, QC, dialogue gate, hashing, upload) runs. The model renders one job at a time and the
+    # actor holds at most two clips (RenderActor.CLIPS_AT_ONCE: one on the model, one finished in
+    # its tail); a further call in flight waits for one of them before it renders. False: one call
+    # at a time, the model idles during each tail.
+    overlap: bool = True
     job_deadline_s: float = 1800.0    # per attempt, counted from when the job reaches the head of its actor's queue
     max_retries: int = 2              # extra attempts for retryable failures (crash, hang, unknown errors)
     max_actor_restarts: int = 3       # replacements per actor slot before the slot is given up

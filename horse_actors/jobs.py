@@ -27,6 +27,9 @@ CANCELLED_CLASS = "Cancelled"
 NOT_ADMITTED = "NotAdmitted"            # never dispatched: the run stopped taking new jobs (a budget)
 NO_ACTORS = "NoActors"                  # every actor slot used up its restarts
 
+# The pipeline's stages in RenderOutcome.timings: the seconds the accelerator is busy with a job.
+MODEL_STAGES = ("text_encode", "denoise", "sr", "decode")
+
 # Text of CUDA errors that leave the context unusable; the actor must exit (DESIGN §4).
 _STICKY_CUDA = (
     "illegal memory access",
@@ -135,6 +138,9 @@ class RenderOutcome:
     # Dialogue gate (jobs with a DialogueCheck): the delivered clip's result {status, reason,
     # transcript, error_rate, ...}; every attempt's is in qc_attempts[i]["dialogue"].
     dialogue: dict | None = None
+    # The actor's accelerator use when this outcome was made (RenderActor.accelerator): the model's
+    # busy seconds and the wall seconds since the actor's first job, both over its life so far.
+    accelerator: dict | None = None
 
     @property
     def dialogue_status(self) -> str | None:

@@ -21,7 +21,9 @@ What `run` guarantees:
   (crash, hang past its deadline, failed start). The job at the head of a lost actor's queue is
   charged an attempt even if it had not started yet; the jobs queued behind it had not started
   and are requeued uncharged (with `Scheduling.overlap` every call in flight may have started,
-  so each is charged). So a job that ends ok was rendered at least once, and more than
+  so each is charged). A call of a lost actor that had already returned its outcome keeps that
+  outcome (with overlap, the job next to the one that crashed or hung has often finished). So a
+  job that ends ok was rendered at least once, and more than
   once only after a failed or lost attempt (an actor killed after storing a clip but before
   answering means that clip is rendered again: at-least-once rendering). Blobs are
   content-addressed, so a repeated render adds no second file;
@@ -287,12 +289,17 @@ class _Run:
 
     def lose_slot(self, slot: Slot, error_class: str, message: str) -> None:
         """The slot's actor crashed, hung or failed to start: it is killed (and replaced while
-        restarts are left), the running job is charged one attempt, and the jobs queued behind
-        it, never started, are requeued uncharged."""
+        restarts are left), the calls that had already answered keep their outcome, the running
+        job is charged one attempt (with overlap: every call in flight), and the jobs queued
+        behind it, never started, are requeued uncharged."""
         ids = slot.stats or {}
+        answered = _answered(list(slot.calls))
         calls = self.slots.lose(slot, replace=not self.cancelling)
         for call in calls:
             self.calls.pop(call.ref, None)
+        for call in [c for c in calls if c.ref in answered]:
+            self._settle(call.task, answered[call.ref])
+        calls = [c for c in calls if c.ref not in answered]
         started = len(calls) if self.sched.overlap else 1     # calls that may have begun rendering
         for call in reversed(calls[started:]):
             if self.cancelling:
@@ -355,6 +362,23 @@ class _Run:
             self._finish(call.task, outcome)
         self.calls.clear()
         self.slots.shutdown()
+
+
+def _answered(calls: list[Call]) -> dict[Any, RenderOutcome]:
+    """The outcomes that calls of a failing actor had already returned, by ref (a crashed call's
+    ref raises and is left out)."""
+    if not calls:
+        return {}
+    ready, _ = ray.wait([c.ref for c in calls], num_returns=len(calls), timeout=0)
+    found = {}
+    for ref in ready:
+        try:
+            outcome = ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - the call died with its actor
+            continue
+        if isinstance(outcome, RenderOutcome):
+            found[ref] = outcome
+    return found
 
 
 def _cancelled(task: _Task) -> RenderOutcome:

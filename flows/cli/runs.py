@@ -211,6 +211,10 @@ def show_run(document: dict[str, Any]) -> None:
     console.print(f"[bold]{document['rendered']} rendered[/bold], {document['cached']} already rendered, "
                   f"{document.get('kept_approved', 0)} kept (approved), "
                   f"{document['degraded']} degraded, {document['failed']} failed, {document['gpu_seconds']:.1f} GPU-seconds")
+    from flows.progress import accelerator_line
+
+    if line := accelerator_line(document.get("accelerator")):
+        console.print(line, highlight=False)
     if document["not_rendered_budget"]:
         console.print(f"[yellow]{document['not_rendered_budget']} {document['budget_stop']}[/yellow]: "
                       "render again (with a larger budget) for the rest", highlight=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,8 +51,9 @@ class FaultyRenderActor(RenderActor):
         return type("PlannedFaultyRenderActor", (cls,), plan)
 
     def __init__(self, *args, **kwargs):
+        self._call = threading.local()     # overlapping calls (Scheduling.overlap) each see their own job
         super().__init__(*args, **kwargs)  # loads and warms up without faults
-        self._job, self._attempt, self._raised = None, None, set()
+        self._raised = set()
         for stage, dit in self.pipe.dits.items():
             dit.forward = self._oom_when(stage, dit.forward, lambda: True)
         vae = self.pipe.video_codec.vae
@@ -60,6 +62,14 @@ class FaultyRenderActor(RenderActor):
             setattr(self.pipe, method, self._logged(stage, getattr(self.pipe, method)))
         self.staged.keep = self._die_after_keeping(self.staged.keep)
         self.staged.render = self._blacked(self.staged.render)
+
+    @property
+    def _job(self):
+        return getattr(self._call, "job", None)
+
+    @property
+    def _attempt(self):
+        return getattr(self._call, "attempt", None)
 
     def _oom_when(self, stage: str, forward, applies):
         def guarded(*args, **kwargs):
@@ -120,11 +130,11 @@ class FaultyRenderActor(RenderActor):
                 log.write(f"{job.render_key} {attempt} {os.getpid()}\n")
         if attempt == 1 and job.render_key in self.hang_keys:
             time.sleep(3600)  # far past any deadline: the pool must kill and replace this actor
-        self._job, self._attempt = job, attempt
+        self._call.job, self._call.attempt = job, attempt
         try:
             return super().render(job, attempt, submitted_at, call_id)
         finally:
-            self._job = None
+            self._call.job = None
 
 
 def render_starts(render_log) -> dict[str, list[int]]:

@@ -24,7 +24,8 @@ class InstantActor(RenderActor):
         return {**self.ids, "pid": os.getpid(), "device": "none", "load_s": 0.0, "renders": self.renders}
 
     def _render(self, job, attempt, submitted_at):
-        self.renders += 1
+        with self._calls:  # overlapping calls (Scheduling.overlap) count under the lock
+            self.renders += 1
         return RenderOutcome(render_key=job.render_key, status="ok", attempt=attempt, pid=os.getpid(), **self.ids)
 
 

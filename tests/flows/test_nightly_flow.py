@@ -27,6 +27,8 @@ def test_three_shots_two_languages_two_aspects(prefect_api, ray_cluster, manifes
     first = render(manifest_path, settings)
     assert first["rendered"] == 12 and first["cached"] == 0 and first["failed"] == 0
     assert first["versions"] == {"spring-launch": 1}
+    use = first["accelerator"]  # the actors' model busy share since their first shot, from the outcomes
+    assert use["device_types"] == ["cpu"] and use["actors"] >= 1 and 0 < use["busy_s"] < use["wall_s"]
 
     store = Store(settings.store_url)
     version = store.versions.read("spring-launch", 1)
@@ -39,6 +41,7 @@ def test_three_shots_two_languages_two_aspects(prefect_api, ray_cluster, manifes
 
     second = render(manifest_path, settings)
     assert second["rendered"] == 0 and second["cached"] == 12
+    assert second["accelerator"] is None, "nothing rendered: no accelerator share to report"
     assert second["versions"] == {"spring-launch": 2}
     v2 = store.versions.read("spring-launch", 2)
     assert [e["blob_uri"] for e in v2["entries"]] == [e["blob_uri"] for e in version["entries"]]

@@ -47,7 +47,7 @@ def test_readme_configuration_table_shows_the_defaults():
             value = defaults
             for part in key.split("."):
                 value = value[part]
-            expected = "null" if value is None else str(value)
+            expected = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
             assert text == expected or (value is None and text == "one per GPU"), f"README says {key} = {text}, defaults.yaml {expected}"
 
 
