@@ -357,7 +357,9 @@ def run_pool(address: str | None, actors: int, jobs: list, total_sleep: float, s
 
     logs = tempfile.mkdtemp(prefix="horse-scale-renders-")
     config = PoolConfig(ModelSpec("none", warmup_seconds=0), StoreTarget("file://" + logs),
-                        scheduling=Scheduling(ray_address=address, num_actors=actors, cpus_per_actor=0,
+                        # overlap off: the stand-in's sleep is the model's time, which a real actor
+                        # spends one job at a time (overlap would let two sleeps run at once)
+                        scheduling=Scheduling(ray_address=address, num_actors=actors, cpus_per_actor=0, overlap=False,
                                               max_retries=3, actor_start_timeout_s=900, job_deadline_s=600))
     with RenderPool(config, actor_class=sleep_actor_class()) as pool:
         started, ready = time.perf_counter(), pool.start()
