@@ -154,7 +154,9 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
     # Delivery QC: each clip checked against the brief's destinations on the actor, a master stored for each.
     assert all(set(e["qc"]) == {"social", "broadcast-eu"} and e["qc_status"] in ("passed", "failed")
                for e in version["entries"])
-    assert all(store.blob_exists(r["master_sha256"], "mp4") for r in first["qc"].values())
+    # social's master is an .mp4 (AAC), broadcast-eu's a .mov (24-bit PCM)
+    assert all(store.blob_exists(r["master_sha256"], r["master_uri"].rsplit(".", 1)[1]) for r in first["qc"].values())
+    assert first["qc"]["broadcast-eu"]["master_uri"].endswith(".mov")
     qc = subprocess.run([sys.executable, "-m", "flows.cli", "qc", "aurora-tea-launch", "--json"], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=300)
     checked = json.loads(qc.stdout)

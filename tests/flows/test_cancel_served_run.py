@@ -86,8 +86,9 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
     config.write_text(f"ray: {{address: '{ray_head['address']}', cpu_mode: true, num_actors: 2}}\n"
                       "render: {chunk_size: 4}\n")
     receipts = Path(tmp_store.removeprefix("file://")) / "receipts"
+    serve_log = tmp_path / "serve.log"   # quoted when the run does not get going
     server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config), "--store", tmp_store],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+                              stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
     try:
         from prefect.deployments import run_deployment
 
@@ -103,7 +104,7 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not list(receipts.rglob("*.json")):
             time.sleep(0.3)
-        assert list(receipts.rglob("*.json")), "the run was rendering"
+        assert list(receipts.rglob("*.json")), f"the run was rendering; horse serve said:\n{serve_log.read_text()[-4000:]}"
         assert render_actor_processes(ray_head["temp_dir"]), "render actors are alive while it runs"
 
         async def cancel():

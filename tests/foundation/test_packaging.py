@@ -24,6 +24,7 @@ LOADED_INDIRECTLY = {
     "accelerate": "diffusers/transformers load checkpoints through it (low_cpu_mem_usage)",
     "s3fs": "fsspec's s3:// backend, chosen by URL protocol",
     "pytest-timeout": "a pytest plugin (pyproject's timeout setting)",
+    "pytest-xdist": "a pytest plugin (the README test command runs the suite with -n 2)",
     "otio-cmx3600-adapter": "an OpenTimelineIO plugin: otio.adapters writes .edl through it",
 }
 # Imported by name, provided by a declared package.
