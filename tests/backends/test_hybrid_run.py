@@ -95,9 +95,9 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
     sent_to_ray = []  # the provider actors' constructor arguments (ProviderActors.__init__) and their jobs
     real_init, real_run = ProviderActors.__init__, ProviderActors.run
 
-    def recording_init(self, providers, store, scheduling):
-        sent_to_ray.append((providers, store))
-        real_init(self, providers, store, scheduling)
+    def recording_init(self, providers, store, scheduling, **more):
+        sent_to_ray.append((providers, store, more))
+        real_init(self, providers, store, scheduling, **more)
 
     def recording_run(self, jobs, *args):
         sent_to_ray.append(jobs)
