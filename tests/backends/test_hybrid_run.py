@@ -123,6 +123,8 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
     assert {s: (e["status"], e.get("backend"), e.get("provider_model")) for s, e in entries.items()} == {
         "h1": ("ok", "seedance-2.0", MODEL_ID), "h2": ("ok", "seedance-2.0", MODEL_ID),
         "l1": ("ok", None, None), "l2": ("ok", None, None)}
+    # No recogniser in this run: every line, the provider clips' too, is on record as unchecked, never passed.
+    assert {s: e.get("dialogue_status") for s, e in entries.items()} == dict.fromkeys(entries, "unchecked")
     for shot in ("h1", "h2"):
         receipt = store.read_receipt(entries[shot]["render_key"])
         extra = json.loads(receipt["extra"])
@@ -130,6 +132,7 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
         assert extra["provider_task_id"] == task["task_id"] and task["status"] == "succeeded"
         assert extra["usage"]["total_tokens"] > 0 and receipt["attempt"] == 2  # attempt 1 died with its actor
         assert receipt["model_fingerprint"] == f"seedance-2.0:{MODEL_ID}" and receipt["gpu_seconds"] is None
+        assert receipt["dialogue_status"] == "unchecked", "the provider actor's gate record, as a local clip's"
         path = tmp_path / f"{shot}.mp4"
         with store.open_blob(entries[shot]["blob_uri"]) as src:
             path.write_bytes(src.read())
