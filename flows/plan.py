@@ -320,8 +320,8 @@ def make_plan(shots: Iterable[Shot], model: ModelInfo, store: Store, filters: Fi
     """Expand every shot on the backend `routes` give it, with its brand adapter (its row's or
     `default_adapter`), keep approved variants as they are (except on `filters.force_approved`
     shots), then ask the catalog once which render keys already exist (their index rows hold
-    `cached_columns`: a dry run needs only the keys). `dialogue`: the run's gate, for local
-    renders (API clips are not heard)."""
+    `cached_columns`: a dry run needs only the keys). `dialogue`: the run's gate (local and API
+    clips are heard alike; API clips are never re-rolled)."""
     with gc_paused():
         return _make_plan(shots, model, store, filters, destinations, routes, dialogue, default_adapter,
                           default_adapter_strength, cached_columns)
@@ -343,7 +343,7 @@ def _make_plan(shots, model, store, filters, destinations, routes, dialogue, def
             elif adapter is not None:  # a provider cannot apply our adapter: never a key it did not honour
                 raise PlanError(f"adapter: {adapter.name} renders on local actors only, not on backend {backend}")
             else:
-                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations))
+                jobs.extend(api_variants(shot, routes.provider(backend), model, filters, destinations, dialogue))
         except (PlanError, ValueError) as exc:
             errors.append(f"row {shot.row} (shot {shot.shot_id}), {exc}")
     jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))

@@ -6,8 +6,10 @@ A shot goes to the backend its manifest row names (`backend`), else to that of t
 (`flows.plan.expand_shot`). A shot routed to a provider expands into the very same variants
 (languages x aspect ratios x takes, seeds, destinations), each mapped to the provider's request
 (`horse_actors.backends.map_brief`); its render key hashes that request (backend, provider, model
-id, every field sent: `ApiRequest.key_inputs`) and, with destinations, the delivery spec. A
-provider clip is never re-rolled after a QC failure (each take is a paid task): max_rerolls is 0.
+id, every field sent: `ApiRequest.key_inputs`) and, with destinations, the delivery spec; with a
+dialogue gate that hears its language, the gate's policy (flows.dialogue), as for a local clip.
+A provider clip is never re-rolled after a QC or dialogue failure (each take is a paid task):
+max_rerolls is 0 in both, and the failure is delivered on record.
 
 horse_actors.backends is imported only when a shot is routed to a provider, so planning a
 local-only manifest stays as light as before.
@@ -57,8 +59,9 @@ class Routes:
 
 
 def api_variants(shot: "Shot", spec: Any, model: "ModelInfo", filters: "Filters",
-                 destinations: Any = None) -> list["PlannedJob"]:
-    """Every variant of `shot` as a job for the provider of `spec` (a ProviderSpec)."""
+                 destinations: Any = None, dialogue: Any = None) -> list["PlannedJob"]:
+    """Every variant of `shot` as a job for the provider of `spec` (a ProviderSpec); `dialogue`:
+    the run's gate (flows.dialogue.DialoguePolicy; None: no gate)."""
     from flows.plan import PlanError, expand_shot
     from horse_actors.backends import map_brief
     from model.errors import InvalidRequest
@@ -70,7 +73,7 @@ def api_variants(shot: "Shot", spec: Any, model: "ModelInfo", filters: "Filters"
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
     jobs = []
-    for job in expand_shot(shot, model, filters, destinations):  # the variants, seeds and destinations
+    for job in expand_shot(shot, model, filters, destinations, dialogue):  # variants, seeds, destinations, checks
         lines = [line.model_dump() for line in shot.lines_for(job.language)] if job.language else []
         try:
             request = map_brief(spec, scene=shot.scene, dialogue=lines, background_sound=shot.background_sound,
@@ -81,11 +84,16 @@ def api_variants(shot: "Shot", spec: Any, model: "ModelInfo", filters: "Filters"
         inputs = request.key_inputs()
         if job.destinations:
             inputs["delivery"] = {**job.key_inputs["delivery"], "max_rerolls": 0}
+        check, gate_key = job.dialogue, job.dialogue_key
+        if check is not None:  # heard on the provider actor, never re-rolled
+            check = dataclasses.replace(check, max_rerolls=0)
+        if gate_key is not None:  # a key that promises a checked clip: the backend hears it
+            gate_key = inputs["dialogue"] = {**gate_key, "max_rerolls": 0}
         width, height = clip_size(request.ratio, request.resolution)
         jobs.append(dataclasses.replace(
             job, backend=spec.name, api_request=request, resolution=request.resolution, seconds=request.seconds,
             width=width, height=height, prompt=request.prompt, render_key=render_key(inputs), api_key_inputs=inputs,
-            max_rerolls=0))
+            max_rerolls=0, dialogue=check, dialogue_key=gate_key))
     return jobs
 
 
@@ -128,12 +136,13 @@ def clip_usd(job: "PlannedJob", spec: Any) -> float | None:
 
 
 def api_render_job(job: "PlannedJob") -> Any:
-    """The RenderJob of a planned API job: its request as planned; QC as for a local clip, never
-    a re-roll."""
+    """The RenderJob of a planned API job: its request as planned; QC and the dialogue gate as for
+    a local clip, never a re-roll."""
     from horse_actors import Delivery, RenderJob
 
     delivery = Delivery(job.destinations, 0, job.expects_speech) if job.destinations else None
-    return RenderJob(job.render_key, job.api_request, job.campaign_id, job.shot_id, job.variant, delivery=delivery)
+    return RenderJob(job.render_key, job.api_request, job.campaign_id, job.shot_id, job.variant, delivery=delivery,
+                     dialogue=job.dialogue)
 
 
 def plan_row(job: "PlannedJob") -> dict[str, Any]:

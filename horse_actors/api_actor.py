@@ -18,7 +18,8 @@ provider. What a failure means:
 - refusals and invalid requests are final.
 Deadlines are the backend's own (`ProviderSpec.max_wait_s`), not the pool's GPU deadline.
 Arguments that reach Ray are the ProviderSpec (the *name* of the key's environment variable,
-never the key), the StoreTarget (public options only) and the jobs.
+never the key), the StoreTarget (public options only), the run's SpeechSpec (the render actors'
+`ModelSpec.speech`: the provider actor hears its clips with the same dialogue gate) and the jobs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ray.exceptions import RayActorError, TaskCancelledError
 from .backends.api import ApiBackend
 from .backends.request import ApiRequest
 from .cluster import connect
-from .config import Scheduling, StoreTarget
+from .config import Scheduling, SpeechSpec, StoreTarget
 from .jobs import (ACTOR_DIED, CANCELLED, CANCELLED_CLASS, FAILED, NO_ACTORS, NOT_ADMITTED, RenderJob, RenderOutcome,
                    classify, failed)
 from .slots import first_line
@@ -75,7 +76,8 @@ def run_routed(pool, jobs: list[RenderJob], on_outcome: Callable[[RenderOutcome]
     if thread:
         thread.start()
     try:
-        with ProviderActors(providers, pool.config.store, pool.config.scheduling) as actors:
+        with ProviderActors(providers, pool.config.store, pool.config.scheduling,
+                            speech=pool.config.model.speech) as actors:
             actors.run(api, on_outcome, cancel_event, admit)
     except BaseException:
         cancel_event.set()
@@ -106,8 +108,9 @@ class _Provider:
 class ProviderActors:
     """The provider actors of one run and the scheduler feeding them."""
 
-    def __init__(self, providers: Mapping[str, Any], store: StoreTarget, scheduling: Scheduling):
-        self.store, self.sched = store, scheduling
+    def __init__(self, providers: Mapping[str, Any], store: StoreTarget, scheduling: Scheduling, *,
+                 speech: SpeechSpec | None = None):
+        self.store, self.sched, self.speech = store, scheduling, speech  # speech: the run's dialogue gate recogniser
         self.providers = {name: _Provider(spec) for name, spec in providers.items()}
         self.calls: dict[Any, tuple[_Task, _Provider, Any, str]] = {}  # ref -> (task, provider, actor, call id)
         self.admit: Callable[[RenderJob], bool] | None = None
@@ -125,7 +128,7 @@ class ProviderActors:
             remote = ray.remote(ApiBackend).options(
                 name=f"horse-api-{spec.name}-{uuid.uuid4().hex[:8]}", num_cpus=0,
                 max_concurrency=spec.max_concurrent, max_restarts=0, max_task_retries=0)
-            provider.actor = remote.remote(spec, self.store)
+            provider.actor = remote.remote(spec, self.store, speech=self.speech)
         return provider.actor
 
     def run(self, jobs: list[RenderJob], on_outcome, cancel_event: threading.Event,

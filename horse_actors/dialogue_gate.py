@@ -54,11 +54,8 @@ class DialogueGate:
     def stats(self) -> dict[str, Any]:
         return {"recognizer": self.spec.backend if self.spec else None, "recognizer_load_s": round(self.load_s, 3)}
 
-    def hear(self, path: str, check: DialogueCheck) -> dict[str, Any]:
-        """The gate's record of the clip at `path`: status (passed, dialogue_failed, unchecked), the
-        reason, the transcript and the scores (media.dialogue.DialogueResult)."""
-        if check.unchecked:
-            return unchecked(check)
+    def require(self, check: DialogueCheck) -> None:
+        """InvalidRequest unless this gate can hear `check`'s language (a checked check)."""
         from model import InvalidRequest
 
         if self.recognizer is None:
@@ -66,13 +63,34 @@ class DialogueGate:
                                  "(ModelSpec.speech is not set)")
         if check.language not in self.recognizer.languages:
             raise InvalidRequest(f"the {self.recognizer.backend} recogniser cannot hear {check.language!r}")
-        from media.dialogue import check_dialogue
-        from media.measure import RATE, decode_audio
 
-        sound = decode_audio(path)
+    def hear(self, path: str, check: DialogueCheck) -> dict[str, Any]:
+        """The gate's record of the clip at `path`: status (passed, dialogue_failed, unchecked), the
+        reason, the transcript and the scores (media.dialogue.DialogueResult)."""
+        if check.unchecked:
+            return unchecked(check)
+        self.require(check)
+        from media.dialogue import check_dialogue
+        from media.measure import RATE
+
+        sound = _soundtrack(path, RATE)
         with self._hearing:
             transcript = self.recognizer.transcribe(sound, RATE, check.language)
         result = check_dialogue(transcript, check.lines, check.language, check.must_say, thresholds=check.thresholds)
         return {"status": PASSED if result.passed else FAILED, **result.to_dict(), "transcript": transcript.text,
                 "no_speech_probability": transcript.no_speech_probability, "recognizer": transcript.backend,
                 "recognize_s": round(transcript.seconds, 4)}
+
+
+def _soundtrack(path: str, rate: int):
+    """The clip's sound at `rate`; a file without a sound track (a provider clip delivered without
+    audio) is heard as a second of silence, i.e. as no speech, never as an error that hides the clip."""
+    import av
+    import numpy as np
+
+    from media.measure import decode_audio
+
+    with av.open(path) as box:
+        if not box.streams.audio:
+            return np.zeros((1, rate), np.float32)
+        return decode_audio(box)

@@ -13,7 +13,11 @@ For one job (`job.request` is an ApiRequest mapped by the planner):
 4. download the result at once (a fresh link from the provider if it expired), read it back with
    PyAV and compare it with what was asked, store it content-addressed with a poster, and return
    an ApiRenderOutcome with the provider's usage. A clip that differs from the request is stored
-   and reported as degraded, never as the render key's clip.
+   and reported as degraded, never as the render key's clip;
+5. check it as a local clip is checked: delivery QC and masters (a Delivery), and the dialogue
+   gate (a DialogueCheck: horse_actors.dialogue_gate, its recogniser loaded on the first job with
+   a line to hear and kept). Never re-rolled: a re-roll is a new paid task, so a clip that fails
+   is delivered with its failure on record (QC failures; `dialogue_failed` with its transcript).
 
 A plain class: the driver can call it from threads, or a Ray actor can run it
 (`ray.remote(ApiBackend).options(max_concurrency=spec.max_concurrent, num_cpus=0)`). Neither its
@@ -39,8 +43,10 @@ from media.received import ReceivedFileError, check_received, first_frame
 from model.errors import InvalidRequest
 
 from ..actor import _ray_cancel_requested, _ray_context
-from ..config import StoreTarget
+from ..config import SpeechSpec, StoreTarget
 from ..delivery import check_clip, make_deliverables
+from ..dialogue_gate import FAILED as DIALOGUE_FAILED
+from ..dialogue_gate import DialogueGate, unchecked
 from ..jobs import CANCELLED, CANCELLED_CLASS, DEGRADED, FAILED, OK, RenderJob, RenderOutcome
 from .fal import FalQueue
 from .http import AUTH, INVALID, LINK_EXPIRED, NOT_FOUND, PROTOCOL, REFUSED, TASK_FAILED, ProviderError
@@ -89,22 +95,28 @@ class _Stopped(Exception):
 
 
 class ApiBackend:
-    def __init__(self, provider: ProviderSpec, store: StoreTarget, *, scratch_dir: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, provider: ProviderSpec, store: StoreTarget, *, speech: SpeechSpec | None = None,
+                 scratch_dir: str | None = None, sleep: Callable[[float], None] = time.sleep):
+        """`speech`: the run's dialogue gate recogniser (the render actors' ModelSpec.speech); None:
+        this backend hears nothing, and a job whose check asks to be heard is refused before it is paid."""
         self.spec, self.store_target, self.scratch_dir, self.sleep = provider, store, scratch_dir, sleep
+        self.speech = speech  # names a recogniser (or a local folder): no secret
         self.renders = 0
         self._store = None
         self._api: TaskApi | None = None
+        self._gate: DialogueGate | None = None
+        self._gate_lock = threading.Lock()  # jobs run on up to max_concurrent threads: one recogniser
         self._recent: collections.OrderedDict[str, RenderOutcome] = collections.OrderedDict()
         self.ids = _ray_context()
 
     def __getstate__(self) -> dict[str, Any]:
         # Rebuilt where it is used: the Store and the HTTP clients stay in their process.
-        return {"spec": self.spec, "store_target": self.store_target, "scratch_dir": self.scratch_dir,
-                "sleep": self.sleep}
+        return {"spec": self.spec, "store_target": self.store_target, "speech": self.speech,
+                "scratch_dir": self.scratch_dir, "sleep": self.sleep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec"], state["store_target"], scratch_dir=state["scratch_dir"], sleep=state["sleep"])
+        self.__init__(state["spec"], state["store_target"], speech=state.get("speech"),
+                      scratch_dir=state["scratch_dir"], sleep=state["sleep"])
 
     @property
     def store(self):
@@ -120,9 +132,18 @@ class ApiBackend:
             self._api = TASK_APIS[self.spec.kind](self.spec, sleep=self.sleep)
         return self._api
 
+    def gate(self) -> DialogueGate:
+        """The dialogue gate, its recogniser loaded on the first job with a line to hear: a run
+        without dialogue pays nothing for it. On the CPU: a provider actor holds no GPU."""
+        with self._gate_lock:
+            if self._gate is None:
+                self._gate = DialogueGate(self.speech, "cpu")
+            return self._gate
+
     def stats(self) -> dict[str, Any]:
+        heard = self._gate.stats() if self._gate is not None else {"recognizer": None, "recognizer_load_s": 0.0}
         return {**self.ids, "pid": os.getpid(), "backend": "api", "provider": self.spec.name,
-                "model": self.spec.model, "max_concurrent": self.spec.max_concurrent, "renders": self.renders}
+                "model": self.spec.model, "max_concurrent": self.spec.max_concurrent, "renders": self.renders, **heard}
 
     def finished(self, call_ids: list[str]) -> dict[str, RenderOutcome]:
         """Outcomes of recent calls by call id (the pool's cancel protocol, as RenderActor.finished)."""
@@ -151,6 +172,8 @@ class ApiBackend:
         try:
             if not isinstance(request, ApiRequest) or request.provider != self.spec.name:
                 raise InvalidRequest(f"{job.render_key}: not an ApiRequest for provider {self.spec.name}")
+            if job.dialogue is not None and not job.dialogue.unchecked:  # before a task is paid for: its
+                self.gate().require(job.dialogue)                        # render key promises a checked clip
             t0 = time.monotonic()
             with self._slot(stop):
                 timings["slot_wait"] = round(time.monotonic() - t0, 4)
@@ -342,6 +365,9 @@ class ApiBackend:
                 clip_qc = check_clip(path, request.seed, job)
                 timings["qc"] = round(time.perf_counter() - t0, 4)
                 qc, qc_attempts = make_deliverables(path, job, clip_qc, self.store, scratch, timings), [clip_qc.attempt()]
+            dialogue = self._hear(job, path, request.seed, timings)
+            if dialogue is not None and dialogue["status"] != "unchecked":  # the attempt's record, as a local clip's
+                qc_attempts = [{**(qc_attempts[0] if qc_attempts else {"seed": request.seed}), "dialogue": dialogue}]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         info = check.info
@@ -356,7 +382,22 @@ class ApiBackend:
             blob_uri=blob.uri, sha256=blob.sha256, bytes=blob.bytes, poster_uri=poster.uri,
             width=info.width, height=info.height, frames=info.frames, audio_seconds=info.audio_seconds,
             rendered_resolution=check.tier, task_id=record["task_id"], usage=usage, cost_usd=self._cost(usage),
-            qc=qc, qc_attempts=qc_attempts, rendered_seed=request.seed, **base)
+            qc=qc, qc_attempts=qc_attempts, rendered_seed=request.seed, dialogue=dialogue, **base)
+
+    # -- the dialogue gate -----------------------------------------------------------------
+    def _hear(self, job: RenderJob, path: str, seed: int, timings: dict) -> dict | None:
+        """The dialogue gate's record of the delivered clip (None: no line), shaped as a local
+        clip's. A failing clip is not re-rolled: that would be a new paid task."""
+        check = job.dialogue
+        if check is None or check.unchecked:
+            return unchecked(check)
+        t0 = time.perf_counter()
+        heard = {**self.gate().hear(path, check), "seed": seed, "attempts": 1}
+        timings["dialogue"] = round(time.perf_counter() - t0, 4)
+        if heard["status"] == DIALOGUE_FAILED:
+            heard["reason"] = (f"{heard.get('reason')}; not re-rolled: a re-roll is a new paid "
+                               f"{self.spec.name} task")
+        return heard
 
     @staticmethod
     def _echo_problems(request: ApiRequest, echo: dict) -> list[str]:

@@ -36,10 +36,10 @@ def png(width: int = 32, height: int = 18) -> bytes:
 
 def api_job(spec, *, scene: str = "A barista slides a cup across the counter.", seed: int = 7,
             shot: str = "hero", aspect_ratio: str = "16:9", resolution: str = "256p", seconds: float = 4,
-            image: bytes | None = None) -> RenderJob:
+            image: bytes | None = None, line: str = "Your flat white.") -> RenderJob:
     request = map_brief(spec, scene=scene, aspect_ratio=aspect_ratio, resolution=resolution, seconds=seconds,
                         seed=seed, image=image, background_sound="espresso machine hiss",
-                        dialogue=[{"speaker": "Barista", "language": "en", "line": "Your flat white."}])
+                        dialogue=[{"speaker": "Barista", "language": "en", "line": line}])
     return RenderJob(render_key(request.key_inputs()), request, "spring", shot, "en-16x9-t1")
 
 

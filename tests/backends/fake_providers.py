@@ -6,7 +6,7 @@ provider's documented task API: the routes, the JSON shapes, the status words, t
 (ModelArk "Bearer <key>", fal "Key <key>"), cancel only while queued, result links that are
 presigned (no key) and can expire, refusals and parameter errors in the provider's error format,
 and a real mp4 (media.encode_mp4) of the asked ratio, resolution, duration and audio as the
-result. Which of these behaviours are documented and which are assumed: README, "API render
+result (its sound a tone, or the speech a test sets in `speech` for the dialogue gate). Which of these behaviours are documented and which are assumed: README, "API render
 backends".
 
 Time never drives a task: each status poll moves it one step (queued for `queued_polls` polls,
@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from media import encode_mp4
 
@@ -49,16 +50,21 @@ def clip_size(ratio: str, resolution: str) -> tuple[int, int]:
     return (round(short * w / h / 2) * 2, short) if w >= h else (short, round(short * h / w / 2) * 2)
 
 
-def clip_bytes(ratio: str, resolution: str, seconds: int, audio: bool) -> bytes:
-    """A real mp4 of the asked shape, length and audio."""
-    key = (ratio, resolution, seconds, audio)
+def clip_bytes(ratio: str, resolution: str, seconds: int, audio: bool, speech: np.ndarray | None = None) -> bytes:
+    """A real mp4 of the asked shape, length and audio: a tone, or `speech` (16 kHz mono) from 0.25 s."""
+    key = (ratio, resolution, seconds, audio, None if speech is None else hash(speech.tobytes()))
     with _clips_lock:
         if key not in _clips:
             width, height = clip_size(ratio, resolution)
             shades = (np.arange(seconds * FPS) * 7 % 256).astype(np.uint8)  # one flat shade per frame
             frames = np.broadcast_to(shades[:, None, None, None], (len(shades), height, width, 3))
             sound = None
-            if audio:
+            if audio and speech is not None:
+                track = np.zeros(seconds * 48_000, np.float32)
+                said = resample_poly(speech, 3, 1).astype(np.float32)[: track.size - 12_000]
+                track[12_000: 12_000 + said.size] = said
+                sound = track[None]
+            elif audio:
                 s = np.arange(seconds * 48_000) / 48_000
                 sound = (0.1 * np.sin(2 * np.pi * 440 * s)).astype(np.float32)[None]
             clip = SimpleNamespace(frames=np.ascontiguousarray(frames), audio=sound, fps=FPS, sample_rate=48_000)
@@ -104,6 +110,7 @@ class FakeProvider:
         self.fresh_links = True                # each poll of a succeeded task issues a new link
         self.faults: dict[str, deque[Fault]] = {}
         self.deliver: dict[str, Any] = {}      # override what the result really is, e.g. {"resolution": "720p"}
+        self.speech: np.ndarray | None = None  # what the clips say (16 kHz mono, tests.conftest `speak`); None: a tone
         self.calls: Counter[str] = Counter()   # every call per route, faults and refusals included
         self.creates = self.polls = self.downloads = self.cancels = 0
         self.active = self.max_active = 0
@@ -192,7 +199,8 @@ class FakeProvider:
         if found is None or found[1]:
             return 403, {}, "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
         r = {**self.tasks[found[0]].request, **self.deliver}
-        return 200, {"Content-Type": "video/mp4"}, clip_bytes(r["ratio"], r["resolution"], r["seconds"], r["audio"])
+        return 200, {"Content-Type": "video/mp4"}, clip_bytes(r["ratio"], r["resolution"], r["seconds"], r["audio"],
+                                                              self.speech)
 
 
 def _handler(provider: FakeProvider):

@@ -1,6 +1,7 @@
 """ApiBackend against local ModelArk and fal servers: a job becomes a verified, stored clip with
 its usage; tasks are resumed, never paid twice; refusals, 429 storms, expired links, cancels and
-the concurrency limit behave; the key never leaks."""
+the concurrency limit behave; the dialogue gate hears the clip and never re-rolls it; the key
+never leaks."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from backends_testlib import ARK_KEY, FAL_KEY, api_job, fast_spec, png, with_limit
 
 from catalog import Store
-from horse_actors import StoreTarget
+from horse_actors import DialogueCheck, SpeechSpec, StoreTarget
 from horse_actors.backends import ApiBackend
 from media import probe_mp4
+from media.dialogue import Thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,6 +211,55 @@ def test_the_concurrency_limit_holds_the_providers_queue(modelark, tmp_store):
 
     assert [o.status for o in outcomes] == ["ok"] * 6
     assert modelark.creates == 6 and modelark.max_active <= 2
+
+
+SAID = "Happy Horse makes mornings brighter."  # flite: pocketsphinx hears it word for word
+GATE_OFF = "dialogue.whisper_dir is not set"
+
+
+def heard_job(spec, seed: int, unchecked: str | None = None):
+    """An API job whose brief has the line SAID and whose check asks the gate to hear it."""
+    check = DialogueCheck("en", (SAID,), Thresholds(0.2, 0.8, 0.6), must_say=("Happy Horse",), unchecked=unchecked)
+    return replace(api_job(spec, seed=seed, line=SAID), dialogue=check)
+
+
+@pytest.mark.slow  # a real recogniser hears three clips
+def test_the_dialogue_gate_hears_an_api_clip_and_a_failing_one_is_delivered_marked_not_re_rolled(
+        modelark, tmp_store, speak):
+    spec = fast_spec("seedance-2.0", modelark)
+    backend = ApiBackend(spec, StoreTarget(tmp_store), speech=SpeechSpec("pocketsphinx"))
+    modelark.speech = speak(SAID)
+    right = backend.render(heard_job(spec, seed=1))
+    modelark.speech = speak("The weather is cold today.")
+    wrong = backend.render(heard_job(spec, seed=2))
+    modelark.deliver = {"audio": False}
+    silent = backend.render(heard_job(spec, seed=3))
+
+    assert (right.status, right.dialogue_status) == ("ok", "passed"), right.dialogue
+    assert "happy horse" in right.dialogue["transcript"].lower() and right.dialogue["recognizer"] == "pocketsphinx"
+    assert (right.dialogue["seed"], right.dialogue["attempts"]) == (1, 1)
+    assert right.qc_attempts == [{"seed": 1, "dialogue": right.dialogue}], "the attempt's record, as a local clip's"
+    assert (wrong.status, wrong.dialogue_status) == ("ok", "dialogue_failed"), "delivered, its failure on record"
+    assert "weather" in wrong.dialogue["transcript"] and list(wrong.dialogue["missing_terms"]) == ["Happy Horse"]
+    assert wrong.dialogue["reason"].endswith("; not re-rolled: a re-roll is a new paid seedance-2.0 task")
+    assert (silent.status, silent.dialogue_status) == ("degraded", "dialogue_failed")  # no sound track at all
+    assert silent.dialogue["reason"].startswith("no speech")
+    assert modelark.creates == 3, "one paid task per clip: no failing clip was rendered again"
+    assert backend.stats()["recognizer"] == "pocketsphinx"
+
+
+def test_without_a_recogniser_an_api_clip_is_unchecked_and_a_check_it_cannot_do_is_refused_unpaid(
+        modelark, tmp_store):
+    spec = fast_spec("seedance-2.0", modelark)
+    backend = ApiBackend(spec, StoreTarget(tmp_store))  # a run whose gate is off: no recogniser
+    off = backend.render(heard_job(spec, seed=1, unchecked=GATE_OFF))
+    refused = backend.render(heard_job(spec, seed=2))  # a key promising a check nobody here can do
+
+    assert off.status == "ok" and off.dialogue == {"status": "unchecked", "reason": GATE_OFF, "language": "en"}
+    assert off.dialogue_status == "unchecked" and off.qc_attempts == [], "recorded unchecked, never as a pass"
+    assert (refused.status, refused.error_class, refused.retryable) == ("failed", "InvalidRequest", False)
+    assert "no speech recogniser" in refused.error_message
+    assert modelark.calls["create"] == 1, "the check it cannot do was refused before a task was paid for"
 
 
 def test_the_key_never_reaches_logs_records_outcomes_or_pickles(modelark, fal, tmp_store, caplog, monkeypatch):

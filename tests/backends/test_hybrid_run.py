@@ -1,7 +1,8 @@
 """One campaign run, hero shots routed to Seedance (the local ModelArk server) and the rest to the
 local tiny model: one version, lineage naming the provider and model id, the provider actor
 killed while its tasks run without a second task being paid for, the provider's usage in the
-spend table, and the key found nowhere."""
+spend table, and the key found nowhere. And the run's recogniser reaches the provider actor, whose
+dialogue gate hears its clips."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from pathlib import Path
 
 import pytest
 import ray
-from backends_testlib import ARK_KEY
+from backends_testlib import ARK_KEY, fast_spec
 from prefect import flow, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from test_api_backend import SAID, heard_job
 
 from catalog import Store
 from flows.campaign_run import render_campaign
 from flows.manifest import write_manifest
 from flows.settings import load_settings
-from horse_actors.api_actor import ProviderActors
+from horse_actors import ModelSpec, PoolConfig, RenderPool, Scheduling, SpeechSpec, StoreTarget
+from horse_actors.api_actor import ProviderActors, run_routed
 from media import probe_mp4
 
 pytestmark = pytest.mark.slow
@@ -95,9 +98,9 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
     sent_to_ray = []  # the provider actors' constructor arguments (ProviderActors.__init__) and their jobs
     real_init, real_run = ProviderActors.__init__, ProviderActors.run
 
-    def recording_init(self, providers, store, scheduling):
-        sent_to_ray.append((providers, store))
-        real_init(self, providers, store, scheduling)
+    def recording_init(self, providers, store, scheduling, **more):
+        sent_to_ray.append((providers, store, more))
+        real_init(self, providers, store, scheduling, **more)
 
     def recording_run(self, jobs, *args):
         sent_to_ray.append(jobs)
@@ -123,6 +126,8 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
     assert {s: (e["status"], e.get("backend"), e.get("provider_model")) for s, e in entries.items()} == {
         "h1": ("ok", "seedance-2.0", MODEL_ID), "h2": ("ok", "seedance-2.0", MODEL_ID),
         "l1": ("ok", None, None), "l2": ("ok", None, None)}
+    # No recogniser in this run: every line, the provider clips' too, is on record as unchecked, never passed.
+    assert {s: e.get("dialogue_status") for s, e in entries.items()} == dict.fromkeys(entries, "unchecked")
     for shot in ("h1", "h2"):
         receipt = store.read_receipt(entries[shot]["render_key"])
         extra = json.loads(receipt["extra"])
@@ -130,6 +135,7 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
         assert extra["provider_task_id"] == task["task_id"] and task["status"] == "succeeded"
         assert extra["usage"]["total_tokens"] > 0 and receipt["attempt"] == 2  # attempt 1 died with its actor
         assert receipt["model_fingerprint"] == f"seedance-2.0:{MODEL_ID}" and receipt["gpu_seconds"] is None
+        assert receipt["dialogue_status"] == "unchecked", "the provider actor's gate record, as a local clip's"
         path = tmp_path / f"{shot}.mp4"
         with store.open_blob(entries[shot]["blob_uri"]) as src:
             path.write_bytes(src.read())
@@ -163,3 +169,17 @@ def test_hero_shots_on_seedance_and_the_rest_local_in_one_version(prefect_api, r
     assert sent_to_ray and any(b"seedance" in data for data in places.values())
     assert any(p.startswith("Prefect: ") for p in places) and any("worker" in p for p in places)
     assert not [place for place, data in places.items() if ARK_KEY.encode() in data]
+
+
+def test_the_runs_recogniser_reaches_the_provider_actor_which_hears_its_clips(ray_cluster, modelark, tmp_store, speak):
+    spec = fast_spec("seedance-2.0", modelark)
+    modelark.speech = speak(SAID)
+    # the pool's configuration as a run builds it (flows.render_stream.pool_config); no local job: no render actor
+    config = PoolConfig(ModelSpec("none", speech=SpeechSpec("pocketsphinx")), StoreTarget(tmp_store),
+                        Scheduling(poll_s=0.05))
+    outcomes = []
+    run_routed(RenderPool(config), [heard_job(spec, seed=1)], outcomes.append, None, {spec.name: spec})
+
+    [outcome] = outcomes
+    assert (outcome.status, outcome.dialogue_status) == ("ok", "passed"), outcome.error_message or outcome.dialogue
+    assert outcome.dialogue["recognizer"] == "pocketsphinx" and modelark.creates == 1

@@ -9,8 +9,9 @@ import pytest
 
 from catalog import Store
 from flows.manifest import read_manifest, write_manifest
+from flows.dialogue import dialogue_policy
 from flows.plan import ModelInfo, make_plan
-from flows.routing import Routes, api_quote
+from flows.routing import Routes, api_quote, api_render_job
 from flows.settings import ConfigError, load_settings
 
 from .conftest import shot
@@ -54,6 +55,24 @@ def test_an_api_render_key_covers_backend_model_and_every_request_field(tmp_path
         other = Routes(providers={"seedance-2.0": spec})
         keys.add(make_plan(manifest.shots, MODEL, Store(tmp_store), routes=other).jobs[0].render_key)
     assert len(keys) == 4, "a different model, request field or mapped value is a different render"
+
+
+def test_an_api_job_with_a_line_is_heard_with_the_gate_in_its_key_and_never_re_rolled(tmp_path, tmp_store):
+    manifest = read_manifest(str(write_manifest([shot("s1", "A.", backend="seedance-2.0", languages=["en"],
+                                                      aspect_ratios=["16:9"])], tmp_path / "m.parquet")))
+    heard = dialogue_policy(load_settings(dialogue={"recognizer": "pocketsphinx"}, render={"max_rerolls": 2}))
+    off = dialogue_policy(load_settings())  # no whisper_dir: the gate hears nothing in this run
+    [job] = make_plan(manifest.shots, MODEL, Store(tmp_store), routes=routes(), dialogue=heard).jobs
+    [unheard] = make_plan(manifest.shots, MODEL, Store(tmp_store), routes=routes(), dialogue=off).jobs
+    [no_gate] = make_plan(manifest.shots, MODEL, Store(tmp_store), routes=routes()).jobs
+
+    assert (job.dialogue.lines, job.dialogue.language, job.dialogue.unchecked) == (("Spring is here.",), "en", None)
+    assert job.dialogue.max_rerolls == 0, "a re-roll of a provider clip would be a new paid task"
+    assert job.key_inputs["dialogue"]["recognizer"] == "pocketsphinx" and job.key_inputs["dialogue"]["max_rerolls"] == 0
+    assert api_render_job(job).dialogue == job.dialogue, "the provider actor gets the check the key promises"
+    assert unheard.dialogue.unchecked and "dialogue" not in unheard.key_inputs
+    assert api_render_job(unheard).dialogue.unchecked, "recorded unchecked, never as a pass"
+    assert unheard.render_key == no_gate.render_key != job.render_key
 
 
 @pytest.mark.parametrize("routing, message", [
