@@ -210,12 +210,5 @@ def artifacts_dir() -> Path:
     return ARTIFACTS_DIR
 
 
-def pytest_collection_modifyitems(config, items):
-    """End-to-end (`slow`) tests first, each group in its usual order: on the README's two xdist
-    workers the long tests then run side by side from the start and the short ones fill in at the
-    end, instead of one long test running alone at the end while the other worker waits."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
