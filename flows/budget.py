@@ -73,11 +73,24 @@ class Budget:
         spent = f", {self.amount(self.spent_before)} spent before" if self.spent_before else ""
         return f"{self.name} of {self.amount(self.limit)}{spent}"
 
-    def as_dict(self, gpu_seconds: float | None = None) -> dict[str, Any]:
+    def api_share(self, api_usd: dict[str, float]) -> float:
+        """What this budget holds of API clips quoted at `api_usd` (USD per campaign): their sum
+        over its campaigns for a budget in USD, nothing for GPU-hours (api_prices refuses a money
+        budget in another currency before a run with API clips starts)."""
+        if self.unit != API_CURRENCY:
+            return 0.0
+        return sum(usd for campaign, usd in api_usd.items() if self.campaign_id in (None, campaign))
+
+    def quoted(self, gpu_seconds: float, api_usd: dict[str, float] | None = None) -> float:
+        """The quote in this budget's unit: its GPU time, plus (a USD budget) its API clips."""
+        return gpu_seconds * self.per_gpu_second + self.api_share(api_usd or {})
+
+    def as_dict(self, gpu_seconds: float | None = None, api_usd: dict[str, float] | None = None) -> dict[str, Any]:
         out = {"budget": self.name, "campaign_id": self.campaign_id, "unit": self.unit, "limit": self.limit,
                "spent_before": round(self.spent_before, 4)}
         if gpu_seconds is not None:
-            out |= {"quote": round(gpu_seconds * self.per_gpu_second, 4), "over": self.spend(gpu_seconds) > self.limit}
+            quoted = self.quoted(gpu_seconds, api_usd)
+            out |= {"quote": round(quoted, 4), "over": self.spent_before + quoted > self.limit}
         return out
 
 
@@ -104,14 +117,34 @@ def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str 
     return out
 
 
-def over_budget(budgets: list[Budget], quote: Quote) -> list[str]:
-    """One line per budget the quote passes, naming the budget and the quote."""
+def budget_campaigns(quote: Quote, jobs: list[PlannedJob]) -> list[str]:
+    """The campaigns whose budgets a plan is held to: those with GPU time to render (the quote)
+    and those with API clips to render (`jobs`: the plan's to-do jobs)."""
+    return sorted({*quote.by_campaign, *(job.campaign_id for job in jobs if job.backend != "local")})
+
+
+def over_budget(budgets: list[Budget], quote: Quote, api_usd: dict[str, float] | None = None) -> list[str]:
+    """One line per budget the quote passes, naming the budget and the quote: the GPU time's, plus
+    for a USD budget the API clips' quoted USD (`api_usd`: per campaign, `api_usd_by_campaign`)."""
     lines = []
     for budget in budgets:
         seconds = quote.gpu_seconds if budget.campaign_id is None else quote.by_campaign.get(budget.campaign_id, 0.0)
-        if budget.spend(seconds) > budget.limit:
-            lines.append(f"over budget: {budget}; the quote is {budget.amount(seconds * budget.per_gpu_second)}")
+        quoted, api = budget.quoted(seconds, api_usd), budget.api_share(api_usd or {})
+        if budget.spent_before + quoted > budget.limit:
+            of_which = f" ({budget.amount(api)} of it API clips)" if api else ""
+            lines.append(f"over budget: {budget}; the quote is {budget.amount(quoted)}{of_which}")
     return lines
+
+
+def api_usd_by_campaign(budgets: list[Budget], jobs: list[PlannedJob], routes: "Routes | None") -> dict[str, float]:
+    """The quoted USD of the API clips among `jobs` (the to-do jobs), per campaign: what the
+    pre-run check adds to money budgets, as the dispatch guard does per clip. Raises ConfigError,
+    as the guard would, when a money budget cannot hold them (`api_prices`)."""
+    by_campaign: dict[str, float] = defaultdict(float)
+    campaign_of = {job.render_key: job.campaign_id for job in jobs if job.backend != "local"}
+    for key, usd in api_prices(budgets, jobs, routes).items():
+        by_campaign[campaign_of[key]] += usd or 0.0  # no price: no money budget holds the campaign (refused above)
+    return dict(by_campaign)
 
 
 def spend_of(outcome: RenderOutcome) -> float:
