@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from flows.cost import Quote
 from flows.plan import PlannedJob
@@ -95,9 +95,10 @@ class Budget:
 
 
 def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str | None,
-                spent: dict[str, dict[str, float]]) -> list[Budget]:
+                spent: dict[str, dict[str, float]], api_only: Collection[str] = ()) -> list[Budget]:
     """Every budget a run of these campaigns is held to (`spent`: the spend table by campaign).
-    Raises ConfigError for a money budget without a price for the device type."""
+    Raises ConfigError for a money budget without a price for the device type, unless it holds
+    only campaigns in `api_only` (no GPU time to render: API clips are priced by their provider)."""
     currency = settings.cost.currency
     price = price_per_gpu_hour(settings.cost.price_per_gpu_hour, device_type)
     budget = settings.budget
@@ -110,17 +111,20 @@ def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str 
             out.append(Budget(name, campaign, "GPU-hours", limit.gpu_hours, before.get("gpu_seconds", 0.0) / 3600,
                               1 / 3600))
         if limit.money is not None:
-            if price is None:
+            gpu_free = bool(campaigns) and set(campaigns) <= set(api_only) if campaign is None else campaign in api_only
+            if price is None and not gpu_free:
                 raise ConfigError(f"{name} of {limit.money:g} {currency}: cost.price_per_gpu_hour has no price "
                                   f"for device type {device_type or '(unknown)'}")
-            out.append(Budget(name, campaign, currency, limit.money, before.get("money", 0.0), price / 3600))
+            out.append(Budget(name, campaign, currency, limit.money, before.get("money", 0.0), (price or 0.0) / 3600))
     return out
 
 
-def budget_campaigns(quote: Quote, jobs: list[PlannedJob]) -> list[str]:
-    """The campaigns whose budgets a plan is held to: those with GPU time to render (the quote)
-    and those with API clips to render (`jobs`: the plan's to-do jobs)."""
-    return sorted({*quote.by_campaign, *(job.campaign_id for job in jobs if job.backend != "local")})
+def budget_campaigns(quote: Quote, jobs: list[PlannedJob]) -> tuple[list[str], list[str]]:
+    """(the campaigns whose budgets a plan is held to: those with GPU time to render (the quote)
+    and those with API clips to render (`jobs`: the plan's to-do jobs); those of them with API
+    clips only)."""
+    api = {job.campaign_id for job in jobs if job.backend != "local"}
+    return sorted({*quote.by_campaign, *api}), sorted(api - set(quote.by_campaign))
 
 
 def over_budget(budgets: list[Budget], quote: Quote, api_usd: dict[str, float] | None = None) -> list[str]:

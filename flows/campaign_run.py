@@ -137,7 +137,8 @@ def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budg
     store = Store(settings.store_url, settings.storage_options)
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint))
     todo = plan.todo
-    budgets = budgets_for(settings, budget_campaigns(quote, todo), quote.model.device_type, store.spend.by_campaign())
+    campaigns, api_only = budget_campaigns(quote, todo)
+    budgets = budgets_for(settings, campaigns, quote.model.device_type, store.spend.by_campaign(), api_only)
     api_usd = api_usd_by_campaign(budgets, todo, routes or Routes.from_settings(settings.routing))
     log = _logger()
     low, high = quote.band

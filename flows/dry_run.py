@@ -41,7 +41,8 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
     todo = plan.todo
-    budgets = budgets_for(settings, budget_campaigns(quote, todo), quote.model.device_type, store.spend.by_campaign())
+    campaigns, api_only = budget_campaigns(quote, todo)
+    budgets = budgets_for(settings, campaigns, quote.model.device_type, store.spend.by_campaign(), api_only)
     try:  # API clips' quoted USD count toward money budgets, as when the run dispatches them
         api_usd, api_refusal = api_usd_by_campaign(budgets, todo, routes), []
     except ConfigError as exc:  # `horse render` refuses to start with it: the plan says why

@@ -161,6 +161,9 @@ def test_plan_warns_and_render_refuses_when_api_clips_money_passes_a_budget(tmp_
     budgets = {b["budget"]: b for b in document["budgets"]}
     assert budgets["campaign autumn budget"]["quote"] == pytest.approx(2.79) and budgets["run budget"]["over"]
     assert not budgets["campaign spring budget"]["over"]
+    no_gpu_price = load_settings(budget={"run": {"money": 3.0}, "campaign": {"money": 2.0}})
+    assert [str(b) for b in budgets_for(no_gpu_price, ["autumn"], H100, {}, api_only=["autumn"])] == [
+        "run budget of 3.00 USD", "campaign autumn budget of 2.00 USD"], "API clips need no GPU price"
 
     routes = Routes.from_settings(settings.routing)
     plan = make_plan(validate_rows(rows)[0], MODEL, Store(tmp_store), routes=routes)
