@@ -16,7 +16,11 @@ video: their cost is the sound (decode, normalise, encode: AAC for social, none 
 broadcasters' 24-bit PCM) and the master's re-measure. A destination that asks for another picture
 (broadcast-us at 29.97) re-encodes it, about one encode, and is outside the target: that is a new
 picture, not QC; `make_masters` makes it once for all destinations wanting the same picture.
-QC's own floor is the H.264 decode of every frame (~0.8 CPU s here, ~11 % of the encode).
+Floors: QC's is the H.264 decode of every frame (one thread: ~0.65 CPU s here, ~8 % of the encode);
+the social master's is FFmpeg's AAC encoder (192 kb/s, default coder): 0.13-0.44 CPU s per 5 s of
+stereo by content (wide stereo least, speech ~0.3 s, this clip's exact dual mono, L = R, most: its
+M/S search). Every measure also meters the sound twice (ebur128, and the second meter QC checks it
+against: ~0.1 CPU s with the decode of the sound), the clip and each master.
 The tiny model's random-weight sound is full-band noise that starts at full level: AAC overshoots
 its first 20 ms by ~4.5 dB, so its social master can fail true peak, and QC says so.
 """
