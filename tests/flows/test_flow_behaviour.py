@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def settings_file(tmp_path: Path, **sections) -> str:
     import yaml
 
-    config = {"ray": {"cpu_mode": True, "num_actors": 2, "job_deadline_s": 300}, "render": {"chunk_size": 4}}
+    # One actor (each actor's start costs ~7 CPU-s); the test that checks the pool's size asks for two.
+    config = {"ray": {"cpu_mode": True, "num_actors": 1, "job_deadline_s": 300}, "render": {"chunk_size": 4}}
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     path = tmp_path / "horse.yaml"
@@ -63,7 +64,7 @@ def log_messages(flow_run_id, containing: str) -> list[str]:
 
 def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
     manifest = write_manifest([shot("s100", "A cyclist stops at a red light and waves.", aspect_ratios=["16:9"])], tmp_path / "m.parquet")
-    config = settings_file(tmp_path)
+    config = settings_file(tmp_path, ray={"num_actors": 2})
     done_counts = []
     with progress_listener(lambda totals: done_counts.append(totals.done)):
         first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
