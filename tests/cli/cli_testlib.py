@@ -23,7 +23,9 @@ def horse(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] 
 def horse_in_process(*args: str) -> subprocess.CompletedProcess:
     """`horse ARGS` run by the typer app in this process, reported as `horse()` reports it: for
     tests of what a command prints and its exit code, where the process boundary is not what is
-    tested (a fresh `horse` process costs 1-7 CPU-s of imports before it reads its arguments)."""
+    tested (a fresh `horse` process costs 1-7 CPU-s of imports before it reads its arguments).
+    Never with --json: that makes file descriptor 1 a copy of stderr, for the whole process."""
+    assert "--json" not in args, "--json claims this process's stdout: use horse()"
     from typer.testing import CliRunner
 
     from flows.cli import app
