@@ -11,7 +11,8 @@ import re
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_PATTERN = r"^[0-9a-f]{64}$"  # RE2 (Arrow) reads it as Python does under fullmatch
+_SHA256_RE = re.compile(SHA256_PATTERN)
 _EXT_RE = re.compile(r"^[a-z0-9]{1,16}$")
 # A plain name, a temp file of ours, or a Delta table's Hive-style partition folder (campaign_id=<id>).
 _SEGMENT_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,199}|\.tmp-[0-9a-f]{32}|[a-z_]{1,40}=[A-Za-z0-9_][A-Za-z0-9._-]{0,199})$")

@@ -107,49 +107,50 @@ def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     sorted, and JSON encodes each value on its own), and each variant only fills those in."""
     if not variants:
         return []
-    texts, slots = _shared_texts(shared, variants[0])
-    # The text with a %s for each gap: one C-level format per variant.
-    template = "%s".join(text.replace("%", "%%") for text in texts)
+    template, slots = _shared_template(shared, variants[0])
     keys, names_per_variant = [], set(slots)
-    encode, sha256 = _json_text, hashlib.sha256
+    encode, sha256 = json.encoder.encode_basestring, hashlib.sha256
     for variant in variants:
-        # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
-        plain = type(variant) is dict and variant.keys() == names_per_variant and all(
-            type(v) is int or (type(v) is str and v.isascii()) for v in variant.values())
-        own = variant if plain else _canonical(variant, "$")
-        if own.keys() != names_per_variant:
-            raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
-        keys.append(sha256((template % tuple([encode(own[name]) for name in slots])).encode("utf-8")).hexdigest())
+        texts = None
+        if type(variant) is dict and variant.keys() == names_per_variant:
+            # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
+            texts = [int.__repr__(v) if type(v) is int else encode(v) if type(v) is str and v.isascii() else None
+                     for v in [variant[name] for name in slots]]
+        if texts is None or None in texts:
+            own = _canonical(variant, "$")
+            if own.keys() != names_per_variant:
+                raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
+            texts = [_json_text(own[name]) for name in slots]
+        keys.append(sha256((template % tuple(texts)).encode("utf-8")).hexdigest())
     return keys
 
 
-_GAP = "\x00"  # where a per-variant value goes; JSON text never holds a raw NUL (it is written \u0000)
-
-
-def _shared_texts(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
-    """(the canonical JSON text of `shared` merged with a variant's inputs, cut at each of the
-    variant's values; the variant's input names, in the order they fill the cuts)."""
+def _shared_template(shared: dict, variant: dict) -> tuple[str, list[str]]:
+    """(the canonical JSON text of `shared` merged with a variant's inputs, with a %s for each of
+    the variant's values and every other % doubled; the variant's input names, in the order they
+    fill the gaps)."""
     if type(shared) is dict and type(variant) is dict:
         layout = _layout(tuple(shared), tuple(variant))
         if layout is not None:
             members, slots = layout
-            text = ",".join([label + (_GAP if own else _scalar_text(shared[name], name))
-                             for name, label, own in members])
-            return ("{" + text + "}").split(_GAP), slots
-    return _shared_texts_general(shared, variant)
+            return "{" + ",".join([label if own else label + _scalar_text(shared[name], name).replace("%", "%%")
+                                   for name, label, own in members]) + "}", slots
+    texts, slots = _shared_texts_general(shared, variant)
+    return "%s".join(text.replace("%", "%%") for text in texts), slots
 
 
 @functools.lru_cache(maxsize=256)
 def _layout(shared_names: tuple, variant_names: tuple):
-    """The merged object's members in order, (name, its '"name":' text, whether the variant gives
-    it), and the variant's names in that order, for inputs named by plain ASCII keys (canonical
-    as they are, so they sort and encode as written); None for anything else. A planner keys
-    every variant of a night with one or two layouts."""
+    """The merged object's members in order, (name, its '"name":' text (and a %s gap when the
+    variant gives it) with % doubled, whether the variant gives it), and the variant's names in
+    that order, for inputs named by plain ASCII keys (canonical as they are, so they sort and
+    encode as written); None for anything else. A planner keys every variant of a night with one
+    or two layouts."""
     if not all(type(k) is str and k.isascii() for k in (*shared_names, *variant_names)) \
             or set(shared_names) & set(variant_names):
         return None
-    members = [(name, json.encoder.encode_basestring(name) + ":", name in variant_names)
-               for name in sorted({*shared_names, *variant_names})]
+    members = [(name, json.encoder.encode_basestring(name).replace("%", "%%") + ":" + ("%s" if own else ""), own)
+               for name, own in ((name, name in variant_names) for name in sorted({*shared_names, *variant_names}))]
     return members, [name for name, _, own in members if own]
 
 

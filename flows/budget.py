@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from flows.cost import Quote
 from flows.plan import PlannedJob
@@ -73,18 +73,32 @@ class Budget:
         spent = f", {self.amount(self.spent_before)} spent before" if self.spent_before else ""
         return f"{self.name} of {self.amount(self.limit)}{spent}"
 
-    def as_dict(self, gpu_seconds: float | None = None) -> dict[str, Any]:
+    def api_share(self, api_usd: dict[str, float]) -> float:
+        """What this budget holds of API clips quoted at `api_usd` (USD per campaign): their sum
+        over its campaigns for a budget in USD, nothing for GPU-hours (api_prices refuses a money
+        budget in another currency before a run with API clips starts)."""
+        if self.unit != API_CURRENCY:
+            return 0.0
+        return sum(usd for campaign, usd in api_usd.items() if self.campaign_id in (None, campaign))
+
+    def quoted(self, gpu_seconds: float, api_usd: dict[str, float] | None = None) -> float:
+        """The quote in this budget's unit: its GPU time, plus (a USD budget) its API clips."""
+        return gpu_seconds * self.per_gpu_second + self.api_share(api_usd or {})
+
+    def as_dict(self, gpu_seconds: float | None = None, api_usd: dict[str, float] | None = None) -> dict[str, Any]:
         out = {"budget": self.name, "campaign_id": self.campaign_id, "unit": self.unit, "limit": self.limit,
                "spent_before": round(self.spent_before, 4)}
         if gpu_seconds is not None:
-            out |= {"quote": round(gpu_seconds * self.per_gpu_second, 4), "over": self.spend(gpu_seconds) > self.limit}
+            quoted = self.quoted(gpu_seconds, api_usd)
+            out |= {"quote": round(quoted, 4), "over": self.spent_before + quoted > self.limit}
         return out
 
 
 def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str | None,
-                spent: dict[str, dict[str, float]]) -> list[Budget]:
+                spent: dict[str, dict[str, float]], api_only: Collection[str] = ()) -> list[Budget]:
     """Every budget a run of these campaigns is held to (`spent`: the spend table by campaign).
-    Raises ConfigError for a money budget without a price for the device type."""
+    Raises ConfigError for a money budget without a price for the device type, unless it holds
+    only campaigns in `api_only` (no GPU time to render: API clips are priced by their provider)."""
     currency = settings.cost.currency
     price = price_per_gpu_hour(settings.cost.price_per_gpu_hour, device_type)
     budget = settings.budget
@@ -97,21 +111,44 @@ def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str 
             out.append(Budget(name, campaign, "GPU-hours", limit.gpu_hours, before.get("gpu_seconds", 0.0) / 3600,
                               1 / 3600))
         if limit.money is not None:
-            if price is None:
+            gpu_free = bool(campaigns) and set(campaigns) <= set(api_only) if campaign is None else campaign in api_only
+            if price is None and not gpu_free:
                 raise ConfigError(f"{name} of {limit.money:g} {currency}: cost.price_per_gpu_hour has no price "
                                   f"for device type {device_type or '(unknown)'}")
-            out.append(Budget(name, campaign, currency, limit.money, before.get("money", 0.0), price / 3600))
+            out.append(Budget(name, campaign, currency, limit.money, before.get("money", 0.0), (price or 0.0) / 3600))
     return out
 
 
-def over_budget(budgets: list[Budget], quote: Quote) -> list[str]:
-    """One line per budget the quote passes, naming the budget and the quote."""
+def budget_campaigns(quote: Quote, jobs: list[PlannedJob]) -> tuple[list[str], list[str]]:
+    """(the campaigns whose budgets a plan is held to: those with GPU time to render (the quote)
+    and those with API clips to render (`jobs`: the plan's to-do jobs); those of them with API
+    clips only)."""
+    api = {job.campaign_id for job in jobs if job.backend != "local"}
+    return sorted({*quote.by_campaign, *api}), sorted(api - set(quote.by_campaign))
+
+
+def over_budget(budgets: list[Budget], quote: Quote, api_usd: dict[str, float] | None = None) -> list[str]:
+    """One line per budget the quote passes, naming the budget and the quote: the GPU time's, plus
+    for a USD budget the API clips' quoted USD (`api_usd`: per campaign, `api_usd_by_campaign`)."""
     lines = []
     for budget in budgets:
         seconds = quote.gpu_seconds if budget.campaign_id is None else quote.by_campaign.get(budget.campaign_id, 0.0)
-        if budget.spend(seconds) > budget.limit:
-            lines.append(f"over budget: {budget}; the quote is {budget.amount(seconds * budget.per_gpu_second)}")
+        quoted, api = budget.quoted(seconds, api_usd), budget.api_share(api_usd or {})
+        if budget.spent_before + quoted > budget.limit:
+            of_which = f" ({budget.amount(api)} of it API clips)" if api else ""
+            lines.append(f"over budget: {budget}; the quote is {budget.amount(quoted)}{of_which}")
     return lines
+
+
+def api_usd_by_campaign(budgets: list[Budget], jobs: list[PlannedJob], routes: "Routes | None") -> dict[str, float]:
+    """The quoted USD of the API clips among `jobs` (the to-do jobs), per campaign: what the
+    pre-run check adds to money budgets, as the dispatch guard does per clip. Raises ConfigError,
+    as the guard would, when a money budget cannot hold them (`api_prices`)."""
+    by_campaign: dict[str, float] = defaultdict(float)
+    campaign_of = {job.render_key: job.campaign_id for job in jobs if job.backend != "local"}
+    for key, usd in api_prices(budgets, jobs, routes).items():
+        by_campaign[campaign_of[key]] += usd or 0.0  # no price: no money budget holds the campaign (refused above)
+    return dict(by_campaign)
 
 
 def spend_of(outcome: RenderOutcome) -> float:

@@ -22,7 +22,8 @@ from prefect.exceptions import MissingContextError
 
 from catalog import Store
 from catalog.approvals import FORCED, new_event, slot_of
-from flows.budget import Budget, BudgetGuard, OverBudget, budgets_for, create_spend_table, over_budget
+from flows.budget import (Budget, BudgetGuard, OverBudget, api_usd_by_campaign, budget_campaigns, budgets_for,
+                          create_spend_table, over_budget)
 from flows.collect import RunRecord, collect
 from flows.cost import Quote, cost_model, quote_plan
 from flows.destinations import RunDestinations, run_destinations
@@ -127,18 +128,23 @@ def plan_variants(manifest: Manifest, settings: HorseSettings, filters: Filters,
     return plan
 
 
-def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budget: bool) -> tuple[Quote, list[Budget]]:
-    """The to-do jobs' quote and the budgets the run is held to; a quote over one stops the run
-    here (OverBudget) unless allow_over_budget, which renders what fits. Not a task: Prefect
-    would walk the plan's every job as a task input."""
+def quote_and_check_budgets(plan: Plan, settings: HorseSettings, allow_over_budget: bool,
+                            routes: Routes | None = None) -> tuple[Quote, list[Budget]]:
+    """The to-do jobs' quote and the budgets the run is held to; a quote over one (GPU time, plus
+    the quoted USD of API clips for a USD budget; `routes`: the run's) stops the run here
+    (OverBudget) unless allow_over_budget, which renders what fits. Not a task: Prefect would walk
+    the plan's every job as a task input."""
     store = Store(settings.store_url, settings.storage_options)
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint))
-    budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
+    todo = plan.todo
+    campaigns, api_only = budget_campaigns(quote, todo)
+    budgets = budgets_for(settings, campaigns, quote.model.device_type, store.spend.by_campaign(), api_only)
+    api_usd = api_usd_by_campaign(budgets, todo, routes or Routes.from_settings(settings.routing))
     log = _logger()
     low, high = quote.band
     log.info("quote: %.3f GPU-hours (%.3f-%.3f) on %s, %s", quote.gpu_seconds / 3600, low / 3600, high / 3600,
              quote.model.device_type or "an unknown device", quote.basis)
-    over = over_budget(budgets, quote)
+    over = over_budget(budgets, quote, api_usd)
     if over and not allow_over_budget:
         raise OverBudget(f"{over[0]} (--allow-over-budget starts the run anyway: it renders, most important "
                          "first, until the budget is reached)")
@@ -266,8 +272,9 @@ def run_plan(manifest: Manifest, plan: Plan, settings: HorseSettings, run_id: st
         _logger().warning(dialogue.off_note)  # every run says so: an unchecked line never looks checked
     # Keep the manifest itself: backfills and audits read the exact bytes a version came from.
     manifest_blob = store.put_blob(manifest.data, ext="parquet")
-    quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget)
-    guard = BudgetGuard(budgets, quote, plan.todo, Routes.from_settings(settings.routing))
+    routes = Routes.from_settings(settings.routing)
+    quote, budgets = quote_and_check_budgets(plan, settings, allow_over_budget, routes)
+    guard = BudgetGuard(budgets, quote, plan.todo, routes)
 
     resolved = settings.resolved_model()
     run = RunRecord(

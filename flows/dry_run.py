@@ -10,14 +10,14 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from catalog import Store
-from flows.budget import budgets_for, over_budget
+from flows.budget import api_usd_by_campaign, budget_campaigns, budgets_for, over_budget
 from flows.cost import cost_model, quote_plan, render_slots, time_to_finish
 from flows.destinations import run_destinations
 from flows.dialogue import dialogue_policy
 from flows.manifest import gc_paused, read_manifest
 from flows.plan import make_plan, model_info
 from flows.routing import Routes, api_quote, plan_row
-from flows.settings import HorseSettings
+from flows.settings import ConfigError, HorseSettings
 
 
 def dry_run(manifest_uri: str, settings: HorseSettings, *, gpus: float | None = None, by: str | None = None,
@@ -40,7 +40,13 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
                      default_adapter_strength=settings.render.adapter_strength, cached_columns=["render_key"])
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
-    budgets = budgets_for(settings, sorted(quote.by_campaign), quote.model.device_type, store.spend.by_campaign())
+    todo = plan.todo
+    campaigns, api_only = budget_campaigns(quote, todo)
+    budgets = budgets_for(settings, campaigns, quote.model.device_type, store.spend.by_campaign(), api_only)
+    try:  # API clips' quoted USD count toward money budgets, as when the run dispatches them
+        api_usd, api_refusal = api_usd_by_campaign(budgets, todo, routes), []
+    except ConfigError as exc:  # `horse render` refuses to start with it: the plan says why
+        api_usd, api_refusal = {}, [str(exc)]
     slots, source = render_slots(settings, gpus)
     shown = plan.jobs if rows is None else plan.jobs[:rows]
     jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
@@ -50,14 +56,14 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
              **plan_row(job)} for job in shown]
     return {
         "ok": not row_errors,
-        "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(plan.todo),
+        "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(todo),
         "gpu_seconds_quote": round(quote.gpu_seconds, 1), "quote_basis": quote.basis,
         "quote": quote.as_dict(),
         "time_to_finish": time_to_finish(quote, slots, source, settings.schedule.timezone, by,
                                          now or datetime.now(timezone.utc)),
         "budgets": [budget.as_dict(quote.gpu_seconds if budget.campaign_id is None
-                                   else quote.by_campaign.get(budget.campaign_id, 0.0)) for budget in budgets],
-        "warnings": over_budget(budgets, quote),
+                                   else quote.by_campaign.get(budget.campaign_id, 0.0), api_usd) for budget in budgets],
+        "warnings": api_refusal + over_budget(budgets, quote, api_usd),
         "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
         "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",

@@ -223,8 +223,9 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
     takes = filters.takes or shot.takes
     preview = shot.preview if filters.preview is None else filters.preview
     resolution = BASE_TIER if preview else filters.resolution or shot.resolution
+    lines_of = _lines_by_language(shot)  # the lines each language speaks, as compose_prompt takes them
     if shot.dialogue:
-        missing = [code for code in languages if not shot.lines_for(code)]
+        missing = [code for code in languages if code not in lines_of]
         if missing:
             raise PlanError(f"languages: no dialogue lines for {', '.join(missing)}")
     image, audio = shot.reference_image_uri, shot.reference_audio_uri
@@ -233,35 +234,48 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
         audio_sha256 = sha256_file(audio)[0] if audio else None
     except OSError as exc:  # validated at intake, gone since
         raise PlanError(f"reference file cannot be read: {exc.filename} ({exc.strerror})") from None
-    seeds = [take_seed(shot.seed, take) for take in range(1, takes + 1)]
-    sizes = [model.size_for(resolution, aspect) for aspect in aspects]
     hero = HERO_TAG in shot.tags
     kind = "preview" if preview else "render"  # a promote is planned by flows.promote
+    role = PREVIEW if preview else None
     # a preview is for review, not for delivery: its masters are made when it is promoted
     delivered_to = destinations.for_shot(shot.destinations) if destinations and not preview else ()
     max_rerolls = destinations.max_rerolls if delivered_to else 0
     specs = sorted((destination_spec(d) for d in delivered_to), key=lambda d: d["name"])
+    delivered_names = [d.name for d in delivered_to]
+    # The (aspect ratio, take) axes are the same in every language: their key inputs are made once.
+    axes = [(aspect, width, height, take, seed)
+            for aspect, (width, height) in ((aspect, model.size_for(resolution, aspect)) for aspect in aspects)
+            for take, seed in enumerate([take_seed(shot.seed, take) for take in range(1, takes + 1)], start=1)]
+    variant_inputs = [_variant_inputs(aspect, width, height, seed) for aspect, width, height, _, seed in axes]
+    campaign_id, shot_id, seconds, priority = shot.campaign_id, shot.shot_id, shot.duration_s, shot.priority
+    profile, fingerprint = model.profile, model.fingerprint
     jobs = []
     for language in languages:
-        lines = [line.model_dump() for line in shot.lines_for(language)] if language else []
+        lines = lines_of.get(language, []) if language else []
         prompt = compose_prompt(shot.scene, lines, shot.background_sound)
         delivery = ({"destinations": specs, "max_rerolls": max_rerolls, "expects_speech": bool(lines)}
                     if delivered_to else None)
         gate_key, check = dialogue.for_variant(language, [line["line"] for line in lines], shot.must_say,
-                                               [d.name for d in delivered_to]) if dialogue else (None, None)
-        shared = _shared_inputs(prompt, language, resolution, shot.duration_s, model.profile,
-                                image_sha256, audio_sha256, model.fingerprint, delivery, gate_key, adapter)
-        axes = [(aspect, width, height, take, seed) for aspect, (width, height) in zip(aspects, sizes)
-                for take, seed in enumerate(seeds, start=1)]
-        keys = variant_render_keys(shared, [_variant_inputs(a, w, h, seed) for a, w, h, _, seed in axes])
-        jobs += [PlannedJob(shot.campaign_id, shot.shot_id, variant_id(language, aspect, take, preview), language,
-                            aspect, take, seed, resolution, shot.duration_s, width, height, prompt, key,
-                            model.profile, model.fingerprint, shot.priority, hero, kind, image, audio, image_sha256,
+                                               delivered_names) if dialogue else (None, None)
+        shared = _shared_inputs(prompt, language, resolution, seconds, profile,
+                                image_sha256, audio_sha256, fingerprint, delivery, gate_key, adapter)
+        keys = variant_render_keys(shared, variant_inputs)
+        jobs += [PlannedJob(campaign_id, shot_id, variant_id(language, aspect, take, preview), language,
+                            aspect, take, seed, resolution, seconds, width, height, prompt, key,
+                            profile, fingerprint, priority, hero, kind, image, audio, image_sha256,
                             audio_sha256, delivered_to, max_rerolls, bool(lines), delivery,
-                            dialogue=check, dialogue_key=gate_key, adapter=adapter,
-                            role=PREVIEW if preview else None)
+                            "local", None, None, check, gate_key, adapter, role)
                  for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
+
+
+def _lines_by_language(shot: Shot) -> dict[str, list[dict[str, str]]]:
+    """{language: its dialogue lines as dicts (speaker, language, line)}, in manifest order."""
+    lines: dict[str, list[dict[str, str]]] = {}
+    for line in shot.dialogue:
+        lines.setdefault(line.language, []).append(
+            {"speaker": line.speaker, "language": line.language, "line": line.line})
+    return lines
 
 
 @dataclass(frozen=True)

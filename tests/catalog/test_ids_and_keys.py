@@ -66,8 +66,11 @@ def test_variant_keys_are_the_keys_of_the_merged_inputs():
     keys = variant_render_keys(shared, variants)
     assert keys == [render_key({**shared, **variant}) for variant in variants] and len(set(keys)) == 4
     # Plain int/ASCII variants skip the canonical pass; a bool or non-NFC text must not.
-    plain = [{"aspect": "16:9", "seed": 7}, {"aspect": "9:16", "seed": True}, {"aspect": "Cafe\u0301", "seed": 1}]
+    plain = [{"aspect": "16:9", "seed": 7}, {"aspect": "9:16", "seed": True}, {"aspect": "Cafe\u0301", "seed": 1},
+             {"aspect": "50%s %d%%", "seed": 2}]
     assert variant_render_keys(shared, plain) == [render_key({**shared, **variant}) for variant in plain]
+    percent = {**shared, "prompt": "100% %s of %(x)s", "%d": "%%"}  # the text is filled in with %-formatting
+    assert variant_render_keys(percent, plain) == [render_key({**percent, **variant}) for variant in plain]
     assert variant_render_keys({}, plain) == [render_key(variant) for variant in plain]
     for bad in ({"aspect": "1:1", "seed": 1, "b_between": 1, "\u00e9": "x", "model": "g"}, {"aspect": "1:1"}):
         with pytest.raises(ValueError, match="every variant names"):

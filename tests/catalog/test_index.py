@@ -24,6 +24,12 @@ def test_commit_and_bulk_existing(store):
     assert store.index.existing([failed["render_key"]], status=None)[failed["render_key"]]["status"] == "failed"
     assert store.index.existing_keys(keys) == set(found)
     assert store.index.existing([]) == {}
+    assert set(store.index.existing(keys + keys[:3], columns=["shot_id"])[rows[0]["render_key"]]) == {
+        "shot_id", "render_key", "campaign_id", "status"}, "the columns asked for, duplicate keys asked once"
+    for bad in ("A" * 64, "a" * 63, None, "a" * 64 + "\n"):  # checked in one pass; the first bad key is named
+        with pytest.raises(InvalidId, match=r"render_key .*must be 64 lowercase hex") as refused:
+            store.index.existing([*keys[:2], bad, "../x"])
+        assert refused.value.value == bad
 
 
 def test_failed_row_is_replaced_by_success_but_success_never_changes(store):

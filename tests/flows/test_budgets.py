@@ -141,6 +141,37 @@ def test_the_guard_holds_the_quoted_price_of_api_clips_and_settles_to_the_bill(t
         BudgetGuard(budgets, quote, fal.todo, unpriced)
 
 
+def test_plan_warns_and_render_refuses_when_api_clips_money_passes_a_budget(tmp_path, tmp_store):
+    """The check before a run holds the API clips' quoted USD against money budgets, as the
+    dispatch guard does: `horse plan`'s warnings (dry_run) and `horse render`'s refusal."""
+    from flows.budget import OverBudget
+    from flows.campaign_run import quote_and_check_budgets
+    from flows.dry_run import dry_run
+
+    rows = [shot("s0", "A kettle.", campaign_id="spring", languages=["en"], aspect_ratios=["16:9"])]
+    rows += [shot(f"a{i}", f"A kettle {i}.", campaign_id="autumn", languages=["en"], aspect_ratios=["16:9"],
+                  backend="seedance-2.0") for i in range(3)]  # 0.93 USD a clip: 2.79 USD, all in autumn
+    settings = load_settings(store_url=tmp_store, cost={"price_per_gpu_hour": {"cpu": 3.6}},
+                             budget={"run": {"money": 2.5, "gpu_hours": 1.0}, "campaign": {"money": 2.0}})
+    document = dry_run(str(write_manifest(rows, tmp_path / "m.parquet")), settings, device_type="cpu")
+    assert [w.split("; the quote is")[0] for w in document["warnings"]] == [
+        "over budget: run budget of 2.50 USD", "over budget: campaign autumn budget of 2.00 USD"]
+    assert document["warnings"][1] == ("over budget: campaign autumn budget of 2.00 USD; the quote is 2.79 USD "
+                                       "(2.79 USD of it API clips)"), "a campaign with only API clips has its budget"
+    budgets = {b["budget"]: b for b in document["budgets"]}
+    assert budgets["campaign autumn budget"]["quote"] == pytest.approx(2.79) and budgets["run budget"]["over"]
+    assert not budgets["campaign spring budget"]["over"]
+    no_gpu_price = load_settings(budget={"run": {"money": 3.0}, "campaign": {"money": 2.0}})
+    assert [str(b) for b in budgets_for(no_gpu_price, ["autumn"], H100, {}, api_only=["autumn"])] == [
+        "run budget of 3.00 USD", "campaign autumn budget of 2.00 USD"], "API clips need no GPU price"
+
+    routes = Routes.from_settings(settings.routing)
+    plan = make_plan(validate_rows(rows)[0], MODEL, Store(tmp_store), routes=routes)
+    with pytest.raises(OverBudget, match=r"over budget: run budget of 2.50 USD; the quote is 2\.[78]\d USD "
+                                         r"\(2.79 USD of it API clips\)"):
+        quote_and_check_budgets(plan, settings, False, routes)
+
+
 def test_provider_actors_ask_the_guard_first_and_after_its_no_dispatch_nothing(tmp_store):
     """The provider scheduler's side (no Ray needed: no job is admitted, so no actor starts)."""
     store = Store(tmp_store)

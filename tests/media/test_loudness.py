@@ -63,3 +63,16 @@ def test_short_clips_have_no_loudness_range_and_silence_has_no_loudness(clips):
     audio = measure(path, picture=False).audio
     assert audio.loudness.integrated_lufs is None and audio.loudness_reference.integrated_lufs is None
     assert [(s.start, s.end) for s in audio.silences] == [(0.0, 2.0)]
+
+
+def test_true_peak_interpolation_is_scipys_4x_resampler_sample_for_sample():
+    """The limiter gains each sample by its own oversampled peak: the polyphase branches must line
+    up with the samples, not just find the same overall maximum."""
+    from scipy import signal
+
+    from media.loudness import sample_peaks
+
+    audio = np.random.default_rng(7).uniform(-1, 1, (2, 4_801)).astype(np.float32)
+    oversampled = signal.resample_poly(audio.astype(np.float64), 4, 1, axis=1)
+    expected = np.abs(oversampled).max(axis=0).reshape(-1, 4).max(axis=1)
+    np.testing.assert_allclose(sample_peaks(audio), expected, atol=1e-5)
