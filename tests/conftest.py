@@ -29,6 +29,14 @@ os.environ.update(
         # Ray 2.60: makes every Ray listener bind 127.0.0.1 instead of the machine's address.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # No idle Python workers started with each cluster (the session's, and the private one every
+        # `horse` subprocess starts): render actors get their own worker processes anyway, and idle
+        # workers cost ~1.7 CPU-s to start and keep polling for as long as the cluster lives.
+        "RAY_prestart_worker_first_driver": "0",
+        # One intra-op thread in the test processes and the `horse` processes they start, as Ray
+        # gives its workers and the tiny preset asks for: the suite runs on 2 cores shared by 2
+        # xdist workers, where more threads only spin-wait (tiny build 2.2 -> 0.3 CPU-s).
+        "OMP_NUM_THREADS": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(_SESSION_TMP / "prefect-home"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

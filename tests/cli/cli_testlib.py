@@ -20,6 +20,20 @@ def horse(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] 
                           env=environment, timeout=timeout)
 
 
+def horse_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`horse ARGS` run by the typer app in this process, reported as `horse()` reports it: for
+    tests of what a command prints and its exit code, where the process boundary is not what is
+    tested (a fresh `horse` process costs 1-7 CPU-s of imports before it reads its arguments).
+    Never with --json: that makes file descriptor 1 a copy of stderr, for the whole process."""
+    assert "--json" not in args, "--json claims this process's stdout: use horse()"
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(["horse", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def one_json_document(result: subprocess.CompletedProcess) -> dict[str, Any]:
     """stdout is exactly one JSON document (json.loads refuses anything before or after it)."""
     try:
@@ -43,7 +57,7 @@ def manifest(path: Path, shots: int = 3, **overrides: Any) -> Path:
     return write_manifest([shot_row(f"s{i:02d}", **overrides) for i in range(1, shots + 1)], path)
 
 
-def config_file(tmp_path: Path, text: str = "ray: {cpu_mode: true, num_actors: 2, job_deadline_s: 300}\n") -> str:
+def config_file(tmp_path: Path, text: str = "ray: {cpu_mode: true, num_actors: 1, job_deadline_s: 300}\n") -> str:
     path = tmp_path / "horse.yaml"
     path.write_text(text)
     return str(path)

@@ -18,19 +18,19 @@ import pytest
 from catalog import Store
 from flows.report import artifact_key
 from tests.actors.test_adapter_training import write_brand_clips
-from tests.cli.cli_testlib import config_file, horse, one_json_document
+from tests.cli.cli_testlib import config_file, horse, horse_in_process, one_json_document
 
 STEPS, EVERY = 12, 2
 
 
 def test_bad_input_exits_2_naming_the_field(tmp_path):
-    missing = horse("adapter", "train", "teal", "--clips", str(tmp_path / "nowhere"), "--store", tmp_path.as_uri())
+    missing = horse_in_process("adapter", "train", "teal", "--clips", str(tmp_path / "nowhere"), "--store", tmp_path.as_uri())
     assert missing.returncode == 2 and missing.stdout == ""
     (line,) = missing.stderr.strip().splitlines()
     assert line.startswith("error: --clips ") and "nowhere" in line
 
     (tmp_path / "clips").mkdir()
-    bad_brand = horse("adapter", "train", "Teal Brand!", "--clips", str(tmp_path / "clips"), "--store", tmp_path.as_uri())
+    bad_brand = horse_in_process("adapter", "train", "Teal Brand!", "--clips", str(tmp_path / "clips"), "--store", tmp_path.as_uri())
     assert bad_brand.returncode == 2 and bad_brand.stdout == ""
     (line,) = bad_brand.stderr.strip().splitlines()
     assert line.startswith("error: invalid brand 'Teal Brand!': must match ^[a-z0-9][a-z0-9._-]{0,63}$")

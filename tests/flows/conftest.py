@@ -46,5 +46,6 @@ def manifest_path(tmp_path, three_shots):
 
 @pytest.fixture
 def settings(tmp_store):
-    """Tiny model on 2 CPU actors (the session cluster's fake GPUs stay free for pool tests)."""
-    return load_settings(store_url=tmp_store, ray={"cpu_mode": True, "num_actors": 2, "job_deadline_s": 300}, render={"chunk_size": 6})
+    """Tiny model on 1 CPU actor (the session cluster's fake GPUs stay free for pool tests; an actor's
+    start costs ~7 CPU-s, and what the pool does with several actors is tested in tests/actors)."""
+    return load_settings(store_url=tmp_store, ray={"cpu_mode": True, "num_actors": 1, "job_deadline_s": 300}, render={"chunk_size": 6})

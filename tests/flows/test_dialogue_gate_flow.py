@@ -41,7 +41,7 @@ def test_a_clip_saying_the_wrong_line_is_rerolled_and_both_attempts_are_recorded
     from prefect import flow
     from prefect.context import FlowRunContext
 
-    settings = load_settings(store_url=tmp_store, ray={"cpu_mode": True, "num_actors": 2, "job_deadline_s": 300},
+    settings = load_settings(store_url=tmp_store, ray={"cpu_mode": True, "num_actors": 1, "job_deadline_s": 300},
                              dialogue={"recognizer": "pocketsphinx"})
     lines = [{"speaker": "a cheerful farmer", "language": "en", "line": LINE}]
     manifest = write_manifest([

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def settings_file(tmp_path: Path, **sections) -> str:
     import yaml
 
-    config = {"ray": {"cpu_mode": True, "num_actors": 2, "job_deadline_s": 300}, "render": {"chunk_size": 4}}
+    # One actor (each actor's start costs ~7 CPU-s); the test that checks the pool's size asks for two.
+    config = {"ray": {"cpu_mode": True, "num_actors": 1, "job_deadline_s": 300}, "render": {"chunk_size": 4}}
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     path = tmp_path / "horse.yaml"
@@ -63,7 +64,7 @@ def log_messages(flow_run_id, containing: str) -> list[str]:
 
 def test_backfill_adds_a_language_and_renders_only_new_variants(prefect_api, ray_cluster, tmp_path, tmp_store):
     manifest = write_manifest([shot("s100", "A cyclist stops at a red light and waves.", aspect_ratios=["16:9"])], tmp_path / "m.parquet")
-    config = settings_file(tmp_path)
+    config = settings_file(tmp_path, ray={"num_actors": 2})
     done_counts = []
     with progress_listener(lambda totals: done_counts.append(totals.done)):
         first = nightly_campaign_render(str(manifest), store_url=tmp_store, config_file=config)
@@ -108,7 +109,7 @@ def horse_cli(*args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def test_broken_rows_are_reported_and_good_rows_render(prefect_api, tmp_path, tmp_store):
+def test_broken_rows_are_reported_and_good_rows_render(prefect_api, ray_cluster, tmp_path, tmp_store):
     one_variant = {"languages": ["en"], "aspect_ratios": ["16:9"]}
     good = [shot(f"g{i}", f"Shot {i}: a bicycle bell rings in a quiet street.", **one_variant) for i in range(1, 6)]
     broken = [
@@ -119,7 +120,9 @@ def test_broken_rows_are_reported_and_good_rows_render(prefect_api, tmp_path, tm
         shot("../etc", "A traversal attempt.", **one_variant),                 # traversal in an id
     ]
     manifest = write_manifest(good + broken, tmp_path / "mixed.parquet")
-    result = horse_cli("render", str(manifest), "--json", "--store", tmp_store, "--config", settings_file(tmp_path))
+    # On the session's Ray cluster (a cluster of its own would cost the process ~7 CPU-s to start)
+    config = settings_file(tmp_path, ray={"address": ray_cluster.address_info["gcs_address"]})
+    result = horse_cli("render", str(manifest), "--json", "--store", tmp_store, "--config", config)
     assert "Traceback" not in result.stdout + result.stderr
     document = json.loads(result.stdout)
     assert result.returncode == 1, "some rows were skipped"
@@ -172,10 +175,10 @@ def test_killed_run_resumes_with_only_the_missing_shots(prefect_api, tmp_path, t
     assert len(list(receipts.rglob("*.json"))) == 8, "one receipt per render, none duplicated"
 
 
-def test_prefect_server_from_configuration(prefect_api, tmp_path, tmp_store):
+def test_prefect_server_from_configuration(prefect_api, ray_cluster, tmp_path, tmp_store):
     """`prefect.api_url` in the config file sends the run to that server (no PREFECT_API_URL set)."""
     manifest = write_manifest([shot("p1", "A paper boat.", languages=["en"], aspect_ratios=["1:1"])], tmp_path / "p.parquet")
-    config = settings_file(tmp_path, prefect={"api_url": prefect_api})
+    config = settings_file(tmp_path, prefect={"api_url": prefect_api}, ray={"address": ray_cluster.address_info["gcs_address"]})
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     result = subprocess.run([sys.executable, "-m", "flows.cli", "render", str(manifest), "--json", "--store", tmp_store,
                              "--config", config], capture_output=True, text=True, timeout=600, env=env)

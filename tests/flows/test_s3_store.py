@@ -69,7 +69,7 @@ def test_nightly_flow_on_s3(prefect_api, ray_cluster, s3_server, tmp_path, monke
                s3_server["storage_options"]["key"], s3_server["storage_options"]["secret"]]  # the AWS_* of the environment
     url = f"s3://{s3_server['bucket']}/nightly-{tmp_path.name}"
     config = tmp_path / "horse.yaml"
-    config.write_text(f"store_url: {url}\nray: {{cpu_mode: true, num_actors: 2}}\n"
+    config.write_text(f"store_url: {url}\nray: {{cpu_mode: true, num_actors: 1}}\n"
                       f"storage_options: {{client_kwargs: {{endpoint_url: '{s3_server['endpoint_url']}', region_name: us-east-1, "
                       + ", ".join(f"{k}: {v}" for k, v in NESTED_SECRETS.items()) + "}}\n")
     manifest = write_manifest([shot("s400", "A tram passes in the rain.", aspect_ratios=["16:9"])], tmp_path / "s3.parquet")
