@@ -23,9 +23,11 @@ How it is compared (this machine is shared, and its load changes from minute to 
   see the same load; the ratio printed is the median over the rounds, with the lowest and highest;
 - the store is emptied completely before every pass (blobs and stage results: a store that still
   held the last pass's stage records would send every render through a failed resume first);
-- beside each wall time, the CPU seconds of this process and every process under it (the Ray
-  cluster and its workers) in that pass: on a loaded machine wall time is inflated, CPU time much
-  less; CPU-s per clip of the pool against the loop says what Ray and the overlap cost in work.
+- beside each wall time, the CPU seconds of the processes that render (this one; for a pool pass
+  also its actors) in that pass: on a loaded machine wall time is inflated, CPU time much less.
+  In-process CPU-s per clip / pool CPU-s per clip (>= 1.0: the pool does no more work per clip)
+  says what Ray and the overlap cost in work. The Ray cluster's daemons (raylet, GCS, agents) are
+  counted apart, per second: they tick with wall time, not per clip, in the in-process passes too;
 Printed per variant: clips/s against the in-process loop (>= 1.0x: no slower), the CPU-s per clip
 of both, and the accelerator-idle fraction: the share of each actor's wall time (shots only)
 outside the model's stages (text encode, denoise, sr, decode, from each outcome's timings), i.e.
@@ -77,38 +79,45 @@ def timed(fn):
 from horse_actors.jobs import MODEL_STAGES  # noqa: E402 - the pipeline's stages: where the accelerator is busy
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and every live process under it (Ray's workers)."""
+def cpu_seconds(workers: tuple[int, ...] = ()) -> tuple[float, float]:
+    """User + system CPU seconds of (the processes that render: this one and the actors `workers`,
+    every process under this one: the Ray cluster's daemons too). The daemons tick per wall second,
+    not per clip, and tick in the in-process passes as well: the first figure is the work itself."""
     import psutil
 
-    total = 0.0
+    work = total = 0.0
     me = psutil.Process()
     for proc in [me, *me.children(recursive=True)]:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
         except psutil.Error:  # ended meanwhile
             continue
-    return total
+        total += times.user + times.system
+        if proc.pid == me.pid or proc.pid in workers:
+            work += times.user + times.system
+    return work, total
 
 
 @dataclasses.dataclass(frozen=True)
 class Pass:
-    """One pass over all shots: wall seconds, the model's busy seconds in it, CPU seconds."""
+    """One pass over all shots: wall seconds, the model's busy seconds in it, CPU seconds of the
+    rendering processes (`cpu_s`) and of everything under this process (`all_cpu_s`)."""
 
     wall_s: float
     busy_s: float
     cpu_s: float
+    all_cpu_s: float
 
 
-def one_pass(render_all, clear) -> Pass:
+def one_pass(render_all, clear, workers: tuple[int, ...] = ()) -> Pass:
     """Render every shot once into an emptied store (so every pass really renders and uploads)."""
     clear()
-    cpu = cpu_seconds()
+    work, total = cpu_seconds(workers)
     outcomes, seconds = timed(render_all)
-    cpu = cpu_seconds() - cpu
+    work_after, total_after = cpu_seconds(workers)
     assert all(o.ok for o in outcomes), [o.error_message for o in outcomes if not o.ok]
-    return Pass(seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES), cpu)
+    return Pass(seconds, sum(o.timings.get(stage, 0.0) for o in outcomes for stage in MODEL_STAGES),
+                work_after - work, total_after - total)
 
 
 def median(values):
@@ -124,10 +133,11 @@ def bench_pool(config, jobs, rounds, clear, inproc_all):
 
     with RenderPool(config) as pool:
         stats, start_s = timed(pool.start)
+        workers = tuple(s["pid"] for s in stats)
         one_pass(lambda: pool.run(jobs), clear)  # steady state: the actors' first clips are not counted
         pairs = []
         for r in range(rounds):
-            sides = [lambda: one_pass(inproc_all, clear), lambda: one_pass(lambda: pool.run(jobs), clear)]
+            sides = [lambda: one_pass(inproc_all, clear), lambda: one_pass(lambda: pool.run(jobs), clear, workers)]
             if r % 2:
                 pool_pass, inproc_pass = sides[1](), sides[0]()
             else:
@@ -165,12 +175,13 @@ def report(name: str, r: dict, shots: int) -> dict:
     pool_wall, pool_cpu = median(p.wall_s for _, p in pairs), median(p.cpu_s for _, p in pairs)
     loop_wall, loop_cpu = median(i.wall_s for i, _ in pairs), median(i.cpu_s for i, _ in pairs)
     idle = median(1.0 - p.busy_s / (p.wall_s * r["actors"]) for _, p in pairs)
+    cluster = median((p.all_cpu_s - p.cpu_s) / p.wall_s for _, p in pairs)
     print(f"{name:>14}: start {r['start_s']:6.2f}s  pass {pool_wall:6.2f}s wall, {pool_cpu:6.2f} CPU-s "
           f"({pool_wall / shots:.2f}s, {pool_cpu / shots:.2f} CPU-s per clip); in-process beside it "
           f"{loop_wall:6.2f}s, {loop_cpu:6.2f} CPU-s ({loop_wall / shots:.2f}s, {loop_cpu / shots:.2f} CPU-s per clip)")
     print(f"{'':>14}  clips/s {median(rates):.2f}x in-process (rounds: {', '.join(f'{x:.2f}' for x in rates)}), "
-          f"CPU-s per clip {median(cpu_ratio):.2f}x fewer than in-process "
-          f"(rounds: {', '.join(f'{x:.2f}' for x in cpu_ratio)}), {r['actors']} actor(s), accelerator idle {idle:.0%}")
+          f"CPU-s per clip in-process / pool {median(cpu_ratio):.2f} "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in cpu_ratio)}), {r['actors']} actor(s), accelerator idle {idle:.0%}; Ray's daemons beside it: {cluster:.2f} CPU-s per second")
     return {"rate": median(rates), "wall_s": pool_wall, "start_s": r["start_s"]}
 
 
