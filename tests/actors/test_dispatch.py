@@ -33,9 +33,12 @@ def test_higher_priority_dispatches_first_and_a_refused_admit_stops_only_new_job
             as pool:
         outcomes = pool.run(jobs, admit=admit)
 
+    # admit() runs in the driver as each job is dispatched: the dispatch order itself.
+    assert admitted == [jobs[4].render_key, jobs[3].render_key, jobs[2].render_key], "highest priority first"
+    # The actor takes two calls at once (overlap), so the first two may start in either order on
+    # its threads; the third was sent only when one of them had answered.
     started = [line.split()[0] for line in log.read_text().splitlines()]
-    assert started == [jobs[4].render_key, jobs[3].render_key, jobs[2].render_key], "highest priority first"
-    assert admitted == started
+    assert set(started[:2]) == set(admitted[:2]) and started[2:] == admitted[2:], "only the admitted jobs rendered"
     # When admit said no, the third job was running (two in flight per actor): it finished.
     assert [o.status for o in outcomes] == [CANCELLED, CANCELLED, OK, OK, OK]
     assert {o.error_class for o in outcomes[:2]} == {NOT_ADMITTED}
