@@ -111,7 +111,8 @@ def budgets_for(settings: HorseSettings, campaigns: list[str], device_type: str 
             out.append(Budget(name, campaign, "GPU-hours", limit.gpu_hours, before.get("gpu_seconds", 0.0) / 3600,
                               1 / 3600))
         if limit.money is not None:
-            gpu_free = bool(campaigns) and set(campaigns) <= set(api_only) if campaign is None else campaign in api_only
+            # a run-wide budget is GPU-free when every campaign is; a campaign's when it is
+            gpu_free = (bool(campaigns) and set(campaigns) <= set(api_only)) if campaign is None else campaign in api_only
             if price is None and not gpu_free:
                 raise ConfigError(f"{name} of {limit.money:g} {currency}: cost.price_per_gpu_hour has no price "
                                   f"for device type {device_type or '(unknown)'}")

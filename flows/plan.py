@@ -264,17 +264,16 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
                             aspect, take, seed, resolution, seconds, width, height, prompt, key,
                             profile, fingerprint, priority, hero, kind, image, audio, image_sha256,
                             audio_sha256, delivered_to, max_rerolls, bool(lines), delivery,
-                            "local", None, None, check, gate_key, adapter, role)
+                            dialogue=check, dialogue_key=gate_key, adapter=adapter, role=role)
                  for (aspect, width, height, take, seed), key in zip(axes, keys)]
     return jobs
 
 
 def _lines_by_language(shot: Shot) -> dict[str, list[dict[str, str]]]:
-    """{language: its dialogue lines as dicts (speaker, language, line)}, in manifest order."""
+    """{language: its dialogue lines as dicts, as compose_prompt takes them}, in manifest order."""
     lines: dict[str, list[dict[str, str]]] = {}
     for line in shot.dialogue:
-        lines.setdefault(line.language, []).append(
-            {"speaker": line.speaker, "language": line.language, "line": line.line})
+        lines.setdefault(line.language, []).append(line.model_dump())
     return lines
 
 
