@@ -79,6 +79,25 @@ async def _wait_for(flow_run_id, predicate, timeout_s: float):
         return await client.read_flow_run(flow_run_id)
 
 
+def forget_deployment(name: str) -> None:
+    """Delete deployment `name` from the session's Prefect server if an earlier test made it (its
+    parameters, another store among them, would be what a run of it renders with)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def forget() -> None:
+        async with get_client() as client:
+            try:
+                deployment = await client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                return
+            await client.delete_deployment(deployment.id)
+
+    asyncio.run(forget())
+
+
 def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, tmp_path, tmp_store):
     rows = [shot(f"c{i}", f"Shot {i}: waves on a pebble beach.", aspect_ratios=["16:9", "9:16"]) for i in range(1, 5)]
     manifest = write_manifest(rows, tmp_path / "cancel.parquet")
@@ -87,6 +106,7 @@ def test_ui_cancel_of_a_served_run_leaves_no_actor_alive(prefect_api, ray_head, 
                       "render: {chunk_size: 4}\n")
     receipts = Path(tmp_store.removeprefix("file://")) / "receipts"
     serve_log = tmp_path / "serve.log"   # quoted when the run does not get going
+    forget_deployment("nightly-campaign-render/nightly")  # registered by `horse serve` below, not left by another test
     server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config), "--store", tmp_store],
                               stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
     try:
