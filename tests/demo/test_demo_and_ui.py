@@ -197,7 +197,7 @@ def test_demo_then_prefect_ui_in_a_browser(chromium_installed, horse_ui, tmp_pat
     check_review_form(base_url, env, tmp_path, artifacts_dir)
 
     ui_process.send_signal(signal.SIGINT)
-    assert ui_process.wait(timeout=30) == 0, "horse ui stops cleanly on Ctrl-C"
+    assert ui_process.wait(timeout=60) == 0, "horse ui stops cleanly on Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base_url}/api/health", timeout=2)
 
