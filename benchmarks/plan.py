@@ -57,7 +57,10 @@ def measure(what: str, manifest: str, store: str) -> dict:
 
         document = dry_run(manifest, load_settings(store_url=store), rows=None if what == "plan-json" else 40)
         if what == "plan-json":
-            json.dumps(document, indent=2, default=str)
+            from flows.cli.command import write_json
+
+            with open(os.devnull, "w") as out:
+                write_json(document, out)
         result = {"jobs": document["jobs"], "cached": document["cached"], "quote": document["quote"]["gpu_seconds"],
                   "basis": document["quote_basis"], "torch": "torch" in sys.modules}
     return {**result, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "peak_mb": peak_mb()}

@@ -7,7 +7,8 @@ document. Its fields are listed in the README ("Cost, budgets and priorities")."
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Sequence
+from typing import Any, Callable, Iterator
 
 from catalog import Store
 from flows.budget import api_usd_by_campaign, budget_campaigns, budgets_for, over_budget
@@ -48,12 +49,15 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
     except ConfigError as exc:  # `horse render` refuses to start with it: the plan says why
         api_usd, api_refusal = {}, [str(exc)]
     slots, source = render_slots(settings, gpus)
-    shown = plan.jobs if rows is None else plan.jobs[:rows]
-    jobs = [{**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
-             "height": job.height, "destinations": [d.name for d in job.destinations], "priority": job.priority,
-             "hero": job.hero, "kind": job.kind, "adapter": job.adapter.record() if job.adapter else None,
-             "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key)),
-             **plan_row(job)} for job in shown]
+
+    def row(job) -> dict[str, Any]:
+        return {**job.entry(), "resolution": job.resolution, "seconds": job.seconds, "width": job.width,
+                "height": job.height, "destinations": [d.name for d in job.destinations], "priority": job.priority,
+                "hero": job.hero, "kind": job.kind, "adapter": job.adapter.record() if job.adapter else None,
+                "cached": job.render_key in plan.cached, "gpu_seconds": _rounded(quote.job_seconds.get(job.render_key)),
+                **plan_row(job)}
+
+    jobs = JobRows(plan.jobs if rows is None else plan.jobs[:rows], row)
     return {
         "ok": not row_errors,
         "jobs": len(plan.jobs), "cached": len(plan.cached), "to_render": len(todo),
@@ -70,6 +74,23 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
         "kept_approved": [{"campaign_id": e["campaign_id"], "shot_id": e["shot_id"], "variant": e["variant"],
                            "render_key": e["render_key"], "approved_by": e["approval"]["who"]} for e in plan.kept],
     }
+
+
+class JobRows(Sequence):
+    """The plan's job rows, each made when it is read: every job of a 100k-row manifest (400k)
+    as dicts at once would hold more memory than the plan itself (`horse plan --json` writes them
+    one by one: flows.cli.command.write_json)."""
+
+    def __init__(self, jobs: list, row: Callable[[Any], dict[str, Any]]) -> None:
+        self._jobs, self._row = jobs, row
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._row(job) for job in self._jobs[index]]
+        return self._row(self._jobs[index])
 
 
 def _drained(shots: list) -> Iterator:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -137,6 +138,34 @@ def claim_stdout_for_json() -> Callable[[dict[str, Any]], None]:
 
     def emit(document: dict[str, Any]) -> None:
         with open(stdout, "w", encoding="utf-8") as out:  # closing it: nothing can follow
-            out.write(json.dumps(document, indent=2, default=str) + "\n")
+            write_json(document, out)
 
     return emit
+
+
+_ONE_LINE = json.JSONEncoder(default=str)
+
+
+def write_json(document: dict[str, Any], out: TextIO) -> None:
+    """`json.dump(document, out, indent=2)`, except a top-level value that is a Sequence but not a
+    list (a listing made as it is read, like a plan's 400k job rows: flows.dry_run.JobRows) is
+    written as each item is made, one item per line. Built whole, such a listing would hold more
+    memory than the plan it lists, and indenting it would take seconds."""
+    if not any(_made_as_read(value) for value in document.values()):
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        return
+    out.write("{")
+    for i, (key, value) in enumerate(document.items()):
+        out.write(("," if i else "") + "\n  " + json.dumps(key) + ": ")
+        if _made_as_read(value):
+            out.write("[")
+            for n, item in enumerate(value):
+                out.write(("," if n else "") + "\n    " + _ONE_LINE.encode(item))
+            out.write("\n  ]" if len(value) else "]")
+        else:  # JSON text has no raw newlines inside strings: every line break is the layout's
+            out.write(json.dumps(value, indent=2, default=str).replace("\n", "\n  "))
+    out.write("\n}\n")
+
+
+def _made_as_read(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (list, tuple, str, bytes))

@@ -4,6 +4,8 @@ time (issue 11 item 1: an abort at interpreter exit after the document, Ray's li
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ import psutil
 import pytest
 
 from catalog import Store
+from flows.cli.command import write_json
+from flows.dry_run import JobRows
 from flows.manifest import parse_manifest
 from tests.cli.cli_testlib import config_file, horse, manifest, one_json_document
 
@@ -40,6 +44,23 @@ def test_arrow_keeps_no_python_memory_after_a_manifest_is_read(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_listing_made_as_it_is_read_is_written_as_the_same_json(tmp_path):
+    """`horse plan --json` writes its job rows one by one (flows.dry_run.JobRows): the document
+    reads back as the one json.dumps would write, and one without such a listing is written
+    byte for byte as json.dumps writes it."""
+    made = []
+    rows = JobRows(list(range(3)), lambda n: made.append(n) or {"n": n, "name": f"job {n}\nnext", "cached": n == 1})
+    document = {"ok": True, "plan": rows, "empty": JobRows([], dict), "quote": {"stages": [{"a": 1.5}]}, "warnings": []}
+    out = io.StringIO()
+    write_json(document, out)
+    assert json.loads(out.getvalue()) == {**document, "plan": list(rows), "empty": []}
+    assert made == [0, 1, 2, 0, 1, 2], "rows are made as they are written (and again when read again)"
+    plain = {"ok": True, "quote": {"stages": [{"a": 1.5}]}, "rows": [1, 2]}
+    out = io.StringIO()
+    write_json(plain, out)
+    assert out.getvalue() == json.dumps(plain, indent=2) + "\n"
+
+
 def test_light_json_commands_print_one_document_and_exit_cleanly(tmp_path, tmp_store):
     valid = manifest(tmp_path / "valid.parquet")
     brief = tmp_path / "brief.yaml"
