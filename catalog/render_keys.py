@@ -72,19 +72,6 @@ def _where(path: Any) -> str:
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _json_text(value: Any) -> str:
-    """The canonical JSON text of one canonical value; the common scalars without the encoder's
-    per-call set-up (it is what the encoder writes for them: ints in decimal, strings escaped)."""
-    kind = type(value)
-    if kind is str:
-        return json.encoder.encode_basestring(value)
-    if kind is int:
-        return int.__repr__(value)
-    if value is None:
-        return "null"
-    return _JSON.encode(value)
-
-
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding used for render keys (and for stored receipts/manifests)."""
     return _JSON.encode(_canonical(value, "$")).encode("utf-8")
@@ -99,63 +86,115 @@ def render_key(inputs: dict) -> str:
 
 def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
     """`render_key({**shared, **variant})` for each variant; every variant names the same inputs
-    and none of `shared`'s.
+    and none of `shared`'s (`render_key_grid` with one row and nothing per row)."""
+    return render_key_grid(shared, [{}], variants)[0]
 
-    The variants of one shot share most inputs (prompt, model, references) and differ in a few
-    (aspect ratio, size, seed), and a planner keys hundreds of thousands of them. So the canonical
-    JSON of the merged inputs is written once with a gap for each per-variant value (keys are
-    sorted, and JSON encodes each value on its own), and each variant only fills those in."""
-    if not variants:
-        return []
-    template, slots = _shared_template(shared, variants[0])
-    keys, names_per_variant = [], set(slots)
-    encode, sha256 = json.encoder.encode_basestring, hashlib.sha256
+
+def render_key_grid(shared: dict, rows: list[dict], variants: list[dict]) -> list[list[str]]:
+    """`[[render_key({**shared, **row, **variant}) for variant in variants] for row in rows]`:
+    every variant names the same inputs; no input is named by two of `shared`, a row and a variant.
+
+    A planner keys hundreds of thousands of variants: a shot's inputs (`shared`), then each of its
+    languages' (a row: prompt, language), then each (aspect ratio, take)'s (a variant: size, seed).
+    So the canonical JSON of the merged inputs is written once per row with a gap for each
+    per-variant value (keys are sorted, and JSON encodes each value on its own), and each variant
+    only fills those in. The text of `shared` around the gaps is kept for the next calls when its
+    values are plain (str, int, float, bool, None: equal values of one type write the same text),
+    since most of a night's shots share resolution, duration, model and references."""
+    if not rows or not variants:
+        return [[] for _ in rows]
+    first = variants[0]
+    if type(shared) is dict and type(first) is dict and all(type(row) is dict for row in rows) \
+            and all(type(variant) is dict and variant.keys() == first.keys() for variant in variants):
+        keys = _grid(shared, rows, variants, tuple(first), plain_names=True)
+        if keys is not None:
+            return keys
+    # Anything else (names to normalise, dict subclasses, a mismatch to report) in canonical form first.
+    shared, rows, variants = _canonical_dict(shared), [_canonical_dict(row) for row in rows], \
+        [_canonical_dict(variant) for variant in variants]
+    names = tuple(variants[0])
     for variant in variants:
-        texts = None
-        if type(variant) is dict and variant.keys() == names_per_variant:
-            # Plain ints and ASCII text (a planner's aspect ratios, sizes, seeds) are canonical as they are.
-            texts = [int.__repr__(v) if type(v) is int else encode(v) if type(v) is str and v.isascii() else None
-                     for v in [variant[name] for name in slots]]
-        if texts is None or None in texts:
-            own = _canonical(variant, "$")
-            if own.keys() != names_per_variant:
-                raise ValueError(f"variant_render_keys: every variant names {slots} and nothing shared, not {sorted(own)}")
-            texts = [_json_text(own[name]) for name in slots]
-        keys.append(sha256((template % tuple(texts)).encode("utf-8")).hexdigest())
+        if variant.keys() != variants[0].keys():
+            raise ValueError(f"render keys: every variant names {sorted(names)}, not {sorted(variant)}")
+    keys = _grid(shared, rows, variants, names, plain_names=False)
+    if keys is None:
+        raise ValueError(f"render keys: every variant names {sorted(names)} and nothing shared or per row "
+                         f"(shared: {sorted(shared)}, rows: {sorted({name for row in rows for name in row})})")
     return keys
 
 
-def _shared_template(shared: dict, variant: dict) -> tuple[str, list[str]]:
-    """(the canonical JSON text of `shared` merged with a variant's inputs, with a %s for each of
-    the variant's values and every other % doubled; the variant's input names, in the order they
-    fill the gaps)."""
-    if type(shared) is dict and type(variant) is dict:
-        layout = _layout(tuple(shared), tuple(variant))
-        if layout is not None:
-            members, slots = layout
-            return "{" + ",".join([label if own else label + _scalar_text(shared[name], name).replace("%", "%%")
-                                   for name, label, own in members]) + "}", slots
-    texts, slots = _shared_texts_general(shared, variant)
-    return "%s".join(text.replace("%", "%%") for text in texts), slots
+def _canonical_dict(inputs: Any) -> dict:
+    if not isinstance(inputs, dict):
+        raise TypeError(f"render keys take dicts of inputs, not {type(inputs).__name__}")
+    return _canonical(inputs, "$")
+
+
+# Row texts of recent calls, by their inputs' names and `shared`'s plain values (render_key_grid).
+_ROW_FORMATS: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _grid(shared: dict, rows: list[dict], variants: list[dict], variant_names: tuple,
+          plain_names: bool) -> list[list[str]] | None:
+    """render_key_grid's keys; None when the names are not plain ASCII (with `plain_names`: they
+    would need normalising) or overlap."""
+    shared_names, values = tuple(shared), tuple(shared.values())
+    types = tuple(map(type, values))
+    reusable = plain_names and _PLAIN.issuperset(types)
+    variant_slots = _sorted(variant_names)
+    fills = [tuple([_scalar_text(variant[name], name) for name in variant_slots]) for variant in variants]
+    keys, sha256 = [], hashlib.sha256
+    for row in rows:
+        row_names = tuple(row)
+        memo = (shared_names, row_names, variant_names, types, values) if reusable else None
+        found = _ROW_FORMATS.get(memo) if reusable else None
+        if found is None:
+            layout = _layout(shared_names, row_names, variant_names, plain_names)
+            if layout is None:
+                return None
+            found = _row_format(layout, shared), _sorted(row_names)
+            if reusable:
+                if len(_ROW_FORMATS) >= 256:  # a night has a few; references of their own make one per shot
+                    _ROW_FORMATS.clear()
+                _ROW_FORMATS[memo] = found
+        row_format, row_slots = found
+        template = row_format % tuple([_scalar_text(row[name], name).replace("%", "%%") for name in row_slots])
+        keys.append([sha256((template % fill).encode("utf-8")).hexdigest() for fill in fills])
+    return keys
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(shared_names: tuple, variant_names: tuple):
-    """The merged object's members in order, (name, its '"name":' text (and a %s gap when the
-    variant gives it) with % doubled, whether the variant gives it), and the variant's names in
-    that order, for inputs named by plain ASCII keys (canonical as they are, so they sort and
-    encode as written); None for anything else. A planner keys every variant of a night with one
-    or two layouts."""
-    if not all(type(k) is str and k.isascii() for k in (*shared_names, *variant_names)) \
-            or set(shared_names) & set(variant_names):
+def _sorted(names: tuple) -> tuple:
+    return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shared_names: tuple, row_names: tuple, variant_names: tuple, plain_names: bool):
+    """The merged object's members in order: (name, its '"name":' text, 0 shared / 1 per row / 2
+    per variant); None when two name one input, or (`plain_names`) a name is not plain ASCII
+    (canonical as it is, so it sorts and encodes as written)."""
+    names = {*shared_names, *row_names, *variant_names}
+    if len(names) != len(shared_names) + len(row_names) + len(variant_names):
         return None
-    members = [(name, json.encoder.encode_basestring(name).replace("%", "%%") + ":" + ("%s" if own else ""), own)
-               for name, own in ((name, name in variant_names) for name in sorted({*shared_names, *variant_names}))]
-    return members, [name for name, _, own in members if own]
+    if plain_names and not all(type(name) is str and name.isascii() for name in names):
+        return None
+    row, variant = set(row_names), set(variant_names)
+    return [(name, json.encoder.encode_basestring(name) + ":", 2 if name in variant else 1 if name in row else 0)
+            for name in sorted(names)]
+
+
+def _row_format(layout: list, shared: dict) -> str:
+    """The canonical JSON text of the merged inputs with `shared`'s values written in: a %s for
+    each per-row value, a %%s for each per-variant value, every other % written %%%% (a row's
+    values are then %-filled in with their own % doubled, and a variant's values into that)."""
+    return "{" + ",".join([
+        (label + _scalar_text(shared[name], name)).replace("%", "%%%%") if source == 0
+        else label.replace("%", "%%%%") + ("%s" if source == 1 else "%%s")
+        for name, label, source in layout]) + "}"
 
 
 def _scalar_text(value: Any, name: str) -> str:
-    """The canonical JSON text of one shared input: what `_canonical` then `_JSON` write for it."""
+    """The canonical JSON text of one input's value: what `_canonical` then `_JSON` write for it."""
     kind = type(value)
     if kind is str:
         return json.encoder.encode_basestring(value if value.isascii() else unicodedata.normalize("NFC", value))
@@ -166,27 +205,3 @@ def _scalar_text(value: Any, name: str) -> str:
     if kind is float and math.isfinite(value):
         return int.__repr__(int(value)) if value.is_integer() else float.__repr__(value)
     return _JSON.encode(_canonical(value, ("$", name)))
-
-
-def _shared_texts_general(shared: dict, variant: dict) -> tuple[list[str], list[str]]:
-    """`_shared_texts` for any inputs: canonicalised first (non-NFC or colliding keys, subclasses)."""
-    base = _canonical(shared, "$")
-    texts, slots, text = [], [], "{"
-    run: dict = {}  # shared inputs since the last per-variant one: JSON-encoded in one call
-    members = 0  # written into the object so far; each after the first follows a comma
-    for name in sorted({*base, *_canonical(variant, "$")}):
-        if name in base:
-            run[name] = base[name]
-            continue
-        if run:
-            text += ("," if members else "") + _JSON.encode(run)[1:-1]
-            members, run = members + len(run), {}
-        text += ("," if members else "") + _json_text(name) + ":"
-        members += 1
-        texts.append(text)
-        slots.append(name)
-        text = ""
-    if run:
-        text += ("," if members else "") + _JSON.encode(run)[1:-1]
-    texts.append(text + "}")
-    return texts, slots
