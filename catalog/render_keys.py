@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import unicodedata
 from typing import Any
 
@@ -103,22 +104,20 @@ def render_key_grid(shared: dict, rows: list[dict], variants: list[dict]) -> lis
     since most of a night's shots share resolution, duration, model and references."""
     if not rows or not variants:
         return [[] for _ in rows]
-    first = variants[0]
-    if type(shared) is dict and type(first) is dict and all(type(row) is dict for row in rows) \
-            and all(type(variant) is dict and variant.keys() == first.keys() for variant in variants):
-        keys = _grid(shared, rows, variants, tuple(first), plain_names=True)
+    if type(shared) is dict:
+        keys = _grid(shared, rows, variants, plain_names=True)
         if keys is not None:
             return keys
     # Anything else (names to normalise, dict subclasses, a mismatch to report) in canonical form first.
     shared, rows, variants = _canonical_dict(shared), [_canonical_dict(row) for row in rows], \
         [_canonical_dict(variant) for variant in variants]
-    names = tuple(variants[0])
+    names = sorted(variants[0])
     for variant in variants:
         if variant.keys() != variants[0].keys():
-            raise ValueError(f"render keys: every variant names {sorted(names)}, not {sorted(variant)}")
-    keys = _grid(shared, rows, variants, names, plain_names=False)
+            raise ValueError(f"render keys: every variant names {names}, not {sorted(variant)}")
+    keys = _grid(shared, rows, variants, plain_names=False)
     if keys is None:
-        raise ValueError(f"render keys: every variant names {sorted(names)} and nothing shared or per row "
+        raise ValueError(f"render keys: every variant names {names} and nothing shared or per row "
                          f"(shared: {sorted(shared)}, rows: {sorted({name for row in rows for name in row})})")
     return keys
 
@@ -129,34 +128,52 @@ def _canonical_dict(inputs: Any) -> dict:
     return _canonical(inputs, "$")
 
 
-# Row texts of recent calls, by their inputs' names and `shared`'s plain values (render_key_grid).
-_ROW_FORMATS: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+# The row texts (`_row_format`) of recent calls' shared inputs, by their names, the variants'
+# names and their plain values' types and values; then by a row's names (render_key_grid).
+_ROW_FORMATS: dict[tuple, dict[tuple, tuple[str, tuple]]] = {}
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _grid(shared: dict, rows: list[dict], variants: list[dict], variant_names: tuple,
-          plain_names: bool) -> list[list[str]] | None:
-    """render_key_grid's keys; None when the names are not plain ASCII (with `plain_names`: they
-    would need normalising) or overlap."""
-    shared_names, values = tuple(shared), tuple(shared.values())
+def _grid(shared: dict, rows: list[dict], variants: list[dict], plain_names: bool) -> list[list[str]] | None:
+    """render_key_grid's keys; None for what the canonical path must look at first: a dict
+    subclass, variants naming different inputs, two inputs of one name, or (`plain_names`) a name
+    that is not plain ASCII (which would need normalising)."""
+    first = variants[0]
+    if type(first) is not dict:
+        return None
+    shared_names, variant_names, values = tuple(shared), tuple(first), tuple(shared.values())
     types = tuple(map(type, values))
-    reusable = plain_names and _PLAIN.issuperset(types)
-    variant_slots = _sorted(variant_names)
-    fills = [tuple([_scalar_text(variant[name], name) for name in variant_slots]) for variant in variants]
+    memo = (shared_names, variant_names, types, values) if plain_names and _PLAIN.issuperset(types) else None
+    formats = _ROW_FORMATS.get(memo) if memo is not None else None
+    if formats is None:
+        formats = {}
+        if memo is not None:
+            if len(_ROW_FORMATS) >= 256:  # a night has a few; references of their own make one per shot
+                _ROW_FORMATS.clear()
+            _ROW_FORMATS[memo] = formats
+    slots, fills = _sorted(variant_names), []
+    values_of, encode = _values_of(slots), json.encoder.encode_basestring
+    for variant in variants:
+        if type(variant) is not dict or variant.keys() != first.keys():
+            return None
+        # ints and ASCII text (sizes, seeds, aspect ratios) written inline: a planner fills in
+        # hundreds of thousands; anything else as _scalar_text writes it
+        own = values_of(variant)
+        texts = tuple([int.__repr__(value) if type(value) is int else encode(value)
+                       if type(value) is str and value.isascii() else None for value in own])
+        fills.append(texts if None not in texts else
+                     tuple([_scalar_text(value, name) for name, value in zip(slots, own)]))
     keys, sha256 = [], hashlib.sha256
     for row in rows:
+        if type(row) is not dict:
+            return None
         row_names = tuple(row)
-        memo = (shared_names, row_names, variant_names, types, values) if reusable else None
-        found = _ROW_FORMATS.get(memo) if reusable else None
+        found = formats.get(row_names)
         if found is None:
             layout = _layout(shared_names, row_names, variant_names, plain_names)
             if layout is None:
                 return None
-            found = _row_format(layout, shared), _sorted(row_names)
-            if reusable:
-                if len(_ROW_FORMATS) >= 256:  # a night has a few; references of their own make one per shot
-                    _ROW_FORMATS.clear()
-                _ROW_FORMATS[memo] = found
+            found = formats[row_names] = _row_format(layout, shared), _sorted(row_names)
         row_format, row_slots = found
         template = row_format % tuple([_scalar_text(row[name], name).replace("%", "%%") for name in row_slots])
         keys.append([sha256((template % fill).encode("utf-8")).hexdigest() for fill in fills])
@@ -166,6 +183,14 @@ def _grid(shared: dict, rows: list[dict], variants: list[dict], variant_names: t
 @functools.lru_cache(maxsize=256)
 def _sorted(names: tuple) -> tuple:
     return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _values_of(names: tuple):
+    """A function from a dict to the tuple of its values of `names`, in that order."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    return lambda inputs: tuple(inputs[name] for name in names)
 
 
 @functools.lru_cache(maxsize=256)
