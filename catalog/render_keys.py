@@ -175,7 +175,9 @@ def _grid(shared: dict, rows: list[dict], variants: list[dict], plain_names: boo
                 return None
             found = formats[row_names] = _row_format(layout, shared), _sorted(row_names)
         row_format, row_slots = found
-        template = row_format % tuple([_scalar_text(row[name], name).replace("%", "%%") for name in row_slots])
+        template = row_format % tuple([(encode(value) if type(value) is str and value.isascii()
+                                        else _scalar_text(value, name)).replace("%", "%%")
+                                       for name, value in zip(row_slots, _values_of(row_slots)(row))])
         keys.append([sha256((template % fill).encode("utf-8")).hexdigest() for fill in fills])
     return keys
 
