@@ -130,7 +130,7 @@ def _canonical_dict(inputs: Any) -> dict:
 
 # The row texts (`_row_format`) of recent calls' shared inputs, by their names, the variants'
 # names and their plain values' types and values; then by a row's names (render_key_grid).
-_ROW_FORMATS: dict[tuple, dict[tuple, tuple[str, tuple]]] = {}
+_ROW_FORMATS: dict[tuple, dict[tuple, tuple[str, tuple, Any]]] = {}
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
@@ -173,11 +173,12 @@ def _grid(shared: dict, rows: list[dict], variants: list[dict], plain_names: boo
             layout = _layout(shared_names, row_names, variant_names, plain_names)
             if layout is None:
                 return None
-            found = formats[row_names] = _row_format(layout, shared), _sorted(row_names)
-        row_format, row_slots = found
+            row_slots = _sorted(row_names)
+            found = formats[row_names] = _row_format(layout, shared), row_slots, _values_of(row_slots)
+        row_format, row_slots, row_values_of = found
         template = row_format % tuple([(encode(value) if type(value) is str and value.isascii()
                                         else _scalar_text(value, name)).replace("%", "%%")
-                                       for name, value in zip(row_slots, _values_of(row_slots)(row))])
+                                       for name, value in zip(row_slots, row_values_of(row))])
         keys.append([sha256((template % fill).encode("utf-8")).hexdigest() for fill in fills])
     return keys
 
