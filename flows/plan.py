@@ -276,7 +276,7 @@ def expand_shot(shot: Shot, model: "ModelInfo", filters: Filters = Filters(),
         _shot_inputs(resolution, seconds, profile, image_sha256, audio_sha256, fingerprint, adapter),
         [_language_inputs(prompt, language, delivery, gate_key) for language, prompt, _, delivery, gate_key, _ in per_language],
         variant_inputs)
-    variants = _variant_ids(languages, tuple(aspects), takes, preview)
+    variants = _variant_ids(tuple(languages), tuple(aspects), takes, preview)
     return [PlannedJob(campaign_id, shot_id, variant, language,
                        aspect, take, seed, resolution, seconds, width, height, prompt, key,
                        profile, fingerprint, priority, hero, kind, image, audio, image_sha256,
