@@ -19,6 +19,7 @@ _EXPORTS = {
     "validate_sha256": "ids",
     "CommitResult": "index", "RenderIndex": "index",
     "canonical_json": "render_keys", "render_key": "render_keys", "variant_render_keys": "render_keys",
+    "render_key_grid": "render_keys",
     "QCIndex": "qc_index",
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",
     "ProviderTasks": "provider_tasks",

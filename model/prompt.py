@@ -30,6 +30,9 @@ _ALIASES = {
     "french": "fr", "fra": "fr", "fre": "fr",
 }
 
+_CODES = frozenset(LANGUAGES)
+_LINE_FIELDS = frozenset({"speaker", "language", "line"})
+
 NO_DIALOGUE = "<No dialogue>"
 NO_BACKGROUND_SOUND = "<No prominent background sound>"
 
@@ -37,6 +40,8 @@ NO_BACKGROUND_SOUND = "<No prominent background sound>"
 def normalize_language(code: str) -> str:
     """Map a language code or name ("en", "EN-us", "zh_CN", "Cantonese", "zh-HK") to one of
     LANGUAGES. Raises ValueError naming the code when it is not supported."""
+    if type(code) is str and code in _CODES:  # already one (validated manifests): what the rules below return
+        return code
     if not isinstance(code, str) or not code.strip():
         raise ValueError(f"unsupported language code {code!r}: expected one of {', '.join(LANGUAGES)}")
     key = code.strip().lower().replace("_", "-")
@@ -82,22 +87,26 @@ def space_cjk(text: str) -> str:
     return " ".join(parts)
 
 
+def _nfc(text: str) -> str:
+    """`text` NFC-normalised (ASCII text already is: a planner composes hundreds of thousands)."""
+    return text if type(text) is str and text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def _one_line(text: str) -> str:
     """Runs of whitespace as one space, none at the ends (str.split's whitespace is the regex's `\\s`)."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    return " ".join(_nfc(text).split())
 
 
 def compose_prompt(scene: str, dialogue: list[dict] | None = None, background_sound: str | None = None) -> str:
     """Build the model prompt from structured fields. `dialogue` items are dicts with keys
     speaker, language (any code accepted by normalize_language) and line."""
-    scene = unicodedata.normalize("NFC", scene or "").strip()
+    scene = _nfc(scene or "").strip()
     if not scene:
         raise ValueError("scene must be a non-empty description")
     lines = []
     for i, item in enumerate(dialogue or []):
-        missing = {"speaker", "language", "line"} - set(item)
-        if missing:
-            raise ValueError(f"dialogue[{i}] is missing {sorted(missing)}")
+        if not item.keys() >= _LINE_FIELDS:
+            raise ValueError(f"dialogue[{i}] is missing {sorted(_LINE_FIELDS - set(item))}")
         speaker = _one_line(str(item["speaker"])).replace("<", "").replace(">", "")
         line = _one_line(str(item["line"]))
         if not speaker or not line:

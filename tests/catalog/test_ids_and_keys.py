@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from catalog import InvalidId, render_key, safe_key, validate_id, variant_render_keys
+from catalog import InvalidId, render_key, render_key_grid, safe_key, validate_id, variant_render_keys
 from catalog.render_keys import canonical_json
 
 from catalog_testlib import make_receipt
@@ -77,6 +77,23 @@ def test_variant_keys_are_the_keys_of_the_merged_inputs():
             variant_render_keys(shared, [variants[0], bad])
     with pytest.raises(ValueError):
         variant_render_keys(shared, [{"seconds": 1}])
+
+
+def test_key_grid_keeps_shared_texts_only_for_inputs_that_write_the_same():
+    """A shot's shared text is kept for the next calls: values equal in Python but written apart
+    (True and 1, 5.0 and 5.5 are not, -0.0 and 0 are) never reuse another's text."""
+    variants = [{"aspect_ratio": aspect, "seed": seed} for aspect in ("16:9", "9:16%s") for seed in (1, 2**31)]
+    rows = [{"prompt": "Cafe\u0301 100% %s", "language": "ja"}, {"prompt": "夜 %(x)s", "language": "en", "gate": {"a": [1.0]}}]
+    shared_inputs = [{"seconds": 5.0, "flag": True, "ref": None}, {"seconds": 5.5, "flag": False, "ref": None},
+                     {"seconds": 5, "flag": 1, "ref": None},
+                     {"seconds": 5.5, "flag": 1.0, "ref": None}, {"seconds": -0.0, "flag": False, "ref": "%d"},
+                     {"seconds": 0, "flag": 0, "ref": "e\u0301"}, {"seconds": 5.0, "flag": True, "ref": None, "adapter": {"s": 0.5}}]
+    for shared in shared_inputs * 2:  # the second round from kept texts
+        assert render_key_grid(shared, rows, variants) == [[render_key({**shared, **row, **variant}) for variant in variants]
+                                                           for row in rows]
+    assert render_key_grid({"a": 1}, [], variants) == [] and render_key_grid({"a": 1}, [{}], []) == [[]]
+    with pytest.raises(ValueError, match="nothing shared or per row"):
+        render_key_grid({"a": 1}, [{"a": 2}], variants)
 
 
 @pytest.mark.parametrize("bad", [{"x": math.nan}, {"x": math.inf}, {"x": b"raw"}, {1: "a"}, {"x": object()}])

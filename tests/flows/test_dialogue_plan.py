@@ -120,3 +120,28 @@ def test_fast_variant_keys_hash_the_gate_and_the_adapter_like_key_inputs_say(tmp
         assert job.render_key == render_key(job.key_inputs), job.variant
         assert job.key_inputs["adapter"] == adapter_key_input("a" * 64, 0.7)
         assert ("dialogue" in job.key_inputs) == (job.language == "en"), "pocketsphinx hears en only"
+
+
+def test_planned_keys_are_the_keys_of_each_jobs_inputs_for_varied_shots(tmp_store):
+    # The planner writes a shot's shared key text once for all its languages and keeps it for the
+    # next shots with the same values (catalog.render_key_grid): a varied night, planned twice
+    # (the second time from kept texts), must key every job as render_key(job.key_inputs) says.
+    from catalog import render_key
+    from flows.plan import AdapterChoice
+
+    cjk = [{"speaker": "Cafe\u0301 %s", "language": "ja", "line": "春が来た。 100%"},
+           {"speaker": "man", "language": "en", "line": " 50% %(x)s  off "}]
+    rows = [shot("s1", "A woman.", duration_s=5.0), shot("s2", "A woman.", duration_s=5.5),
+            shot("s3", "夜の東京 Cafe\u0301 %s", dialogue=cjk, languages=["ja", "en"], duration_s=5.0),
+            shot("s4", "B-roll.", dialogue=[], languages=[], takes=2), shot("s5", "Rain %d.", destinations=["social"])]
+    shots, errors = validate_rows(rows)
+    assert not errors, errors
+    settings = load_settings(store_url=tmp_store, dialogue={"recognizer": "pocketsphinx"},
+                             render={"destinations": ["broadcast-eu"], "max_rerolls": 2})
+    runs = [{}, {"destinations": run_destinations(settings), "dialogue": dialogue_policy(settings),
+                 "adapter": AdapterChoice("acme@1", "a" * 64, "file:///a", 0.5)}]
+    planned = [[job for s in shots for job in expand_shot(s, MODEL, **run)] for run in runs for _ in range(2)]
+    assert [len(jobs) for jobs in planned] == [20, 20, 20, 20]
+    for jobs in planned:
+        assert all(job.render_key == render_key(job.key_inputs) for job in jobs)
+    assert len({job.render_key for jobs in planned for job in jobs}) == 40, "each option and value keys apart"
