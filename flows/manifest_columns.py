@@ -171,6 +171,7 @@ def _dialogue(array: pa.Array, context: dict, verdict: _Verdict) -> list:
     lines_verdict.masks.append(pc.is_valid(flat))
     columns = [_column(DialogueLine, name, pc.struct_field(flat, name), validators, context, lines_verdict)
                for name in names]
+    columns = [itertools.repeat(None) if values is None else values for values in columns]  # a field of nulls
     line_ok = lines_verdict.vouched()
     verdict.refuse_parents(array, pa.array(line_ok, pa.bool_()))
     fields_set = set(names)
