@@ -423,12 +423,23 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
         if vouched is None:
             rows = ((number, None, record) for number, record in enumerate(_records(table), start=1))
         else:
-            doubtful = [index for index, shot in enumerate(vouched) if shot is None]
-            records = _records(table.take(doubtful)) if doubtful else iter(())
+            records = _records(_doubtful(table, vouched))
             rows = ((index + 1, shot, None if shot is not None else next(records)) for index, shot in enumerate(vouched))
         shots, errors = _collect(rows, context)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
+
+
+def _doubtful(table: pa.Table, vouched: list[Shot | None]) -> pa.Table:
+    """The rows of `table` the column pass did not vouch for, in order: sliced, run by run (`take`
+    with a list of row numbers would make them an Arrow array, which imports pandas)."""
+    runs: list[list[int]] = []  # [start, length] of each run of doubtful rows
+    for index in (index for index, shot in enumerate(vouched) if shot is None):
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, 1])
+    return pa.concat_tables([table.slice(start, length) for start, length in runs]) if runs else table.slice(0, 0)
 
 
 def _records(table: pa.Table) -> Iterable[dict[str, Any]]:

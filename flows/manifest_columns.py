@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import operator
 from typing import Any, NamedTuple
 
 import annotated_types as at
@@ -23,6 +24,11 @@ import pyarrow.compute as pc
 from pydantic import AllowInfNan, BaseModel
 
 from flows.manifest import DIALOGUE_TYPE, KNOWN_COLUMNS, SCHEMA, DialogueLine, Shot
+
+
+# Below this many rows pydantic row by row is as quick: the pass's first Python-to-Arrow conversion
+# imports pandas (pyarrow checks values against its types), about 0.25 s, 10k rows' worth of savings.
+MIN_ROWS = 10_000
 
 
 class _Info(NamedTuple):
@@ -35,24 +41,28 @@ class _Info(NamedTuple):
 
 class _Verdict:
     """Which rows the pass vouches for so far: Arrow masks (one per check) and rows refused one by
-    one. Kept as Arrow and Python values: pyarrow's to_numpy imports pandas (a second of a small
-    plan's start)."""
+    one. No Python value ever becomes an Arrow one here (a scalar, a list): pyarrow's conversion
+    imports pandas, a quarter of a second."""
 
     def __init__(self, rows: int):
         self.rows = rows
         self.masks: list[pa.Array] = []
         self.refused: set[int] = set()
 
-    def refuse_parents(self, lists: pa.Array, element_ok: pa.Array) -> None:
+    def refuse_parents(self, lists: pa.Array, element_ok: list[bool]) -> None:
         """Refuse the rows of `lists` with an element that `element_ok` marks False."""
-        if not pc.all(element_ok).as_py():
-            self.refused.update(pc.filter(pc.list_parent_indices(lists), pc.invert(element_ok)).to_pylist())
+        if not all(element_ok):
+            parents = pc.list_parent_indices(lists).to_pylist()
+            self.refused.update(parents[element] for element, good in enumerate(element_ok) if not good)
 
     def vouched(self) -> list[bool]:
-        ok = self.masks[0] if self.masks else pa.array([True] * self.rows)
-        for mask in self.masks[1:]:
-            ok = pc.and_(ok, mask)
-        flags = ok.to_pylist()
+        if not self.masks:
+            flags = [True] * self.rows
+        else:
+            ok = self.masks[0]
+            for mask in self.masks[1:]:
+                ok = pc.and_(ok, mask)
+            flags = ok.to_pylist()
         for row in self.refused:
             flags[row] = False
         return flags
@@ -62,15 +72,16 @@ class _Unknown(Exception):
     """The manifest has a shape this pass does not vouch for: all of it goes through pydantic."""
 
 
-def built(model: type[BaseModel], values: dict[str, Any], fields_set: set[str]) -> BaseModel:
+def built(model: type[BaseModel], values: dict[str, Any], fields_set: set[str], *,
+          _set=object.__setattr__) -> BaseModel:
     """An instance of `model` from already-validated values (every field, in field order): what
     `model_construct(fields_set, **values)` makes, without its per-field default lookups (11 µs a
     Shot, more than validating one)."""
     instance = model.__new__(model)
-    object.__setattr__(instance, "__dict__", values)
-    object.__setattr__(instance, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
     return instance
 
 
@@ -98,28 +109,28 @@ def _validators(model: type[BaseModel]) -> tuple[dict[str, list], list]:
     return by_field, after
 
 
-def _within_constraints(model: type[BaseModel], name: str, array: pa.Array) -> pa.Array:
-    """Rows whose value meets the field's declared constraints (nulls pass: the caller decides)."""
-    mask = pc.is_valid(array)
+_BOUNDS = {at.Ge: ("ge", operator.ge), at.Gt: ("gt", operator.gt), at.Le: ("le", operator.le), at.Lt: ("lt", operator.lt),
+           at.MinLen: ("min_length", operator.ge), at.MaxLen: ("max_length", operator.le)}
+
+
+def _check_constraints(model: type[BaseModel], name: str, array: pa.Array, verdict: _Verdict) -> None:
+    """Refuse the rows whose value breaks one of the field's declared constraints (a number's range,
+    a string's length in characters); nulls are the caller's."""
     numeric = pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
-    measured = pc.utf8_length(array) if pa.types.is_string(array.type) else array
-    if pa.types.is_floating(array.type):
-        mask = pc.and_(mask, pc.is_finite(array))  # stricter than allow_inf_nan: NaN and inf go through pydantic
+    if pa.types.is_floating(array.type):  # stricter than allow_inf_nan: NaN and inf go through pydantic
+        verdict.masks.append(pc.or_kleene(pc.is_null(array), pc.is_finite(array)))
+    measured = None
     for constraint in model.model_fields[name].metadata:
         if isinstance(constraint, AllowInfNan):
             continue
-        if numeric and isinstance(constraint, (at.Ge, at.Gt, at.Le, at.Lt)):
-            bound, compare = next((getattr(constraint, attr), function) for attr, function in
-                                  (("ge", pc.greater_equal), ("gt", pc.greater), ("le", pc.less_equal), ("lt", pc.less))
-                                  if hasattr(constraint, attr))
-            mask = pc.and_(mask, compare(array, bound))
-        elif not numeric and pa.types.is_string(array.type) and isinstance(constraint, at.MinLen):
-            mask = pc.and_(mask, pc.greater_equal(measured, constraint.min_length))
-        elif not numeric and pa.types.is_string(array.type) and isinstance(constraint, at.MaxLen):
-            mask = pc.and_(mask, pc.less_equal(measured, constraint.max_length))
-        else:
+        bound = _BOUNDS.get(type(constraint))
+        if bound is None or (numeric != (bound[0] in ("ge", "gt", "le", "lt"))) or not (
+                numeric or pa.types.is_string(array.type)):
             raise _Unknown(f"{name}: {constraint!r}")
-    return pc.or_kleene(pc.is_null(array), mask)  # a null passes here (true or null is true)
+        if measured is None:
+            measured = (array if numeric else pc.utf8_length(array)).to_pylist()
+        limit, within = getattr(constraint, bound[0]), bound[1]
+        verdict.refused.update(row for row, value in enumerate(measured) if value is not None and not within(value, limit))
 
 
 def _column(model: type[BaseModel], name: str, array: pa.Array, validators: dict[str, list],
@@ -130,9 +141,9 @@ def _column(model: type[BaseModel], name: str, array: pa.Array, validators: dict
         verdict.masks.append(pc.is_valid(array))
     if array.null_count == len(array):
         return None
-    verdict.masks.append(_within_constraints(model, name, array))
+    _check_constraints(model, name, array, verdict)
     if pa.types.is_list(array.type):
-        verdict.refuse_parents(array, pc.is_valid(pc.list_flatten(array)))  # a null inside a list
+        verdict.refuse_parents(array, pc.is_valid(pc.list_flatten(array)).to_pylist())  # a null inside a list
         raw = [None if value is None else tuple(value) for value in array.to_pylist()]
     else:
         raw = array.to_pylist()
@@ -173,11 +184,11 @@ def _dialogue(array: pa.Array, context: dict, verdict: _Verdict) -> list:
                for name in names]
     columns = [itertools.repeat(None) if values is None else values for values in columns]  # a field of nulls
     line_ok = lines_verdict.vouched()
-    verdict.refuse_parents(array, pa.array(line_ok, pa.bool_()))
+    verdict.refuse_parents(array, line_ok)
     fields_set = set(names)
     lines = [built(DialogueLine, dict(zip(names, values)), set(fields_set)) if good else None
              for good, values in zip(line_ok, zip(*columns))]
-    counts = pc.fill_null(pc.list_value_length(array), 0).to_pylist()
+    counts = [count or 0 for count in pc.list_value_length(array).to_pylist()]
     valid = pc.is_valid(array).to_pylist()
     return [tuple(lines[end - count:end]) if is_valid else None
             for end, count, is_valid in zip(itertools.accumulate(counts), counts, valid)]
@@ -186,7 +197,9 @@ def _dialogue(array: pa.Array, context: dict, verdict: _Verdict) -> list:
 def vouched_shots(table: pa.Table, context: dict) -> list[Shot | None] | None:
     """For each row, its Shot when every rule of Shot accepts it (built without re-validation), or
     None when the row must go through pydantic; None for the whole table when its shape is unknown
-    here. `context` is the validation context `validate_rows` gives pydantic."""
+    here, or it is small. `context` is the validation context `validate_rows` gives pydantic."""
+    if table.num_rows < MIN_ROWS:
+        return None
     try:
         return _vouched(table, context)
     except _Unknown:
