@@ -26,11 +26,6 @@ from pydantic import AllowInfNan, BaseModel
 from flows.manifest import DIALOGUE_TYPE, KNOWN_COLUMNS, SCHEMA, DialogueLine, Shot
 
 
-# Below this many rows pydantic row by row is as quick: the pass's first Python-to-Arrow conversion
-# imports pandas (pyarrow checks values against its types), about 0.25 s, 10k rows' worth of savings.
-MIN_ROWS = 10_000
-
-
 class _Info(NamedTuple):
     """What the field validators read of pydantic's ValidationInfo. A validator that reads more
     (info.data) fails on it, and its rows go through pydantic."""
@@ -197,9 +192,7 @@ def _dialogue(array: pa.Array, context: dict, verdict: _Verdict) -> list:
 def vouched_shots(table: pa.Table, context: dict) -> list[Shot | None] | None:
     """For each row, its Shot when every rule of Shot accepts it (built without re-validation), or
     None when the row must go through pydantic; None for the whole table when its shape is unknown
-    here, or it is small. `context` is the validation context `validate_rows` gives pydantic."""
-    if table.num_rows < MIN_ROWS:
-        return None
+    here. `context` is the validation context `validate_rows` gives pydantic."""
     try:
         return _vouched(table, context)
     except _Unknown:

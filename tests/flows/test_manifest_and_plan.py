@@ -224,7 +224,7 @@ def test_render_key_names_the_adapter_and_strength_and_without_one_is_as_before(
         "row 1 (shot s1), render.adapter (configuration): unknown adapter 'gone' (known: acme, acme@1, acme@2)")
 
 
-def test_the_column_pass_gives_exactly_what_pydantic_gives_row_by_row(tmp_path, monkeypatch):
+def test_the_column_pass_gives_exactly_what_pydantic_gives_row_by_row(tmp_path):
     """parse_manifest vouches for well-formed rows a column at a time; for every row it must give the
     Shot (field for field, fields set included) or the RowErrors validate_rows gives row by row."""
     import pyarrow.parquet as pq
@@ -232,7 +232,6 @@ def test_the_column_pass_gives_exactly_what_pydantic_gives_row_by_row(tmp_path, 
     from flows.manifest import parse_manifest, validate_rows, validation_context
     from flows.manifest_columns import vouched_shots
 
-    monkeypatch.setattr("flows.manifest_columns.MIN_ROWS", 1)  # the pass, on a manifest this small too
     refs = tmp_path / "refs"
     refs.mkdir()
     (refs / "face.png").write_bytes(b"png")
