@@ -122,9 +122,14 @@ def _check_constraints(model: type[BaseModel], name: str, array: pa.Array, verdi
         if bound is None or (numeric != (bound[0] in ("ge", "gt", "le", "lt"))) or not (
                 numeric or pa.types.is_string(array.type)):
             raise _Unknown(f"{name}: {constraint!r}")
-        if measured is None:
-            measured = (array if numeric else pc.utf8_length(array)).to_pylist()
         limit, within = getattr(constraint, bound[0]), bound[1]
+        if measured is None:
+            measured = array if numeric else pc.utf8_length(array)
+            extremes = pc.min_max(measured).as_py()  # a whole column within bounds needs no row-by-row look
+        if extremes["min"] is None or (within(extremes["min"], limit) and within(extremes["max"], limit)):
+            continue
+        if not isinstance(measured, list):
+            measured = measured.to_pylist()
         verdict.refused.update(row for row, value in enumerate(measured) if value is not None and not within(value, limit))
 
 
@@ -149,9 +154,15 @@ def _column(model: type[BaseModel], name: str, array: pa.Array, validators: dict
         raise _Unknown(f"{name}: several validators")
     [(function, takes_info)] = field_validators
     info = _Info(context, name)
+    distinct = set(raw)
+    if len(distinct) == len(raw) and None not in distinct:  # ids, scenes: no value twice
+        try:
+            return list(map(function, raw, itertools.repeat(info)) if takes_info else map(function, raw))
+        except Exception:  # noqa: BLE001 - some value refused: which, below
+            pass
     outcome: dict[Any, Any] = {None: None}
     refused = set()
-    for value in set(raw):  # once per distinct value: a manifest repeats most of them
+    for value in distinct:  # once per distinct value: a manifest repeats most of them
         if value is not None:
             try:
                 outcome[value] = function(value, info) if takes_info else function(value)
