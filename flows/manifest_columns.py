@@ -104,8 +104,13 @@ def _validators(model: type[BaseModel]) -> tuple[dict[str, list], list]:
     return by_field, after
 
 
-_BOUNDS = {at.Ge: ("ge", operator.ge), at.Gt: ("gt", operator.gt), at.Le: ("le", operator.le), at.Lt: ("lt", operator.lt),
-           at.MinLen: ("min_length", operator.ge), at.MaxLen: ("max_length", operator.le)}
+_RANGES = {at.Ge: ("ge", operator.ge), at.Gt: ("gt", operator.gt), at.Le: ("le", operator.le), at.Lt: ("lt", operator.lt)}
+_LENGTHS = {at.MinLen: ("min_length", operator.ge), at.MaxLen: ("max_length", operator.le)}
+# The Python type pydantic makes of each Arrow type the pass knows (lax mode gives these values as
+# they are, lists as tuples); a field annotated otherwise is a shape it does not know.
+_ANNOTATIONS = {pa.string(): (str, str | None), pa.int64(): (int,), pa.float64(): (float, float | None),
+                pa.bool_(): (bool,), pa.list_(pa.string()): (tuple[str, ...],),
+                DIALOGUE_TYPE: (tuple[DialogueLine, ...],)}
 
 
 def _check_constraints(model: type[BaseModel], name: str, array: pa.Array, verdict: _Verdict) -> None:
@@ -118,9 +123,8 @@ def _check_constraints(model: type[BaseModel], name: str, array: pa.Array, verdi
     for constraint in model.model_fields[name].metadata:
         if isinstance(constraint, AllowInfNan):
             continue
-        bound = _BOUNDS.get(type(constraint))
-        if bound is None or (numeric != (bound[0] in ("ge", "gt", "le", "lt"))) or not (
-                numeric or pa.types.is_string(array.type)):
+        bound = (_RANGES if numeric else _LENGTHS if pa.types.is_string(array.type) else {}).get(type(constraint))
+        if bound is None:
             raise _Unknown(f"{name}: {constraint!r}")
         limit, within = getattr(constraint, bound[0]), bound[1]
         if measured is None:
@@ -214,10 +218,11 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
     names = table.column_names
     if len(set(names)) != len(names):
         raise _Unknown("duplicate column names")
-    for name in names:
-        if name in KNOWN_COLUMNS and table.schema.field(name).type != SCHEMA.field(name).type:
-            raise _Unknown(name)
     fields = Shot.model_fields
+    for name in names:
+        if name in KNOWN_COLUMNS and (table.schema.field(name).type != SCHEMA.field(name).type or
+                                      fields[name].annotation not in _ANNOTATIONS.get(SCHEMA.field(name).type, ())):
+            raise _Unknown(name)
     if set(fields) - KNOWN_COLUMNS != {"row", "extra"} or any(
             field.is_required() and name not in names for name, field in fields.items() if name in KNOWN_COLUMNS):
         raise _Unknown("columns")
@@ -227,11 +232,14 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
     validators, after = _validators(Shot)
     verdict = _Verdict(rows)
     table = table.combine_chunks()
-    given: dict[str, list] = {}  # the validated values of each known column, None where null
+    given: dict[str, list | None] = {}  # the validated values of each known column (None: all null)
+    present: dict[str, list[bool]] = {}  # where a column with some nulls has a value
     for name in names:
         if name not in KNOWN_COLUMNS:
             continue
         array = table.column(name).chunk(0)
+        if 0 < array.null_count < rows:
+            present[name] = pc.is_valid(array).to_pylist()
         if name == "dialogue":
             given[name] = _dialogue(array, context, verdict)
         else:
@@ -241,8 +249,8 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
 
     field_names = list(fields)  # __dict__ in field order, as validation makes it
     # A field is set (model_fields_set) where its column has a value, as pydantic records it.
-    always = {"row", "extra"} | {name for name, values in given.items() if values is not None and None not in values}
-    sometimes = [(name, values) for name, values in given.items() if values is not None and name not in always]
+    always = {"row", "extra"} | {name for name, values in given.items() if values is not None and name not in present}
+    sometimes = list(present.items())
     columns = []
     for name in field_names:
         if name == "row":
@@ -256,15 +264,15 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
             columns.append(given[name])
         else:
             default = fields[name].get_default(call_default_factory=True)
-            columns.append([default if value is None else value for value in given[name]])
+            columns.append([value if has else default for value, has in zip(given[name], present[name])])
     shots: list[Shot | None] = []
     for index, (good, values) in enumerate(zip(verdict.vouched(), zip(*columns))):
         if not good:
             shots.append(None)
             continue
         fields_set = set(always)
-        for name, column in sometimes:
-            if column[index] is not None:
+        for name, has in sometimes:
+            if has[index]:
                 fields_set.add(name)
         shot = built(Shot, dict(zip(field_names, values)), fields_set)
         try:
