@@ -231,7 +231,10 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
         return []
     validators, after = _validators(Shot)
     verdict = _Verdict(rows)
-    table = table.combine_chunks()
+    try:
+        table = table.combine_chunks()
+    except pa.ArrowInvalid:  # a column past 2 GiB of text cannot be one chunk; the per-row path reads it in batches
+        raise _Unknown("size") from None
     given: dict[str, list | None] = {}  # the validated values of each known column (None: all null)
     present: dict[str, list[bool]] = {}  # where a column with some nulls has a value
     for name in names:
