@@ -67,7 +67,7 @@ class _Unknown(Exception):
     """The manifest has a shape this pass does not vouch for: all of it goes through pydantic."""
 
 
-def built(model: type[BaseModel], values: dict[str, Any], fields_set: set[str], *,
+def _built(model: type[BaseModel], values: dict[str, Any], fields_set: set[str], *,
           _set=object.__setattr__) -> BaseModel:
     """An instance of `model` from already-validated values (every field, in field order): what
     `model_construct(fields_set, **values)` makes, without its per-field default lookups (11 µs a
@@ -196,7 +196,7 @@ def _dialogue(array: pa.Array, context: dict, verdict: _Verdict) -> list:
     line_ok = lines_verdict.vouched()
     verdict.refuse_parents(array, line_ok)
     fields_set = set(names)
-    lines = [built(DialogueLine, dict(zip(names, values)), set(fields_set)) if good else None
+    lines = [_built(DialogueLine, dict(zip(names, values)), set(fields_set)) if good else None
              for good, values in zip(line_ok, zip(*columns))]
     counts = [count or 0 for count in pc.list_value_length(array).to_pylist()]
     valid = pc.is_valid(array).to_pylist()
@@ -277,7 +277,7 @@ def _vouched(table: pa.Table, context: dict) -> list[Shot | None]:
         for name, has in sometimes:
             if has[index]:
                 fields_set.add(name)
-        shot = built(Shot, dict(zip(field_names, values)), fields_set)
+        shot = _built(Shot, dict(zip(field_names, values)), fields_set)
         try:
             for validator in after:
                 shot = validator(shot)
