@@ -2,7 +2,9 @@
 
 A manifest is one row per shot. Bad rows never stop good ones: each problem becomes a
 `RowError` (row number, column, reason) and the row is skipped. Only a file that cannot be read
-at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
+at all, or lacks a required column, is an error for the whole manifest (`ManifestError`). The
+well-formed rows of a Parquet manifest are vouched for a column at a time by Shot's own rules
+(`flows.manifest_columns`); every other row goes through pydantic here, row by row.
 
 This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
 too, reference files included (they must exist under the configured `render.input_roots`) and
