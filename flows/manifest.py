@@ -2,7 +2,9 @@
 
 A manifest is one row per shot. Bad rows never stop good ones: each problem becomes a
 `RowError` (row number, column, reason) and the row is skipped. Only a file that cannot be read
-at all, or lacks a required column, is an error for the whole manifest (`ManifestError`).
+at all, or lacks a required column, is an error for the whole manifest (`ManifestError`). The
+well-formed rows of a Parquet manifest are vouched for a column at a time by Shot's own rules
+(`flows.manifest_columns`); every other row goes through pydantic here, row by row.
 
 This is the one validator: what `horse manifest validate` accepts, planning and rendering accept
 too, reference files included (they must exist under the configured `render.input_roots`) and
@@ -311,35 +313,28 @@ def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] 
     files are accepted only under `input_roots`, destination names only from `destinations`
     (None: the shipped destination files), backends only from `backends` (None: the shipped
     routing.providers), adapter names only from `adapters` (the store's `AdapterRegistry.names()`)."""
+    context = validation_context(input_roots, destinations, backends, adapters)
+    return _collect(((number, None, record) for number, record in enumerate(records, start=1)), context)
+
+
+def validation_context(input_roots: Sequence[str] = (), destinations: Collection[str] | None = None,
+                       backends: Collection[str] | None = None, adapters: Collection[str] = ()) -> dict[str, Any]:
+    """What Shot's validators read besides the row (pydantic's validation context)."""
+    return {"input_roots": input_roots, "destinations": destinations, "backends": backends, "adapters": adapters}
+
+
+def _collect(rows: Iterable[tuple[int, Shot | None, dict[str, Any] | None]],
+             context: dict[str, Any]) -> tuple[list[Shot], list[RowError]]:
+    """Shots and errors from (row number, shot already vouched for or None, record to validate),
+    in row order; a (campaign_id, shot_id) seen on an earlier good row is a duplicate."""
     shots: list[Shot] = []
     errors: list[RowError] = []
     seen: dict[tuple[str, str], int] = {}
-    context = {"input_roots": input_roots, "destinations": destinations, "backends": backends, "adapters": adapters}
-    for number, record in enumerate(records, start=1):
-        if record.keys() <= KNOWN_COLUMNS:  # the common case: no column of its own
-            known = {k: v for k, v in record.items() if v is not None}
-            known["extra"] = {}
-        else:
-            known = {k: v for k, v in record.items() if k in KNOWN_COLUMNS and v is not None}
-            known["extra"] = {k: v for k, v in record.items() if k not in KNOWN_COLUMNS}
-        known["row"] = number
-        shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
-        try:
-            shot = Shot.model_validate(known, context=context)
-        except ValidationError as exc:
-            for err in exc.errors():
-                column = _field_of(err)
-                reason = _reason(err)
-                if err["type"] == "missing":
-                    reason = "is required"
-                for named in ("languages", "must_say"):  # the shot's own checks name their column
-                    if column == "(row)" and reason.startswith(f"{named}:"):
-                        column, reason = named, reason.removeprefix(f"{named}: ")
-                errors.append(RowError(number, column, reason, shot_id))
-            continue
-        except (InvalidId, ValueError) as exc:  # raised outside pydantic's wrapping
-            errors.append(RowError(number, "(row)", str(exc), shot_id))
-            continue
+    for number, shot, record in rows:
+        if shot is None:
+            shot = _validated(number, record, context, errors)
+            if shot is None:
+                continue
         key = (shot.campaign_id, shot.shot_id)
         if key in seen:
             errors.append(RowError(number, "shot_id", f"duplicate of row {seen[key]} ({shot.campaign_id}/{shot.shot_id})", shot.shot_id))
@@ -347,6 +342,33 @@ def validate_rows(records: Iterable[dict[str, Any]], input_roots: Sequence[str] 
         seen[key] = number
         shots.append(shot)
     return shots, errors
+
+
+def _validated(number: int, record: dict[str, Any], context: dict[str, Any], errors: list[RowError]) -> Shot | None:
+    """One row through pydantic: its Shot, or None with its problems appended to `errors`."""
+    if record.keys() <= KNOWN_COLUMNS:  # the common case: no column of its own
+        known = {k: v for k, v in record.items() if v is not None}
+        known["extra"] = {}
+    else:
+        known = {k: v for k, v in record.items() if k in KNOWN_COLUMNS and v is not None}
+        known["extra"] = {k: v for k, v in record.items() if k not in KNOWN_COLUMNS}
+    known["row"] = number
+    shot_id = record.get("shot_id") if isinstance(record.get("shot_id"), str) else None
+    try:
+        return Shot.model_validate(known, context=context)
+    except ValidationError as exc:
+        for err in exc.errors():
+            column = _field_of(err)
+            reason = _reason(err)
+            if err["type"] == "missing":
+                reason = "is required"
+            for named in ("languages", "must_say"):  # the shot's own checks name their column
+                if column == "(row)" and reason.startswith(f"{named}:"):
+                    column, reason = named, reason.removeprefix(f"{named}: ")
+            errors.append(RowError(number, column, reason, shot_id))
+    except (InvalidId, ValueError) as exc:  # raised outside pydantic's wrapping
+        errors.append(RowError(number, "(row)", str(exc), shot_id))
+    return None
 
 
 def read_manifest_bytes(uri: str, storage_options: dict | None = None) -> bytes:
@@ -393,15 +415,42 @@ def parse_manifest(data: bytes, uri: str, input_roots: Sequence[str] = (),
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ManifestError(f"manifest {uri}: missing required column(s) {', '.join(missing)}")
-    # Batch by batch: only one batch of rows is ever held as Python objects besides the shots.
-    # (RecordBatch.to_pylist builds each row by index lookups into its columns: zipped columns are cheaper.)
-    names = table.column_names
-    records = (dict(zip(names, values)) for batch in table.to_batches(max_chunksize=4096)
-               for values in zip(*[column.to_pylist() for column in batch.columns]))
+    from flows.manifest_columns import vouched_shots  # it builds on this module's Shot
+
+    context = validation_context(input_roots, destinations, backends, adapters)
     with gc_paused():
-        shots, errors = validate_rows(records, input_roots, destinations, backends, adapters)
+        # The well-formed rows are vouched for a column at a time; the rest (or all, for a manifest
+        # of a shape the column pass does not know) go through pydantic row by row.
+        vouched = vouched_shots(table, context)
+        if vouched is None:
+            rows = ((number, None, record) for number, record in enumerate(_records(table), start=1))
+        else:
+            records = _records(_doubtful(table, vouched))
+            rows = ((index + 1, shot, None if shot is not None else next(records)) for index, shot in enumerate(vouched))
+        shots, errors = _collect(rows, context)
     return Manifest(uri=uri, sha256=hashlib.sha256(data).hexdigest(), shots=shots, errors=errors, rows=table.num_rows,
                     data=data)
+
+
+def _doubtful(table: pa.Table, vouched: list[Shot | None]) -> pa.Table:
+    """The rows of `table` the column pass did not vouch for, in order: sliced, run by run (`take`
+    with a list of row numbers would make them an Arrow array, which imports pandas)."""
+    runs: list[list[int]] = []  # [start, length] of each run of doubtful rows
+    for index in (index for index, shot in enumerate(vouched) if shot is None):
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, 1])
+    return pa.concat_tables([table.slice(start, length) for start, length in runs]) if runs else table.slice(0, 0)
+
+
+def _records(table: pa.Table) -> Iterable[dict[str, Any]]:
+    """The table's rows as dicts keyed by column, batch by batch: only one batch of rows is ever held
+    as Python objects besides the shots. (RecordBatch.to_pylist builds each row by index lookups into
+    its columns: zipped columns are cheaper.)"""
+    names = table.column_names
+    return (dict(zip(names, values)) for batch in table.to_batches(max_chunksize=4096)
+            for values in zip(*[column.to_pylist() for column in batch.columns]))
 
 
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:

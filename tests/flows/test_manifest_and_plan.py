@@ -222,3 +222,53 @@ def test_render_key_names_the_adapter_and_strength_and_without_one_is_as_before(
     assert by_shot["s1"].name == "acme@1" and by_shot["s1"].sha256 == v1["sha256"] and by_shot["s1"].strength == 0.3
     assert make_plan(manifest.shots, MODEL, store, default_adapter="gone").errors[0] == (
         "row 1 (shot s1), render.adapter (configuration): unknown adapter 'gone' (known: acme, acme@1, acme@2)")
+
+
+def test_the_column_pass_gives_exactly_what_pydantic_gives_row_by_row(tmp_path):
+    """parse_manifest vouches for well-formed rows a column at a time; for every row it must give the
+    Shot (field for field, fields set included) or the RowErrors validate_rows gives row by row."""
+    import pyarrow.parquet as pq
+
+    from flows.manifest import parse_manifest, validate_rows, validation_context
+    from flows.manifest_columns import vouched_shots
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "face.png").write_bytes(b"png")
+    line = {"speaker": "woman", "language": "en", "line": "Spring."}
+    good = [shot("g1", "  A scene.\n", languages=["EN-us", "en", "de"], aspect_ratios=["9:16", "9:16"], priority=None,
+                 preview=None, tags=["hero"], client_ref="PO-1"),
+            shot("g2", "B.", dialogue=None, languages=None, destinations=["social", "social"], backend="local",
+                 reference_image_uri=str(refs / "face.png"), adapter_strength=-0.5, background_sound="rain"),
+            shot("g3", "C.", campaign_id="autumn", dialogue=[line], languages=["en"], must_say=["Spring"])]
+    bad = {  # row -> what the column pass must leave to pydantic
+        "b1": dict(campaign_id=None), "b2": dict(shot_id="../etc"), "b3": dict(scene=" \u3000 "), "b4": dict(scene="x" * 4001),
+        "b5": dict(dialogue=[{**line, "speaker": None}]), "b6": dict(dialogue=[{**line, "line": ""}]),
+        "b7": dict(dialogue=[{**line, "language": "tlh"}]), "b8": dict(dialogue=[line, None]),
+        "b9": dict(languages=["tlh"]), "b10": dict(aspect_ratios=[]), "b11": dict(aspect_ratios=["3:2"]),
+        "b12": dict(aspect_ratios=["16:9", None]), "b13": dict(resolution="720p"), "b14": dict(duration_s=float("nan")),
+        "b15": dict(duration_s=10.5), "b16": dict(takes=0), "b17": dict(seed=2**31), "b18": dict(background_sound="x" * 1001),
+        "b19": dict(reference_image_uri=str(tmp_path / "elsewhere.png")), "b20": dict(tags=[None]),
+        "b21": dict(destinations=["tv"]), "b22": dict(must_say=["Autumn"]), "b23": dict(backend="nope"),
+        "b24": dict(adapter="acme"), "b25": dict(adapter_strength=float("inf")), "b26": dict(languages=["en", "fr"]),
+        "b27": dict(takes=None)}
+    rows = [*good, *({**shot(shot_id, "S."), **change} for shot_id, change in bad.items()), shot("g1", "Again."),
+            shot("b13", "Not a duplicate: the row of b13 was refused.")]
+    path = write_manifest(rows, tmp_path / "m.parquet")
+    options = dict(input_roots=[str(refs)], destinations=["social"], backends=["local"], adapters=())
+    table = pq.read_table(path)
+
+    vouched = vouched_shots(table, validation_context(**options))
+    assert [s is not None for s in vouched] == [True] * len(good) + [False] * len(bad) + [True, True]
+    manifest = parse_manifest(path.read_bytes(), str(path), **options)
+    shots, errors = validate_rows(table.to_pylist(), **options)
+    assert manifest.errors == errors and [e.row for e in errors] == [*range(len(good) + 1, len(good) + len(bad) + 1), len(rows) - 1]
+    assert (errors[-1].row, errors[-1].column, errors[-1].reason) == (len(rows) - 1, "shot_id", "duplicate of row 1 (spring-launch/g1)")
+    assert manifest.shots == shots and [s.shot_id for s in shots] == ["g1", "g2", "g3", "b13"]
+    for fast, slow in zip(manifest.shots, shots):
+        assert list(fast.__dict__.items()) == list(slow.__dict__.items())
+        assert fast.model_fields_set == slow.model_fields_set and fast.__pydantic_extra__ == slow.__pydantic_extra__
+        assert [line.model_fields_set for line in fast.dialogue] == [line.model_fields_set for line in slow.dialogue]
+    assert shots[0].scene == "A scene." and shots[0].languages == ("en", "de") and shots[0].extra == {"client_ref": "PO-1"}
+    takes = table.column_names.index("takes")  # a column of another type: the whole manifest goes row by row
+    assert vouched_shots(table.set_column(takes, "takes", table.column("takes").cast("int32")), validation_context(**options)) is None
