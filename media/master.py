@@ -37,7 +37,7 @@ import av
 import numpy as np
 
 from .loudness import RATE, ffmpeg_loudness, limit_true_peak
-from .measure import Measurements, decode_audio, measure
+from .measure import Measurements, decode_audio, measure, open_unprobed
 from .mp4 import MP4_OPTIONS, AudioFeed, add_audio_stream, add_video_stream
 from .qc import Destination, QCReport, brief_frames, check
 
@@ -125,9 +125,10 @@ class _Mastering:
         self.source = source if source is not None and source.black is not None else measure(self.path)
         if self.source.video is None:
             raise MasterError(f"{self.path}: no video stream")
-        # Open once for all destinations (each open probes the file: ~20 ms of CPU at 1080p): tags,
-        # sound and the video packets to copy are read from here, each from the start.
-        self._clip = av.open(self.path)
+        # Opened once for all destinations, without the probe's picture decode (none of these needs
+        # the decoder's facts: `source` has them): tags, sound and the video packets to copy are
+        # read from here, each from the start.
+        self._clip = open_unprobed(self.path)
         # render key, campaign, shot...: the master keeps them (not the clip's file-type brands)
         self._tags = {k: v for k, v in self._clip.metadata.items() if k not in _CONTAINER_TAGS}
         self._pictures: dict[_Picture, str] = {}  # re-encoded pictures, shared between destinations
@@ -205,7 +206,7 @@ class _Mastering:
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="horse-master-")
         target = os.path.join(self._tmp.name, f"picture-{len(self._pictures)}.mp4")
-        with av.open(self.path) as box, av.open(target, "w", format="mp4", options=MP4_OPTIONS) as out:
+        with open_unprobed(self.path) as box, av.open(target, "w", format="mp4", options=MP4_OPTIONS) as out:
             source = box.streams.video[0]
             source.thread_type = "AUTO"
             video = add_video_stream(out, picture.width, picture.height, picture.fps, pix_fmt=picture.pixel_format)
@@ -246,7 +247,7 @@ class _Mastering:
         if video_from == self.path:
             self._clip.seek(0)
             return self._write_from(self._clip, out_path, audio, d)
-        with av.open(video_from) as box:
+        with open_unprobed(video_from) as box:  # its packets are copied, not decoded
             return self._write_from(box, out_path, audio, d)
 
     def _write_from(self, box, out_path: str, audio: np.ndarray, d: Destination) -> None:
