@@ -150,7 +150,8 @@ class _Mastering:
         for _ in range(MAX_ATTEMPTS):
             audio, gain, limited = _normalised(sound, aim, limit, loudness)
             self._write(out_path, video_from, audio, d)
-            measured = measure(out_path, picture=bool(reasons))
+            # A copied picture is read back and compared with the clip's packets, not decoded again.
+            measured = measure(out_path, video_from=None if reasons else self.source)
             got = measured.audio.loudness if measured.audio else None
             if got is None or got.integrated_lufs is None:
                 break
@@ -160,9 +161,6 @@ class _Mastering:
                 break
             limit -= max(0.0, over + 0.1)
             aim += max(-0.5, min(0.5, miss))  # AAC moves loudness a little; a bigger miss is the limiter's
-        if not reasons:  # the same video packets decode to the same pictures
-            measured = dataclasses.replace(
-                measured, black=self.source.black, frozen=self.source.frozen, picture_from=self.source.picture_from)
         added = picture.frames - self.source.video.frames if picture.fps == self._fps else 0
         info = MasterInfo(
             path=out_path, destination=d.name, source=self.path, video="re-encoded" if reasons else "copied",

@@ -104,14 +104,23 @@ def open_unprobed(path: str) -> av.container.InputContainer:
     return av.open(path, options=UNPROBED_PICTURES)
 
 
-def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
-    """Measure `path`; with picture=False the video is not decoded (black/frozen stay None)."""
+def measure(path: str | os.PathLike, *, picture: bool = True, video_from: Measurements | None = None) -> Measurements:
+    """Measure `path`; with picture=False the video is not decoded (black/frozen stay None).
+
+    `video_from`: the measurements, pictures decoded, of the file `path`'s video packets were
+    copied from (a master that copies the clip's picture). Those packets are read back and compared
+    with that file's: byte-identical, at the same times, with the same decoder setup (extradata),
+    they decode to the same pictures, so the decoder's facts (pixel format, colour tags) and the
+    black/frozen stretches are that file's (`picture_from` names it) and nothing is decoded. If
+    they differ, the pictures are decoded and measured as with picture=True."""
     path = os.fspath(path)
-    with (open_unprobed(path) if picture else av.open(path)) as box:
+    copied = video_from is not None and video_from.video is not None and video_from.black is not None
+    with (open_unprobed(path) if picture or copied else av.open(path)) as box:
         video = box.streams.video[0] if box.streams.video else None
         audio = box.streams.audio[0] if box.streams.audio else None
-        scan = PictureScan() if video is not None and picture else None
-        decode = [s for s in (video if scan else None, audio) if s is not None]
+        packets = [] if copied and video is not None else None  # (time, bytes) of each video packet
+        scan = PictureScan() if video is not None and picture and packets is None else None
+        demux = [s for s in (video if scan or packets is not None else None, audio) if s is not None]
         if video is not None:
             # One decoding thread: the same pictures for ~10 % less CPU than frame threads (their
             # hand-offs cost CPU), and QC runs on the actor beside other work, where CPU is what is
@@ -120,7 +129,11 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
         to_float = av.AudioResampler(format="fltp", layout=audio.layout.name, rate=RATE) if audio else None
         chunks: list[np.ndarray] = []
         audio_start = None
-        for packet in box.demux(*decode):
+        for packet in box.demux(*demux):
+            if packets is not None and packet.stream.type == "video":
+                if packet.size:
+                    packets.append((_time(packet), bytes(packet)))
+                continue
             for frame in packet.decode():
                 if isinstance(frame, av.VideoFrame):
                     scan.add(frame)
@@ -128,7 +141,12 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
                     audio_start = float(frame.time) if audio_start is None else audio_start
                     chunks += _float(to_float, frame)
 
+        pictures = video_from if packets is not None else None
+        if pictures is not None and not _same_video(video, packets, pictures.path):
+            return measure(path)
         video_facts = _video_facts(video, scan) if video is not None else None
+        if pictures is not None:
+            video_facts = dataclasses.replace(video_facts, **{k: getattr(pictures.video, k) for k in _DECODER_FACTS})
         audio_facts = None
         if audio is not None:
             audio_facts = _audio_facts(audio, _joined(audio, chunks + _float(to_float, None)), audio_start)
@@ -140,10 +158,27 @@ def measure(path: str | os.PathLike, *, picture: bool = True) -> Measurements:
             faststart=moov_first(path),
             video=video_facts,
             audio=audio_facts,
-            black=scan.black(end) if scan else None,
-            frozen=scan.frozen(end) if scan else None,
-            picture_from=path if scan else None,
+            black=pictures.black if pictures else scan.black(end) if scan else None,
+            frozen=pictures.frozen if pictures else scan.frozen(end) if scan else None,
+            picture_from=pictures.picture_from if pictures else path if scan else None,
         )
+
+
+# What only decoding the pictures tells for sure (the container may not say, or say otherwise).
+_DECODER_FACTS = ("pixel_format", "color_primaries", "color_transfer", "color_matrix", "color_range")
+
+
+def _time(packet) -> Fraction:
+    return Fraction(packet.pts if packet.pts is not None else packet.dts or 0) * packet.time_base
+
+
+def _same_video(video, packets: list[tuple[Fraction, bytes]], other_path: str) -> bool:
+    """Whether `video`'s stream (its `packets` read) holds exactly the video packets of `other_path`."""
+    with open_unprobed(other_path) as other:
+        theirs = other.streams.video[0] if other.streams.video else None
+        if theirs is None or theirs.codec_context.extradata != video.codec_context.extradata:
+            return False
+        return packets == [(_time(p), bytes(p)) for p in other.demux(theirs) if p.size]
 
 
 def _container(box) -> str:

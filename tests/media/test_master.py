@@ -53,6 +53,11 @@ def test_a_clip_of_the_right_length_keeps_its_video_packets_and_its_sound_is_cut
     assert info.video == "copied" and info.reencode_reasons == ()
     assert video_packets(clip) == video_packets(tmp_path / "eu.mp4")
     assert info.measurements.picture_from == clip  # same packets, so the clip's picture measurements
+    # ...found the same by reading the master's packets back: its decoder facts are the probed file's,
+    assert info.measurements.video == measure(tmp_path / "eu.mp4", picture=False).video
+    # and against another clip's, the master's own pictures are decoded.
+    other = measure(clips.write("other.mp4", clips.moving_frames(50, 48, 64, start=7), np.stack([sound, sound])))
+    assert measure(tmp_path / "eu.mp4", video_from=other).picture_from == str(tmp_path / "eu.mp4")
     assert info.measurements.audio.seconds == pytest.approx(2.0, abs=1e-6)
     assert report.passed, report.failures()
 
