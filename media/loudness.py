@@ -171,13 +171,15 @@ def silences(audio: np.ndarray, rate: int = RATE, min_seconds: float = MIN_SILEN
     return stretches(quiet, starts, audio.shape[1] / rate, min_seconds)
 
 
-def limit_true_peak(audio: np.ndarray, ceiling_dbtp: float, rate: int = RATE) -> tuple[np.ndarray, float]:
+def limit_true_peak(audio: np.ndarray, ceiling_dbtp: float, rate: int = RATE,
+                    peaks: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """An offline look-ahead limiter: (audio with its true peak at most `ceiling_dbtp`, the largest
     gain reduction in dB). The gain needed at each sample is held for +-20 ms around it and then
     averaged over +-10 ms, so the applied gain is never above what any sample needs, and it ramps
-    down before a peak and back up after it over ~20 ms instead of clipping."""
+    down before a peak and back up after it over ~20 ms instead of clipping. `peaks`: the audio's
+    `sample_peaks` when already known."""
     ceiling = 10 ** (ceiling_dbtp / 20)
-    peak = sample_peaks(audio).astype(np.float64)
+    peak = (sample_peaks(audio) if peaks is None else peaks).astype(np.float64)
     needed = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
     if needed.min() >= 1.0:
         return audio, 0.0
