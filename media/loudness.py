@@ -95,15 +95,16 @@ def ffmpeg_loudness(audio: np.ndarray, rate: int = RATE, layout: str | None = No
     )
 
 
-def reference_loudness(audio: np.ndarray, rate: int = RATE) -> Loudness | None:
-    """The second meter; None for more than two channels (channel weights need a known layout)."""
+def reference_loudness(audio: np.ndarray, rate: int = RATE, peaks: np.ndarray | None = None) -> Loudness | None:
+    """The second meter; None for more than two channels (channel weights need a known layout).
+    `peaks`: the audio's `sample_peaks` when already known."""
     if audio.shape[0] > 2:
         return None
     integrated = None
     if audio.shape[1] >= 0.4 * rate:  # one gating block
         value = pyloudnorm.Meter(rate).integrated_loudness(audio.T.astype(np.float64))
         integrated = round(float(value), 3) if np.isfinite(value) and value > ABSOLUTE_GATE_LUFS else None
-    return Loudness(integrated, loudness_range(audio, rate), true_peak(audio, rate))
+    return Loudness(integrated, loudness_range(audio, rate), true_peak(audio, rate, peaks))
 
 
 def k_weighted(audio: np.ndarray, rate: int = RATE) -> np.ndarray:
@@ -132,9 +133,10 @@ def loudness_range(audio: np.ndarray, rate: int = RATE) -> float | None:
     return round(float(high - low), 3)
 
 
-def true_peak(audio: np.ndarray, rate: int = RATE) -> float | None:
-    """Highest absolute sample of the 4x oversampled signal (192 kHz), in dBTP."""
-    return _db(float(sample_peaks(audio).max(initial=0.0)))
+def true_peak(audio: np.ndarray, rate: int = RATE, peaks: np.ndarray | None = None) -> float | None:
+    """Highest absolute sample of the 4x oversampled signal (192 kHz), in dBTP (from `peaks`, the
+    audio's `sample_peaks`, when already known)."""
+    return _db(float((sample_peaks(audio) if peaks is None else peaks).max(initial=0.0)))
 
 
 # The 4x interpolator: scipy's resample_poly(x, 4, 1) low-pass (81-tap Kaiser-windowed sinc, gain 4),

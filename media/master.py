@@ -67,7 +67,8 @@ class MasterInfo:
     measurements: Measurements  # of the master as written
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(dataclasses.replace(self, measurements=None)),
+                "measurements": self.measurements.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -235,14 +236,19 @@ class _Mastering:
         samples = round(Fraction(picture.frames) / picture.fps * RATE)
         if (layout, samples) in self._conformed:
             return self._conformed[layout, samples]
-        if layout not in self._sounds:  # decoded once per layout for every destination
-            self._sounds[layout] = decode_audio(self._clip, layout) if audio else np.zeros((channels, 0), np.float32)
-        sound = self._sounds[layout]
+        metered = self.source.sound if audio is not None and layout == audio.layout else None
+        if metered is not None:  # the samples the clip's measurement decoded and metered
+            sound = metered.samples
+        else:
+            if layout not in self._sounds:  # decoded once per layout for every destination
+                self._sounds[layout] = decode_audio(self._clip, layout) if audio else np.zeros((channels, 0), np.float32)
+            sound = self._sounds[layout]
         out = np.zeros((sound.shape[0], samples), np.float32)
         out[:, : min(samples, sound.shape[1])] = sound[:, :samples]
         # The very samples the clip's measurement metered (same decode, same layout, same length).
         same = audio is not None and layout == audio.layout in ("mono", "stereo") and sound.shape[1] == samples
-        conformed = _Conformed(out, audio.loudness.integrated_lufs if same else None, sample_peaks(out))
+        peaks = metered.peaks if metered is not None and same else sample_peaks(out)
+        conformed = _Conformed(out, audio.loudness.integrated_lufs if same else None, peaks)
         self._conformed[layout, samples] = conformed
         return conformed
 

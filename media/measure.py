@@ -21,7 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
-from .loudness import RATE, Loudness, ffmpeg_loudness, reference_loudness, silences
+from .loudness import RATE, Loudness, ffmpeg_loudness, reference_loudness, sample_peaks, silences
 from .mp4 import moov_first
 from .picture import PictureScan
 from .stretch import Stretch
@@ -67,6 +67,17 @@ class AudioFacts:
 
 
 @dataclass(frozen=True)
+class MeteredSound:
+    """The samples `measure` metered: float32 (channels, samples) at 48 kHz in the file's layout
+    (mono or stereo), and their true-peak interpolation (`sample_peaks`). Kept in memory with the
+    measurements so that masters made from the file start from them instead of decoding and
+    interpolating the same sound again (~45 ms of CPU per 5 s of stereo); never recorded."""
+
+    samples: np.ndarray
+    peaks: np.ndarray
+
+
+@dataclass(frozen=True)
 class Measurements:
     path: str
     bytes: int
@@ -79,6 +90,7 @@ class Measurements:
     black: tuple[Stretch, ...] | None
     frozen: tuple[Stretch, ...] | None
     picture_from: str | None
+    sound: MeteredSound | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def av_offset(self) -> float | None:
@@ -86,7 +98,10 @@ class Measurements:
         return None if not (self.video and self.audio) else round(self.audio.start - self.video.start, 6)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every measured value, JSON-ready (the kept sound left out)."""
+        found = dataclasses.asdict(dataclasses.replace(self, sound=None))
+        del found["sound"]
+        return found
 
 
 # Opening a file probes it (avformat_find_stream_info), and the probe decodes the first picture to
@@ -147,9 +162,9 @@ def measure(path: str | os.PathLike, *, picture: bool = True, video_from: Measur
         video_facts = _video_facts(video, scan) if video is not None else None
         if pictures is not None:
             video_facts = dataclasses.replace(video_facts, **{k: getattr(pictures.video, k) for k in _DECODER_FACTS})
-        audio_facts = None
+        audio_facts = sound = None
         if audio is not None:
-            audio_facts = _audio_facts(audio, _joined(audio, chunks + _float(to_float, None)), audio_start)
+            audio_facts, sound = _audio_facts(audio, _joined(audio, chunks + _float(to_float, None)), audio_start)
         end = video_facts.start + video_facts.seconds if video_facts else 0.0
         return Measurements(
             path=path,
@@ -161,6 +176,7 @@ def measure(path: str | os.PathLike, *, picture: bool = True, video_from: Measur
             black=pictures.black if pictures else scan.black(end) if scan else None,
             frozen=pictures.frozen if pictures else scan.frozen(end) if scan else None,
             picture_from=pictures.picture_from if pictures else path if scan else None,
+            sound=sound,
         )
 
 
@@ -224,9 +240,10 @@ def _joined(stream, chunks: list[np.ndarray]) -> np.ndarray:
     return samples if seconds is None else samples[:, : round(seconds * RATE)]
 
 
-def _audio_facts(stream, samples: np.ndarray, start: float | None) -> AudioFacts:
+def _audio_facts(stream, samples: np.ndarray, start: float | None) -> tuple[AudioFacts, MeteredSound | None]:
     cc = stream.codec_context
-    return AudioFacts(
+    peaks = sample_peaks(samples) if samples.shape[0] <= 2 else None  # the second meter's true peak
+    facts = AudioFacts(
         codec=cc.name,
         sample_rate=cc.sample_rate,
         channels=cc.channels,
@@ -234,9 +251,10 @@ def _audio_facts(stream, samples: np.ndarray, start: float | None) -> AudioFacts
         start=round(start or 0.0, 6),
         seconds=round(_seconds(stream) or samples.shape[1] / RATE, 6),
         loudness=ffmpeg_loudness(samples, layout=stream.layout.name),
-        loudness_reference=reference_loudness(samples),
+        loudness_reference=reference_loudness(samples, peaks=peaks),
         silences=silences(samples),
     )
+    return facts, None if peaks is None else MeteredSound(samples, peaks)
 
 
 def decode_audio(path_or_box: str | os.PathLike | av.container.InputContainer, layout: str | None = None) -> np.ndarray:
