@@ -86,7 +86,8 @@ class Measurements:
     video: VideoFacts | None
     audio: AudioFacts | None
     # None: not measured (never "nothing found"). `picture_from` names the file whose decoded
-    # frames gave them: a master that copies the clip's video packets inherits the clip's.
+    # frames gave them: a master that copies the clip's video packets inherits the clip's, once
+    # its packets are read back identical (`measure(..., video_from=)`).
     black: tuple[Stretch, ...] | None
     frozen: tuple[Stretch, ...] | None
     picture_from: str | None
