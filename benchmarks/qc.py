@@ -19,8 +19,12 @@ picture, not QC; `make_masters` makes it once for all destinations wanting the s
 Floors: QC's is the H.264 decode of every frame (one thread: ~0.65 CPU s here, ~8 % of the encode);
 the social master's is FFmpeg's AAC encoder (192 kb/s, default coder): 0.13-0.44 CPU s per 5 s of
 stereo by content (wide stereo least, speech ~0.3 s, this clip's exact dual mono, L = R, most: its
-M/S search). Every measure also meters the sound twice (ebur128, and the second meter QC checks it
-against: ~0.1 CPU s with the decode of the sound), the clip and each master.
+M/S search; cheaper settings trade sound quality, see media/mp4.py). Every measure also meters the
+sound twice (ebur128, and the second meter QC checks it against: ~0.1 CPU s with the decode of the
+sound), the clip and each master. Not spent twice: the probe's decode of a first picture on opening
+a file whose pictures are decoded anyway, or only copied (a master's re-measure compares its video
+packets with the clip's instead); the masters' decode of the clip's sound and its true-peak
+interpolation (they start from what QC metered, `Measurements.sound`).
 The tiny model's random-weight sound is full-band noise that starts at full level: AAC overshoots
 its first 20 ms by ~4.5 dB, so its social master can fail true peak, and QC says so.
 """

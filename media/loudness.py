@@ -95,15 +95,16 @@ def ffmpeg_loudness(audio: np.ndarray, rate: int = RATE, layout: str | None = No
     )
 
 
-def reference_loudness(audio: np.ndarray, rate: int = RATE) -> Loudness | None:
-    """The second meter; None for more than two channels (channel weights need a known layout)."""
+def reference_loudness(audio: np.ndarray, rate: int = RATE, peaks: np.ndarray | None = None) -> Loudness | None:
+    """The second meter; None for more than two channels (channel weights need a known layout).
+    `peaks`: the audio's `sample_peaks` when already known."""
     if audio.shape[0] > 2:
         return None
     integrated = None
     if audio.shape[1] >= 0.4 * rate:  # one gating block
         value = pyloudnorm.Meter(rate).integrated_loudness(audio.T.astype(np.float64))
         integrated = round(float(value), 3) if np.isfinite(value) and value > ABSOLUTE_GATE_LUFS else None
-    return Loudness(integrated, loudness_range(audio, rate), true_peak(audio, rate))
+    return Loudness(integrated, loudness_range(audio, rate), true_peak(audio, rate, peaks))
 
 
 def k_weighted(audio: np.ndarray, rate: int = RATE) -> np.ndarray:
@@ -132,9 +133,10 @@ def loudness_range(audio: np.ndarray, rate: int = RATE) -> float | None:
     return round(float(high - low), 3)
 
 
-def true_peak(audio: np.ndarray, rate: int = RATE) -> float | None:
-    """Highest absolute sample of the 4x oversampled signal (192 kHz), in dBTP."""
-    return _db(float(sample_peaks(audio).max(initial=0.0)))
+def true_peak(audio: np.ndarray, rate: int = RATE, peaks: np.ndarray | None = None) -> float | None:
+    """Highest absolute sample of the 4x oversampled signal (192 kHz), in dBTP (from `peaks`, the
+    audio's `sample_peaks`, when already known)."""
+    return _db(float((sample_peaks(audio) if peaks is None else peaks).max(initial=0.0)))
 
 
 # The 4x interpolator: scipy's resample_poly(x, 4, 1) low-pass (81-tap Kaiser-windowed sinc, gain 4),
@@ -171,13 +173,15 @@ def silences(audio: np.ndarray, rate: int = RATE, min_seconds: float = MIN_SILEN
     return stretches(quiet, starts, audio.shape[1] / rate, min_seconds)
 
 
-def limit_true_peak(audio: np.ndarray, ceiling_dbtp: float, rate: int = RATE) -> tuple[np.ndarray, float]:
+def limit_true_peak(audio: np.ndarray, ceiling_dbtp: float, rate: int = RATE,
+                    peaks: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """An offline look-ahead limiter: (audio with its true peak at most `ceiling_dbtp`, the largest
     gain reduction in dB). The gain needed at each sample is held for +-20 ms around it and then
     averaged over +-10 ms, so the applied gain is never above what any sample needs, and it ramps
-    down before a peak and back up after it over ~20 ms instead of clipping."""
+    down before a peak and back up after it over ~20 ms instead of clipping. `peaks`: the audio's
+    `sample_peaks` when already known."""
     ceiling = 10 ** (ceiling_dbtp / 20)
-    peak = sample_peaks(audio).astype(np.float64)
+    peak = (sample_peaks(audio) if peaks is None else peaks).astype(np.float64)
     needed = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12))
     if needed.min() >= 1.0:
         return audio, 0.0

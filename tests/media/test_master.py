@@ -12,7 +12,7 @@ import pytest
 
 import media.master
 from media.master import MasterError, make_master, make_masters
-from media.measure import measure
+from media.measure import decode_audio, measure
 from media.qc import Destination, check
 
 EBU = Destination(name="broadcast-eu", loudness_lufs=-23.0, loudness_tolerance_lu=0.5, true_peak_dbtp=-1.0)
@@ -49,10 +49,17 @@ def test_hot_clip_becomes_a_23_lufs_master_conformed_to_the_brief(clips, tmp_pat
 def test_a_clip_of_the_right_length_keeps_its_video_packets_and_its_sound_is_cut_to_the_picture(clips, tmp_path):
     sound = clips.tone(0.05, 2.04)  # one frame longer than the picture (encode_mp4 allows 50 ms)
     clip = clips.write("fit.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound]))
+    # Masters start from the samples the clip's measurement metered: those a decode of its sound gives.
+    np.testing.assert_array_equal(measure(clip).sound.samples, decode_audio(clip, "stereo"))
     info, report = make_master(clip, EBU, tmp_path / "eu.mp4", brief_seconds=2.0)
     assert info.video == "copied" and info.reencode_reasons == ()
     assert video_packets(clip) == video_packets(tmp_path / "eu.mp4")
     assert info.measurements.picture_from == clip  # same packets, so the clip's picture measurements
+    # ...found the same by reading the master's packets back: its decoder facts are the probed file's,
+    assert info.measurements.video == measure(tmp_path / "eu.mp4", picture=False).video
+    # and against another clip's, the master's own pictures are decoded.
+    other = measure(clips.write("other.mp4", clips.moving_frames(50, 48, 64, start=7), np.stack([sound, sound])))
+    assert measure(tmp_path / "eu.mp4", video_from=other).picture_from == str(tmp_path / "eu.mp4")
     assert info.measurements.audio.seconds == pytest.approx(2.0, abs=1e-6)
     assert report.passed, report.failures()
 

@@ -46,7 +46,11 @@ def test_black_gap_and_freeze_are_found_with_their_times(defects):
 
 def test_clean_clip_passes_and_the_report_is_plain_json(clips):
     sound = clips.tone(0.1, 2.0)
-    m = measure(clips.write("clean.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound])))
+    path = clips.write("clean.mp4", clips.moving_frames(50, 48, 64), np.stack([sound, sound]))
+    m = measure(path)
+    # Measured with its pictures, the file is opened without the probe's picture decode: the
+    # decoder's facts (pixel format, colour tags) must still be the ones the probed open reads.
+    assert m.video == measure(path, picture=False).video and m.video.pixel_format == "yuv420p"
     report = check(m, SPEC, brief_seconds=2.0, expects_speech=True)
     assert report.passed, report.failures()
     assert m.black == () and m.frozen == ()
