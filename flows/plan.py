@@ -386,12 +386,15 @@ def _make_plan(shots, model, store, filters, destinations, routes, dialogue, def
     # key computations.
     by_shot.sort(key=_first, reverse=True)
     jobs = [job for _, shot_jobs in by_shot for job in shot_jobs]
+    shots = {(shot_jobs[0].campaign_id, shot_jobs[0].shot_id) for _, shot_jobs in by_shot}
     del by_shot
-    jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved))
+    jobs, kept, lifted = keep_approved(jobs, store, set(filters.force_approved), shots)
     # Looked up in the plan's campaigns only: the cost follows the campaign, not the whole index.
     # A key first rendered for another campaign is found by its receipt (Store.recover_unindexed).
+    # (Kept approved variants may have taken a campaign's every job: then its jobs say which are left.)
+    campaigns = {campaign for campaign, _ in shots} if not kept else {job.campaign_id for job in jobs}
     cached = (store.index.existing([job.render_key for job in jobs], columns=cached_columns,
-                                   campaigns={job.campaign_id for job in jobs}) if jobs else {})
+                                   campaigns=campaigns) if jobs else {})
     return Plan(jobs=jobs, cached=cached, model_fingerprint=model.fingerprint, errors=errors, kept=kept, lifted=lifted)
 
 
@@ -399,12 +402,15 @@ def _first(pair: tuple) -> Any:
     return pair[0]
 
 
-def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str]):
+def keep_approved(jobs: list[PlannedJob], store: Store, force_approved: set[str],
+                  shots: set[tuple[str, str]] | None = None):
     """(jobs to plan, approved entries kept, approved entries lifted by `force_approved`): an
     approved variant of a planned shot is never rendered again nor replaced, whatever its inputs
     are now, and stays in the campaign's next version even when this run does not plan it (a
-    preview run keeps the approved promoted clip)."""
-    shots = {(job.campaign_id, job.shot_id) for job in jobs}
+    preview run keeps the approved promoted clip). `shots`: the (campaign, shot) pairs of `jobs`
+    when the caller knows them (None: read off the jobs)."""
+    if shots is None:
+        shots = {(job.campaign_id, job.shot_id) for job in jobs}
     approved: dict[tuple[str, str, str], dict] = {}
     for campaign_id in sorted({campaign for campaign, _ in shots}):
         approved |= {(campaign_id, *k): e for k, e in store.approved_entries(campaign_id).items()

@@ -50,6 +50,8 @@ class Routes:
     def backend_for(self, shot: "Shot") -> str:
         if shot.backend:
             return shot.backend
+        if not self.rules:  # most runs: every shot on the default backend
+            return self.default
         return next((backend for tag, backend in self.rules if tag in shot.tags), self.default)
 
     def provider(self, backend: str) -> Any:
