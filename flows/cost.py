@@ -214,21 +214,26 @@ def quote_plan(plan: Plan, model: CostModel) -> Quote:
     # one take per (campaign, shot, language, aspect): its tier and QC, clip seconds
     promoted: dict[tuple, tuple[tuple[str, bool], float]] = {}
     job_seconds = {}
-    rate = {}
+    # per (kind, tier, QC): its rate and, for a render a promote could finish, the promote's (tier, QC)
+    rates: dict[tuple[str, str, bool], tuple[float, tuple[str, bool] | None]] = {}
+    in_cache = plan.cached  # 400k jobs: names bound once, each field read once per job
     for job in plan.jobs:
         if job.backend != "local":  # an API provider's clip: money per clip (flows.routing.api_quote)
             continue
         kind_tier = (job.kind, job.resolution, bool(job.destinations))
-        if job.render_key in plan.cached:
-            cached[kind_tier] += job.seconds
+        key, clip_seconds_of_job = job.render_key, job.seconds
+        if key in in_cache:
+            cached[kind_tier] += clip_seconds_of_job
             continue
-        todo[kind_tier] += job.seconds
-        if kind_tier not in rate:
-            rate[kind_tier] = model.per_clip_second(*kind_tier)[0]
-        seconds = job_seconds[job.render_key] = job.seconds * rate[kind_tier]
+        todo[kind_tier] += clip_seconds_of_job
+        found = rates.get(kind_tier)
+        if found is None:
+            found = rates[kind_tier] = (model.per_clip_second(*kind_tier)[0],
+                                        kind_tier[1:] if kind_tier[0] == "render" and kind_tier[1] in SR_STAGE else None)
+        seconds = job_seconds[key] = clip_seconds_of_job * found[0]
         by_campaign[job.campaign_id] += seconds
-        if job.kind == "render" and job.resolution in SR_STAGE:
-            promoted[(job.campaign_id, job.shot_id, job.language, job.aspect_ratio)] = (kind_tier[1:], job.seconds)
+        if found[1] is not None:
+            promoted[(job.campaign_id, job.shot_id, job.language, job.aspect_ratio)] = (found[1], clip_seconds_of_job)
     clip_seconds: dict[str, float] = defaultdict(float)
     for kind_tier, seconds in todo.items():
         for key in cost_keys(*kind_tier):

@@ -42,10 +42,11 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
     row_errors = [str(e) for e in manifest.errors] + plan.errors
     quote = quote_plan(plan, cost_model(store, settings, plan.model_fingerprint, device_type))
     todo = plan.todo
-    campaigns, api_only = budget_campaigns(quote, todo)
+    api_todo = [job for job in todo if job.backend != "local"]  # what the budget checks and API quote look at
+    campaigns, api_only = budget_campaigns(quote, api_todo)
     budgets = budgets_for(settings, campaigns, quote.model.device_type, store.spend.by_campaign(), api_only)
     try:  # API clips' quoted USD count toward money budgets, as when the run dispatches them
-        api_usd, api_refusal = api_usd_by_campaign(budgets, todo, routes), []
+        api_usd, api_refusal = api_usd_by_campaign(budgets, api_todo, routes), []
     except ConfigError as exc:  # `horse render` refuses to start with it: the plan says why
         api_usd, api_refusal = {}, [str(exc)]
     slots, source = render_slots(settings, gpus)
@@ -68,7 +69,7 @@ def _dry_run(manifest_uri, settings, gpus, by, device_type, rows, now) -> dict[s
         "budgets": [budget.as_dict(quote.gpu_seconds if budget.campaign_id is None
                                    else quote.by_campaign.get(budget.campaign_id, 0.0), api_usd) for budget in budgets],
         "warnings": api_refusal + over_budget(budgets, quote, api_usd),
-        "api_quote": api_quote(plan, routes),  # per provider: clips to render, tokens, USD
+        "api_quote": api_quote(plan, routes, api_todo),  # per provider: clips to render, tokens, USD
         "row_errors": row_errors, "plan": jobs,
         "dialogue_gate": dialogue.off_note or f"on ({dialogue.speech.backend})",
         "kept_approved": [{"campaign_id": e["campaign_id"], "shot_id": e["shot_id"], "variant": e["variant"],

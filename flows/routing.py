@@ -50,6 +50,8 @@ class Routes:
     def backend_for(self, shot: "Shot") -> str:
         if shot.backend:
             return shot.backend
+        if not self.rules:  # most runs: every shot on the default backend
+            return self.default
         return next((backend for tag, backend in self.rules if tag in shot.tags), self.default)
 
     def provider(self, backend: str) -> Any:
@@ -104,11 +106,12 @@ def clip_size(ratio: str, resolution: str) -> tuple[int, int]:
     return (round(short * w / h / 2) * 2, short) if w >= h else (short, round(short * h / w / 2) * 2)
 
 
-def api_quote(plan: "Plan", routes: Routes) -> dict[str, dict[str, Any]]:
+def api_quote(plan: "Plan", routes: Routes, api_todo: list | None = None) -> dict[str, dict[str, Any]]:
     """Per provider, for the clips still to render: how many, the configured price per clip, the
     estimated tokens (the Seedance formula on the nominal size) and what they cost (tokens at the
-    configured token price when there is one, else clips at the price per clip; None: no price)."""
-    todo = [job for job in plan.todo if job.backend != LOCAL]
+    configured token price when there is one, else clips at the price per clip; None: no price).
+    `api_todo`: the plan's API jobs to render when the caller has them already (None: found here)."""
+    todo = [job for job in plan.todo if job.backend != LOCAL] if api_todo is None else api_todo
     quote = {}
     for name, clips in Counter(job.backend for job in todo).items():
         spec = routes.providers[name]

@@ -169,6 +169,11 @@ def test_plan_order_is_priority_then_hero_then_previews_before_promotes(tmp_stor
         [{}, {"priority": 5}, {"tags": ["hero"]}, {"priority": 5, "tags": ["hero"]}, {"priority": -1}])]
     plan = plan_of(Store(tmp_store), *rows)
     assert [job.shot_id for job in plan.jobs] == ["s3", "s1", "s2", "s0", "s4"]
+    # shots of several variants: a shot's jobs move together and keep their own order
+    wide = {"languages": ["en", "de"], "aspect_ratios": ["16:9", "9:16"], "dialogue": []}
+    mixed = plan_of(Store(tmp_store), one_shot("a", **wide), one_shot("b", priority=5, **wide), one_shot("c", **wide))
+    assert [job.variant for job in mixed.jobs[:4]] == ["en-16x9-t1", "en-9x16-t1", "de-16x9-t1", "de-9x16-t1"]
+    assert [job.shot_id for job in mixed.jobs] == ["b"] * 4 + ["a"] * 4 + ["c"] * 4
     render = plan.jobs[3]
     preview, promote = dataclasses.replace(render, kind="preview"), dataclasses.replace(render, kind="promote")
     ordered = sorted([promote, render, preview], key=lambda job: job.dispatch_priority, reverse=True)
