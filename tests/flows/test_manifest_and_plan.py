@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import subprocess
 import sys
+import weakref
 
 import pytest
 from PIL import Image
 
 from catalog import Store
 from flows.briefs import build_manifest
-from flows.manifest import ManifestError, read_manifest, write_manifest
+from flows.manifest import ManifestError, gc_paused, read_manifest, write_manifest
 from flows.plan import Filters, ModelInfo, PlanError, expand_shot, make_plan, take_seed
 from media import contact_sheet
 
@@ -272,3 +274,35 @@ def test_the_column_pass_gives_exactly_what_pydantic_gives_row_by_row(tmp_path):
     assert shots[0].scene == "A scene." and shots[0].languages == ("en", "de") and shots[0].extra == {"client_ref": "PO-1"}
     takes = table.column_names.index("takes")  # a column of another type: the whole manifest goes row by row
     assert vouched_shots(table.set_column(takes, "takes", table.column("takes").cast("int32")), validation_context(**options)) is None
+
+
+class _Node:
+    pass
+
+
+def test_gc_paused_hands_what_it_built_to_the_oldest_generation():
+    """After a bulk build the collector starts again without walking what was built (it is in the
+    oldest generation), still collects the cycles made meanwhile, and never unfreezes objects that
+    something else froze."""
+    with gc_paused():
+        assert not gc.isenabled()
+        built = [_Node() for _ in range(1000)]
+        cycle = _Node()
+        cycle.me = cycle
+        cycle_ref = weakref.ref(cycle)
+        del cycle
+    assert gc.isenabled()
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(node) in oldest for node in built)
+    gc.collect()
+    assert cycle_ref() is None, "a cycle made during the pause is collected by a full collection"
+
+    frozen_before = [_Node() for _ in range(10)]
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        with gc_paused():
+            _Node()
+        assert gc.get_freeze_count() == count and frozen_before
+    finally:
+        gc.unfreeze()
