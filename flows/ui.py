@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 
 import httpx
 from rich.console import Console
@@ -29,32 +27,14 @@ def server_env(port: int) -> dict[str, str]:
     }
 
 
-class ServerLog:
-    """The Prefect server's log, read as it is written, keeping its last lines (what to show if it
-    dies). A pipe nobody reads fills at 64 KiB, and a server that has logged that much over a week
-    of runs would then block on its next line, or while shutting down."""
-
-    def __init__(self, stream) -> None:
-        self.tail: deque[str] = deque(maxlen=40)
-        self._reader = threading.Thread(target=lambda: self.tail.extend(line.decode(errors="replace") for line in stream),
-                                        name="prefect-server-log", daemon=True)
-        self._reader.start()
-
-    def last(self) -> str:
-        """The last lines; all of them once the server has exited (its pipe closes)."""
-        self._reader.join(timeout=5)
-        return "".join(self.tail)[-2000:]
-
-
-def start_server(port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, ServerLog]:
-    process = subprocess.Popen(
+def start_server(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env or server_env(port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # Ctrl-C reaches us; we stop the server ourselves
     )
-    return process, ServerLog(process.stderr)
 
 
 def wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 180.0) -> bool:
@@ -87,10 +67,10 @@ def run_ui(port: int, console: Console) -> int:
     # (the server runs in its own session, so no signal reaches it unless we send one).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     console.print(f"starting the Prefect server on 127.0.0.1:{port} ...")
-    process, log = start_server(port)
+    process = start_server(port)
     try:
         if not wait_healthy(port, process):
-            error = log.last() if process.poll() is not None else "timed out"
+            error = process.stderr.read().decode(errors="replace")[-2000:] if process.poll() is not None else "timed out"
             console.print(f"[red]the Prefect server did not start:[/red] {error}")
             return 1
         console.print(f"Prefect UI: [bold]http://127.0.0.1:{port}[/bold]  (runs, artifacts, deployments)")
