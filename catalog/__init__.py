@@ -18,7 +18,7 @@ _EXPORTS = {
     "ID_PATTERN": "ids", "InvalidId": "ids", "safe_key": "ids", "validate_ext": "ids", "validate_id": "ids",
     "validate_sha256": "ids",
     "CommitResult": "index", "RenderIndex": "index",
-    "canonical_json": "render_keys", "render_key": "render_keys", "variant_render_keys": "render_keys",
+    "canonical_json": "render_keys", "render_key": "render_keys",
     "render_key_grid": "render_keys",
     "QCIndex": "qc_index",
     "Lineage": "lineage", "LineageInput": "lineage", "parse_event": "lineage",

@@ -85,12 +85,6 @@ def render_key(inputs: dict) -> str:
     return hashlib.sha256(canonical_json(inputs)).hexdigest()
 
 
-def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
-    """`render_key({**shared, **variant})` for each variant; every variant names the same inputs
-    and none of `shared`'s (`render_key_grid` with one row and nothing per row)."""
-    return render_key_grid(shared, [{}], variants)[0]
-
-
 def render_key_grid(shared: dict, rows: list[dict], variants: list[dict]) -> list[list[str]]:
     """`[[render_key({**shared, **row, **variant}) for variant in variants] for row in rows]`:
     every variant names the same inputs; no input is named by two of `shared`, a row and a variant.

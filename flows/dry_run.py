@@ -6,8 +6,8 @@ document. Its fields are listed in the README ("Cost, budgets and priorities")."
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from catalog import Store

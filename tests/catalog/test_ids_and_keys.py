@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from catalog import InvalidId, render_key, render_key_grid, safe_key, validate_id, variant_render_keys
+from catalog import InvalidId, render_key, render_key_grid, safe_key, validate_id
 from catalog.render_keys import canonical_json
 
 from catalog_testlib import make_receipt
@@ -56,6 +56,11 @@ def test_render_key_is_canonical():
     assert render_key({"seed": 4}) != render_key({"seed": 3})
     assert render_key({"x": 0.1}) != render_key({"x": 0.10000000000000002})
     assert canonical_json({"b": 1, "a": "ü"}) == '{"a":"ü","b":1}'.encode()
+
+
+def variant_render_keys(shared: dict, variants: list[dict]) -> list[str]:
+    """The key grid with one row that adds nothing: a key per variant."""
+    return render_key_grid(shared, [{}], variants)[0]
 
 
 def test_variant_keys_are_the_keys_of_the_merged_inputs():

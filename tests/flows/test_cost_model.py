@@ -181,7 +181,7 @@ def test_plan_order_is_priority_then_hero_then_previews_before_promotes(tmp_stor
 
 
 def test_a_jobs_render_key_is_the_key_of_its_inputs(tmp_store):
-    """Planning keys many variants at once (`variant_render_keys`): the same keys as one by one."""
+    """Planning keys many variants at once (`catalog.render_key_grid`): the same keys as one by one."""
     rows = [one_shot(takes=3, aspect_ratios=["16:9", "9:16"], languages=["en", "de"]),
             one_shot("b1", dialogue=[], languages=[])]
     jobs = plan_of(Store(tmp_store), *rows).jobs

@@ -103,7 +103,7 @@ def test_dialogue_configuration_edges(tmp_path, tmp_store, yaml_text, expected):
 
 
 def test_fast_variant_keys_hash_the_gate_and_the_adapter_like_key_inputs_say(tmp_store):
-    # The planner fills per-variant values into one shared canonical text (catalog.variant_render_keys);
+    # The planner fills per-variant values into one shared canonical text (catalog.render_key_grid);
     # a job's key_inputs (receipts, lineage, API routing) are rebuilt from its fields: both must agree.
     from catalog import render_key
     from flows.plan import AdapterChoice
