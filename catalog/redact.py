@@ -26,7 +26,7 @@ _SAFE_OPTION_NAMES = {
     "aws_endpoint_url", "aws_endpoint", "aws_region", "aws_default_region", "aws_allow_http",
     "aws_skip_signature", "aws_conditional_put", "aws_s3_allow_unsafe_rename", "aws_virtual_hosted_style_request",
     "allow_http", "timeout", "connect_timeout", "signature_version", "addressing_style",
-    "retries", "max_attempts", "mode", "read_timeout", "max_pool_connections",
+    "retries", "max_attempts", "total_max_attempts", "mode", "read_timeout", "max_pool_connections",
 }
 
 # Environment variables that hold credentials for the object stores we reach (the documented

@@ -7,6 +7,7 @@ keys such as AWS_S3_ALLOW_UNSAFE_RENAME that go to delta-rs only) and this modul
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -55,9 +56,9 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
             out["AWS_ALLOW_HTTP"] = "true"
         if endpoint and "AWS_REGION" not in out:
             out["AWS_REGION"] = "us-east-1"
-        attempts = ((options.get("config_kwargs") or {}).get("retries") or {}).get("max_attempts")
-        if attempts is not None:  # botocore counts the first try, object_store only the retries
-            out["max_retries"] = str(max(int(attempts) - 1, 0))
+        retries = _object_store_retries((options.get("config_kwargs") or {}).get("retries") or {})
+        if retries is not None:
+            out["max_retries"] = str(retries)
     elif protocol == "gs":
         token = options.get("token")
         if isinstance(token, dict):
@@ -68,6 +69,17 @@ def delta_options(protocol: str, options: dict) -> dict[str, str]:
             out["GOOGLE_BASE_URL"] = str(options["endpoint_url"])
     out.update({k: str(v) for k, v in options.items() if isinstance(k, str) and k.isupper()})
     return out
+
+
+def _object_store_retries(botocore_retries: dict) -> int | None:
+    """object_store's `max_retries` (retries after the first try) for botocore's retry settings:
+    `total_max_attempts` counts the first try and wins over `max_attempts`, which (in client
+    config) counts only the retries."""
+    if botocore_retries.get("total_max_attempts") is not None:
+        return max(int(botocore_retries["total_max_attempts"]) - 1, 0)
+    if botocore_retries.get("max_attempts") is not None:
+        return max(int(botocore_retries["max_attempts"]), 0)
+    return None
 
 
 def _waits_out_outages(method):
@@ -118,7 +130,10 @@ class Root:
         self._options = options
         SECRET_FILTER.register(secret_values(options) | env_secret_values())
         guard_third_party_loggers()
-        self.fs = fsspec.filesystem(self.protocol, **fsspec_options(self.protocol, options))
+        # The filesystem gets its own copy: botocore rewrites the retry settings it is given in
+        # place (max_attempts -> total_max_attempts, plus a mode), which must change neither what
+        # this store reports and hands to other processes nor the caller's settings.
+        self.fs = fsspec.filesystem(self.protocol, **copy.deepcopy(fsspec_options(self.protocol, options)))
         self._delta_options = delta_options(self.protocol, options)
         self._memory_delta_dir: str | None = None
 

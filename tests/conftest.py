@@ -10,6 +10,8 @@ Environment hygiene is applied at import time, before any test imports ray or pr
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -151,7 +153,7 @@ class FlakyS3:
         self.start()
         boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket="flaky")
         self.options = {"client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
-                        "config_kwargs": {"retries": {"max_attempts": 1}}}  # no botocore retries: ours are tested
+                        "config_kwargs": {"retries": {"total_max_attempts": 1}}}  # one try, no botocore retries: ours are tested
 
     def start(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -173,6 +175,29 @@ class FlakyS3:
         thread = threading.Thread(target=come_back)
         thread.start()
         return thread
+
+    @contextlib.contextmanager
+    def down_until_waited_for(self):
+        """Stopped until the catalog logs that it is waiting for the store, started again right
+        then: a call made inside can only succeed by waiting. Yields an Event set at the wait."""
+        waited = threading.Event()
+        server = self
+
+        class ComeBackWhenWaitedFor(logging.Handler):
+            def emit(self, record):
+                if not waited.is_set() and "unreachable during" in record.getMessage():
+                    waited.set()
+                    server.start()
+
+        handler, logger = ComeBackWhenWaitedFor(logging.WARNING), logging.getLogger("catalog.outage")
+        self.stop()
+        logger.addHandler(handler)
+        try:
+            yield waited
+        finally:
+            logger.removeHandler(handler)
+            if not waited.is_set():
+                self.start()
 
 
 @pytest.fixture

@@ -123,3 +123,18 @@ def test_public_options_filter_nested_options_too():
         "config_kwargs": {"retries": {"max_attempts": 1}, "signature_version": "s3v4"},
         "s3_additional_kwargs": {},
     }
+
+
+@pytest.mark.parametrize("retries, object_store_retries", [
+    ({"max_attempts": 2}, "2"),  # botocore's client-config max_attempts counts the retries only
+    ({"total_max_attempts": 3}, "2"),  # total_max_attempts counts the first try too
+    ({"total_max_attempts": 1, "max_attempts": 5}, "0"),  # and wins when both are given
+])
+def test_retry_settings_mean_the_same_to_delta_and_stay_as_given(s3_server, retries, object_store_retries):
+    given = {**s3_server["storage_options"], "config_kwargs": {"retries": retries}}
+    as_given = pickle.loads(pickle.dumps(given))
+    store = Store(f"s3://{s3_server['bucket']}/retries", given)
+    store.put_blob(b"clip", ext="mp4")  # botocore has built its client from the settings
+    assert store.root.delta_storage_options["max_retries"] == object_store_retries
+    assert given == as_given, "the caller's settings are not rewritten"
+    assert store.root.redacted_options["config_kwargs"] == {"retries": retries}, "nor the store's own"
