@@ -1,5 +1,6 @@
 """`horse ui` stops its Prefect server however it is stopped: Ctrl-C in a terminal, SIGTERM from
-a service manager or a container runtime."""
+a service manager or a container runtime. The server's output goes to a log file, and a server
+that cannot start says why."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def test_horse_ui_stops_its_server(stop, tmp_path):
         assert healthy(port), "horse ui came up"
         server = psutil.Process(ui.pid).children(recursive=True)
         assert server, "the Prefect server runs in a child process"
+        log = tmp_path / "prefect-home" / "horse-ui-server.log"
+        for process in server:  # a file, not a pipe that fills up when nobody reads it
+            assert {os.readlink(f"/proc/{process.pid}/fd/{fd}") for fd in (1, 2)} == {str(log)}, process.cmdline()
 
         ui.send_signal(stop)
         assert ui.wait(timeout=60) == 0, "horse ui stops cleanly"
@@ -54,3 +58,16 @@ def test_horse_ui_stops_its_server(stop, tmp_path):
         for process in server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def test_horse_ui_says_why_its_server_did_not_start(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    with taken:
+        ui = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--port", str(taken.getsockname()[1])],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert ui.returncode == 1
+    assert "did not start" in ui.stdout and "is already in use" in ui.stdout, ui.stdout + ui.stderr
