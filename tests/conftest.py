@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -198,6 +199,19 @@ class FlakyS3:
             logger.removeHandler(handler)
             if not waited.is_set():
                 self.start()
+
+
+@contextlib.contextmanager
+def ctrl_c_reaches_children():
+    """Children started inside get Ctrl-C's default action, as a terminal's foreground job does,
+    even when the test run itself was started with SIGINT ignored (a background job of a
+    non-interactive shell is): an ignored signal stays ignored across fork and exec, so a test
+    that stops a child with SIGINT would wait on a child that never sees it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

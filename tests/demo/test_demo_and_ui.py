@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from catalog import Store
-from tests.conftest import free_port, require
+from tests.conftest import ctrl_c_reaches_children, free_port, require
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -101,8 +101,9 @@ def horse_ui(tmp_path):
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with ctrl_c_reaches_children():  # the test stops it with Ctrl-C
+        process = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240  # a first start migrates a new database: slow on 2 busy cores
     while time.monotonic() < deadline:
         try:
