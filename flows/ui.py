@@ -30,12 +30,12 @@ def server_env(port: int) -> dict[str, str]:
     }
 
 
-def server_log_path() -> Path:
-    """Where `horse ui` writes its server's output: beside Prefect's database, one file, started
-    afresh by each `horse ui`."""
+def server_log_path(port: int) -> Path:
+    """Where `horse ui` writes its server's output: beside Prefect's database, a file per port,
+    started afresh by each `horse ui` on that port."""
     from prefect.settings import get_current_settings
 
-    return Path(get_current_settings().home).expanduser() / "horse-ui-server.log"
+    return Path(get_current_settings().home).expanduser() / f"horse-ui-server-{port}.log"
 
 
 def start_server(port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -86,7 +86,7 @@ def run_ui(port: int, console: Console) -> int:
     # A service manager or a container runtime stops us with SIGTERM: stop the server as on Ctrl-C
     # (the server runs in its own session, so no signal reaches it unless we send one).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    log = server_log_path()
+    log = server_log_path(port)
     console.print(f"starting the Prefect server on 127.0.0.1:{port} (its log: {log}) ...")
     process = start_server(port, log)
     try:

@@ -44,7 +44,7 @@ def test_horse_ui_stops_its_server(stop, tmp_path):
         assert healthy(port), "horse ui came up"
         server = psutil.Process(ui.pid).children(recursive=True)
         assert server, "the Prefect server runs in a child process"
-        log = tmp_path / "prefect-home" / "horse-ui-server.log"
+        log = tmp_path / "prefect-home" / f"horse-ui-server-{port}.log"
         for process in server:  # a file, not a pipe that fills up when nobody reads it
             assert {os.readlink(f"/proc/{process.pid}/fd/{fd}") for fd in (1, 2)} == {str(log)}, process.cmdline()
 
